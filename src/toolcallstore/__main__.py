@@ -1,0 +1,3 @@
+from toolcallstore.cli import main
+
+raise SystemExit(main())

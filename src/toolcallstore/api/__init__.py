@@ -1,0 +1,9 @@
+"""HTTP resources, one module each; `routes()` gathers them for the app."""
+
+from starlette.routing import BaseRoute
+
+from toolcallstore.api import health, keys, tenants
+
+
+def routes() -> list[BaseRoute]:
+    return [*health.routes, *tenants.routes, *keys.routes]

@@ -1,0 +1,128 @@
+"""`create_app(settings)`: routes, middleware and the lifespan that opens what they share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from httpx_aiohttp import AiohttpTransport
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from toolcallstore import api
+from toolcallstore.audit import AuditWriter
+from toolcallstore.auth import AuthMiddleware, KeyCache
+from toolcallstore.context import context_of
+from toolcallstore.db import Database
+from toolcallstore.db.migrate import migrate
+from toolcallstore.errors import APIError, MethodNotAllowed, NotFound
+from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
+from toolcallstore.ids import now_us
+from toolcallstore.metrics import Metrics
+from toolcallstore.middleware import BodyLimitMiddleware, ObserveMiddleware
+from toolcallstore.responses import error_response
+from toolcallstore.services import Services
+from toolcallstore.settings import Settings
+
+log = logging.getLogger("toolcallstore.app")
+
+
+def create_app(settings: Settings) -> Starlette:
+    db = Database(settings.database_url, readers=settings.db_readers)
+    svc = Services(
+        settings=settings,
+        db=db,
+        keys=KeyCache(db, settings.key_cache_seconds),
+        audit=AuditWriter(
+            db, flush_ms=settings.audit_flush_ms, batch_size=settings.audit_batch_size
+        ),
+        idempotency=Idempotency(db, lock_seconds=settings.idempotency_lock_seconds),
+        metrics=Metrics(),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db.connect()
+        try:
+            await migrate(db)
+            svc.http = httpx.AsyncClient(transport=AiohttpTransport(), timeout=30.0)
+            svc.tasks["audit"] = asyncio.create_task(svc.audit.run(), name="audit-writer")
+            svc.tasks["maintenance"] = asyncio.create_task(maintain(svc), name="maintenance")
+            yield
+        finally:
+            await stop_services(svc)
+
+    app = Starlette(
+        routes=api.routes(),
+        middleware=[
+            Middleware(
+                ObserveMiddleware,
+                metrics=svc.metrics,
+                audit=svc.audit,
+                access_log=settings.access_log,
+            ),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(AuthMiddleware, keys=svc.keys),
+        ],
+        exception_handlers={APIError: handle_api_error, HTTPException: handle_http_exception},
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    return app
+
+
+async def stop_services(svc: Services) -> None:
+    maintenance = svc.tasks.pop("maintenance", None)
+    if maintenance is not None:
+        maintenance.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await maintenance
+    audit = svc.tasks.pop("audit", None)
+    await svc.audit.close()
+    if audit is not None:
+        await audit
+    if svc.http is not None:
+        await svc.http.aclose()
+        svc.http = None
+    await svc.db.disconnect()
+
+
+async def maintain(svc: Services) -> None:
+    """Periodic upkeep: prune idempotency keys past their 24 h window."""
+    settings = svc.settings
+    while True:
+        cutoff = now_us() - settings.idempotency_ttl_seconds * 1_000_000
+        try:
+            pruned = await prune_idempotency_keys(svc.db, cutoff)
+            if pruned:
+                log.info("pruned idempotency keys", extra={"fields": {"count": pruned}})
+        except Exception:
+            log.exception("idempotency pruning failed; will retry")
+        await asyncio.sleep(settings.prune_interval_seconds)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc, context_of(request).request_id)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: APIError
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        error = MethodNotAllowed(
+            f"Method {request.method} is not allowed here; use {allowed or 'another method'}.",
+            headers={"Allow": allowed} if allowed else None,
+        )
+    elif exc.status_code == 404:
+        error = NotFound(f"No such route: {request.method} {request.url.path}.")
+    else:
+        error = APIError(exc.detail, status=exc.status_code, code="http_error")
+    return error_response(error, context_of(request).request_id)

@@ -1,0 +1,169 @@
+"""The hash-chained audit log (DESIGN §5.6).
+
+Requests hand their row to `AuditWriter.record`, which returns at once; a background task
+appends batches in one transaction each. Every row stores `prev_hash` and
+`hash = sha256(prev_hash || canonical row)`, and `audit_head` keeps the newest (seq, hash) in
+the same transaction, so an edited, deleted or truncated row breaks the chain where
+`verify_chain` can point at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from toolcallstore.db import Database, Transaction
+
+log = logging.getLogger("toolcallstore.audit")
+
+FIELDS = (
+    "seq",
+    "ts",
+    "request_id",
+    "tenant_id",
+    "api_key_id",
+    "method",
+    "path",
+    "route",
+    "tool",
+    "scope",
+    "decision",
+    "reason",
+    "status",
+    "cost_micros",
+    "quote_id",
+    "approval_id",
+    "receipt_id",
+    "ip",
+    "latency_us",
+)
+_INSERT = (
+    f"INSERT INTO audit_log ({', '.join(FIELDS)}, prev_hash, hash) "
+    f"VALUES ({', '.join(':' + f for f in FIELDS)}, :prev_hash, :hash)"
+)
+
+
+def chain_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    canonical = orjson.dumps({f: row.get(f) for f in FIELDS}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
+
+
+async def append_rows(tx: Transaction, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Chain and insert rows inside the caller's transaction; returns the new head seq."""
+    lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+    head = await tx.fetch_one(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")
+    assert head is not None, "audit_head row is missing: migrations not applied"
+    seq, prev = int(head["seq"]), str(head["hash"])
+    chained = []
+    for row in rows:
+        seq += 1
+        full = {f: row.get(f) for f in FIELDS}
+        full["seq"] = seq
+        full["prev_hash"] = prev
+        full["hash"] = prev = chain_hash(prev, full)
+        chained.append(full)
+    if chained:
+        await tx.execute_many(_INSERT, chained)
+        await tx.execute(
+            "UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1", {"seq": seq, "hash": prev}
+        )
+    return seq
+
+
+class AuditWriter:
+    """Buffers audit rows off the request path and appends them in batches."""
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, db: Database, *, flush_ms: int, batch_size: int) -> None:
+        self._db = db
+        self._flush_s = flush_ms / 1000
+        self._batch_size = batch_size
+        self._pending: deque[dict[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def record(self, row: dict[str, Any]) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= self._batch_size:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Flush every `flush_ms` (sooner when a batch fills) until `close`."""
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._flush_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self._flush_with_retry()
+
+    async def _flush_with_retry(self) -> None:
+        while self._pending:
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("audit flush failed; %d rows kept for retry", len(self._pending))
+                if self._closing:
+                    return
+                await asyncio.sleep(self.RETRY_SECONDS)
+
+    async def flush(self) -> None:
+        """Append what is buffered now; rows stay buffered unless their transaction commits."""
+        while self._pending:
+            batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
+            async with self._db.transaction() as tx:
+                await append_rows(tx, batch)
+            for _ in batch:
+                self._pending.popleft()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        await self._flush_with_retry()
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    rows_checked: int
+    broken_at: int | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
+
+
+async def verify_chain(db: Database, page_size: int = 2000) -> ChainReport:
+    """Walk the chain from the first row; report the first link that does not hold."""
+    expected_seq, prev, checked = 1, "0" * 64, 0
+    while True:
+        rows = await db.fetch_all(
+            "SELECT * FROM audit_log WHERE seq >= :seq ORDER BY seq LIMIT :n",
+            {"seq": expected_seq, "n": page_size},
+        )
+        for row in rows:
+            if row["seq"] != expected_seq:
+                return ChainReport(checked, expected_seq, f"row {expected_seq} is missing")
+            if row["prev_hash"] != prev:
+                return ChainReport(checked, row["seq"], "prev_hash does not match the row before")
+            if chain_hash(prev, row) != row["hash"]:
+                return ChainReport(checked, row["seq"], "row content does not match its hash")
+            prev, expected_seq, checked = row["hash"], expected_seq + 1, checked + 1
+        if len(rows) < page_size:
+            break
+    head = await db.fetch_one("SELECT seq, hash FROM audit_head WHERE id = 1")
+    if head is None or head["seq"] != expected_seq - 1 or head["hash"] != prev:
+        return ChainReport(checked, expected_seq, "rows after this point were removed")
+    return ChainReport(checked)

@@ -1,0 +1,183 @@
+"""`toolcallstore serve|migrate|tenants|keys|audit`: the operator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from toolcallstore.api.objects import key_object, tenant_object
+from toolcallstore.audit import verify_chain
+from toolcallstore.auth import SCOPES
+from toolcallstore.db import Database
+from toolcallstore.db import keys as key_repo
+from toolcallstore.db import tenants as tenant_repo
+from toolcallstore.db.migrate import migrate
+from toolcallstore.errors import ConfigError, ToolCallError
+from toolcallstore.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if getattr(args, "database_url", None):
+            settings = settings.with_(database_url=args.database_url)
+        result: int = args.run(settings, args)
+        return result
+    except ToolCallError as exc:
+        print(f"toolcallstore: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolcallstore", description=__doc__)
+    parser.add_argument("--database-url", help="overrides TOOLCALLSTORE_DATABASE_URL")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="migrate, bootstrap on first start, serve HTTP")
+    serve.add_argument("--host", help="bind address (TOOLCALLSTORE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (TOOLCALLSTORE_PORT, default 8080)")
+    serve.set_defaults(run=_serve)
+
+    sub.add_parser("migrate", help="apply pending migrations").set_defaults(run=_sync(_migrate))
+
+    tenants = sub.add_parser("tenants", help="create or list tenants").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    create_tenant = tenants.add_parser("create", help="create a tenant")
+    create_tenant.add_argument("--name", required=True)
+    create_tenant.set_defaults(run=_sync(_tenants_create))
+    tenants.add_parser("list", help="list tenants").set_defaults(run=_sync(_tenants_list))
+
+    keys = sub.add_parser("keys", help="create, list or revoke API keys").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    create_key = keys.add_parser("create", help="create a key; its secret is printed once")
+    create_key.add_argument("--tenant", required=True, help="tenant id (ten_...)")
+    create_key.add_argument("--scopes", required=True, help=f"comma-separated: {','.join(SCOPES)}")
+    create_key.add_argument("--mode", choices=("live", "test"), default="test")
+    create_key.add_argument("--project", help="bind the key to this project id")
+    create_key.add_argument("--name", default="")
+    create_key.set_defaults(run=_sync(_keys_create))
+    list_keys = keys.add_parser("list", help="list a tenant's keys")
+    list_keys.add_argument("--tenant", required=True)
+    list_keys.set_defaults(run=_sync(_keys_list))
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("--tenant", required=True)
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=_sync(_keys_revoke))
+
+    audit = sub.add_parser("audit", help="check the audit log").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    audit.add_parser("verify", help="verify the hash chain").set_defaults(run=_sync(_audit_verify))
+    return parser
+
+
+Command = Callable[[Database, argparse.Namespace], Awaitable[int]]
+
+
+def _sync(command: Command) -> Callable[[Settings, argparse.Namespace], int]:
+    """Run an async command against a connected, migrated database."""
+
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        async def with_db() -> int:
+            db = Database(settings.database_url, readers=1)
+            await db.connect()
+            try:
+                await migrate(db)
+                return await command(db, args)
+            finally:
+                await db.disconnect()
+
+        return asyncio.run(with_db())
+
+    return run
+
+
+def _print(obj: Any) -> None:
+    print(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode())
+
+
+async def _migrate(db: Database, args: argparse.Namespace) -> int:
+    print("schema is up to date")
+    return 0
+
+
+async def _tenants_create(db: Database, args: argparse.Namespace) -> int:
+    async with db.transaction() as tx:
+        tenant = await tenant_repo.insert_tenant(tx, args.name)
+    _print(tenant_object(tenant))
+    return 0
+
+
+async def _tenants_list(db: Database, args: argparse.Namespace) -> int:
+    page = await tenant_repo.list_tenants(db, limit=1000, starting_after=None)
+    _print([tenant_object(r) for r in page.rows])
+    return 0
+
+
+async def _keys_create(db: Database, args: argparse.Namespace) -> int:
+    scopes = tuple(sorted({s.strip() for s in args.scopes.split(",") if s.strip()}))
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise ConfigError(f"unknown or empty scopes: {', '.join(unknown) or '(none)'}")
+    async with db.transaction() as tx:
+        if await tenant_repo.get_tenant(tx, args.tenant) is None:
+            raise ConfigError(f"no tenant {args.tenant}")
+        if args.project and await tenant_repo.get_project(tx, args.tenant, args.project) is None:
+            raise ConfigError(f"no project {args.project} in tenant {args.tenant}")
+        key, secret = await key_repo.insert_key(
+            tx,
+            tenant_id=args.tenant,
+            project_id=args.project,
+            name=args.name,
+            mode=args.mode,
+            scopes=scopes,
+        )
+    _print(key_object(key, secret))
+    return 0
+
+
+async def _keys_list(db: Database, args: argparse.Namespace) -> int:
+    found, _ = await key_repo.list_keys(db, args.tenant, limit=1000, starting_after=None)
+    _print([key_object(k) for k in found])
+    return 0
+
+
+async def _keys_revoke(db: Database, args: argparse.Namespace) -> int:
+    async with db.transaction() as tx:
+        key = await key_repo.revoke_key(tx, args.tenant, args.key_id)
+    if key is None:
+        raise ConfigError(f"no key {args.key_id} in tenant {args.tenant}")
+    _print(key_object(key))
+    return 0
+
+
+async def _audit_verify(db: Database, args: argparse.Namespace) -> int:
+    report = await verify_chain(db)
+    if report.ok:
+        print(f"audit chain intact: {report.rows_checked} rows verified")
+        return 0
+    print(
+        f"audit chain BROKEN at seq {report.broken_at}: {report.problem} "
+        f"({report.rows_checked} rows verified before it)"
+    )
+    return 1
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from toolcallstore.server import serve
+
+    if args.host:
+        settings = settings.with_(host=args.host)
+    if args.port:
+        settings = settings.with_(port=args.port)
+    serve(settings)
+    return 0

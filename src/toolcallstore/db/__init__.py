@@ -1,0 +1,5 @@
+"""The data layer: one Database wrapper, numbered migrations, one repository module per table."""
+
+from toolcallstore.db.database import Database, Transaction
+
+__all__ = ["Database", "Transaction"]

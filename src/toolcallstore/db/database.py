@@ -1,0 +1,176 @@
+"""A thin wrapper over `databases` that is safe for SQLite and Postgres alike.
+
+`databases` opens a new aiosqlite connection (and thread) per acquire, issues only a deferred
+BEGIN and binds connections to the current task (DESIGN §9). So on SQLite we keep one long-lived
+writer connection, serialise write transactions on it with an asyncio lock and open each one
+with BEGIN IMMEDIATE; reads go round-robin to a few query-only reader connections. On Postgres
+every transaction takes its own pooled connection, never the task-bound one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import databases
+from databases.core import Connection
+
+from toolcallstore.errors import ConfigError, DatabaseError
+from toolcallstore.settings import sqlite_path
+
+Row = dict[str, Any]
+Values = Mapping[str, Any] | None
+
+
+def _as_dict(record: Any) -> Row:
+    return dict(record._mapping)
+
+
+class Transaction:
+    """Queries inside one write transaction; obtained from `Database.transaction()`."""
+
+    def __init__(self, connection: Connection, dialect: str) -> None:
+        self._connection = connection
+        self.dialect = dialect
+
+    async def fetch_one(self, sql: str, values: Values = None) -> Row | None:
+        record = await self._connection.fetch_one(sql, dict(values or {}))
+        return None if record is None else _as_dict(record)
+
+    async def fetch_all(self, sql: str, values: Values = None) -> list[Row]:
+        return [_as_dict(r) for r in await self._connection.fetch_all(sql, dict(values or {}))]
+
+    async def fetch_val(self, sql: str, values: Values = None) -> Any:
+        return await self._connection.fetch_val(sql, dict(values or {}))
+
+    async def execute(self, sql: str, values: Values = None) -> None:
+        await self._connection.execute(sql, dict(values or {}))
+
+    async def execute_many(self, sql: str, values: Sequence[Mapping[str, Any]]) -> None:
+        if values:
+            await self._connection.execute_many(sql, [dict(v) for v in values])
+
+
+class Database:
+    """Reads anywhere, writes through `transaction()`; the same API on both dialects."""
+
+    def __init__(self, url: str, *, readers: int = 2) -> None:
+        if url.startswith("sqlite"):
+            self.dialect = "sqlite"
+            if sqlite_path(url) is None:
+                raise ConfigError("an in-memory SQLite database cannot be shared; use a file")
+        elif url.startswith(("postgresql", "postgres")):
+            self.dialect = "postgresql"
+            url = "postgresql" + url[url.index(":") :]
+        else:
+            raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}")
+        self.url = url
+        self._readers_wanted = max(1, readers)
+        self._db = databases.Database(url, min_size=1, max_size=10) if self.is_postgres else (
+            databases.Database(url)
+        )
+        self._writer: Connection | None = None
+        self._readers: list[Connection] = []
+        self._reader_cycle: itertools.cycle[Connection] | None = None
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    async def connect(self) -> None:
+        await self._db.connect()
+        if self.is_postgres:
+            return
+        path = sqlite_path(self.url)
+        assert path is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._open_sqlite(query_only=False)
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        self._readers = [
+            await self._open_sqlite(query_only=True) for _ in range(self._readers_wanted)
+        ]
+        self._reader_cycle = itertools.cycle(self._readers)
+
+    async def _open_sqlite(self, *, query_only: bool) -> Connection:
+        conn = Connection(self._db, self._db._backend)
+        await conn.__aenter__()
+        for pragma in (
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA synchronous=NORMAL",
+            f"PRAGMA query_only={'ON' if query_only else 'OFF'}",
+        ):
+            await conn.execute(pragma)
+        return conn
+
+    async def disconnect(self) -> None:
+        for conn in [*self._readers, *([self._writer] if self._writer else [])]:
+            await conn.__aexit__(None, None, None)
+        self._readers, self._writer, self._reader_cycle = [], None, None
+        await self._db.disconnect()
+
+    @asynccontextmanager
+    async def _reader(self) -> AsyncIterator[Connection]:
+        if self._reader_cycle is not None:
+            yield next(self._reader_cycle)
+            return
+        async with Connection(self._db, self._db._backend) as conn:
+            yield conn
+
+    async def fetch_one(self, sql: str, values: Values = None) -> Row | None:
+        async with self._reader() as conn:
+            record = await conn.fetch_one(sql, dict(values or {}))
+        return None if record is None else _as_dict(record)
+
+    async def fetch_all(self, sql: str, values: Values = None) -> list[Row]:
+        async with self._reader() as conn:
+            records = await conn.fetch_all(sql, dict(values or {}))
+        return [_as_dict(r) for r in records]
+
+    async def fetch_val(self, sql: str, values: Values = None) -> Any:
+        async with self._reader() as conn:
+            return await conn.fetch_val(sql, dict(values or {}))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One write transaction: BEGIN IMMEDIATE on the SQLite writer, BEGIN on Postgres."""
+        if self.is_postgres:
+            async with Connection(self._db, self._db._backend) as conn:
+                async with self._begin(conn, "BEGIN") as tx:
+                    yield tx
+            return
+        if self._writer is None:
+            raise DatabaseError("database is not connected")
+        async with self._write_lock, self._begin(self._writer, "BEGIN IMMEDIATE") as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def _begin(self, conn: Connection, begin: str) -> AsyncIterator[Transaction]:
+        await conn.execute(begin)
+        try:
+            yield Transaction(conn, self.dialect)
+            await conn.execute("COMMIT")
+        except BaseException:
+            # Finish the rollback even if we are being cancelled: the writer must never be
+            # handed to the next transaction while this one is still open.
+            await _run_to_completion(conn.execute("ROLLBACK"))
+            raise
+
+    async def ping(self) -> bool:
+        return await self.fetch_val("SELECT 1") == 1
+
+
+async def _run_to_completion(awaitable: Any) -> None:
+    task = asyncio.ensure_future(awaitable)
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue
+    if not task.cancelled():
+        # A failed ROLLBACK means the connection is already out of the transaction.
+        task.exception()

@@ -1,0 +1,139 @@
+"""Pure ASGI middleware: request context and observation, body size limit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from toolcallstore.audit import AuditWriter
+from toolcallstore.context import SCOPE_KEY, RequestContext
+from toolcallstore.errors import InternalError, RequestTooLarge
+from toolcallstore.ids import new_request_id, now_us
+from toolcallstore.metrics import Metrics
+from toolcallstore.responses import send_error
+
+access_log = logging.getLogger("toolcallstore.access")
+error_log = logging.getLogger("toolcallstore.errors")
+
+# Probes are not actions: they are measured but not audited or access-logged.
+UNAUDITED_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class ObserveMiddleware:
+    """Gives each request an id and context; measures, logs and audits it when it ends."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, audit: AuditWriter, access_log: bool = True
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.audit = audit
+        self.log_access = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        client = scope.get("client")
+        ctx = RequestContext(request_id=new_request_id(), ip=client[0] if client else None)
+        scope[SCOPE_KEY] = ctx
+        request_id_header = (b"toolcall-request-id", ctx.request_id.encode())
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []), request_id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            error_log.exception("unhandled error", extra={"request_id": ctx.request_id})
+            if not response_started:
+                error = InternalError("Something went wrong on our side; it has been logged.")
+                await send_error(send_with_id, error, ctx.request_id)
+        finally:
+            self._finish(scope, ctx, status, time.perf_counter() - started)
+
+    def _finish(self, scope: Scope, ctx: RequestContext, status: int, seconds: float) -> None:
+        route_obj = scope.get("route")
+        route = getattr(route_obj, "path", None) or "unmatched"
+        method = scope["method"]
+        self.metrics.observe_request(route, method, status, seconds)
+        if scope["path"] in UNAUDITED_PATHS:
+            return
+        principal = ctx.principal
+        row: dict[str, Any] = {
+            "ts": now_us(),
+            "request_id": ctx.request_id,
+            "tenant_id": principal.tenant_id if principal else None,
+            "api_key_id": principal.key_id if principal else None,
+            "method": method,
+            "path": scope["path"][:500],
+            "route": route,
+            "tool": ctx.tool,
+            "scope": ctx.scope_needed,
+            "decision": ctx.decision,
+            "reason": ctx.reason,
+            "status": status,
+            "cost_micros": ctx.cost_micros,
+            "quote_id": ctx.quote_id,
+            "approval_id": ctx.approval_id,
+            "receipt_id": ctx.receipt_id,
+            "ip": ctx.ip,
+            "latency_us": int(seconds * 1_000_000),
+        }
+        self.audit.record(row)
+        if self.log_access:
+            fields = {
+                "request_id": ctx.request_id,
+                "tenant": row["tenant_id"],
+                "key_id": row["api_key_id"],
+                "method": method,
+                "route": route,
+                "status": status,
+                "latency_ms": round(seconds * 1000, 3),
+                "cost_micros": ctx.cost_micros,
+            }
+            access_log.info("request", extra={"fields": fields})
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over `max_bytes` with 413, whether announced or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                ctx: RequestContext = scope[SCOPE_KEY]
+                await send_error(send, self._too_large(), ctx.request_id)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(f"The request body exceeds the limit of {self.max_bytes} bytes.")

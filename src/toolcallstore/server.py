@@ -1,0 +1,51 @@
+"""`toolcallstore serve`: migrate, bootstrap an empty database, then run uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from toolcallstore.app import create_app
+from toolcallstore.bootstrap import bootstrap
+from toolcallstore.db import Database
+from toolcallstore.db.migrate import migrate
+from toolcallstore.logs import configure_logging
+from toolcallstore.settings import Settings
+
+
+async def prepare(settings: Settings) -> None:
+    db = Database(settings.database_url, readers=1)
+    await db.connect()
+    try:
+        await migrate(db)
+        key_file = settings.resolved_admin_key_file()
+        created = await bootstrap(db, key_file)
+    finally:
+        await db.disconnect()
+    if created is not None:
+        tenant_id, secret = created
+        print(
+            f"Created tenant {tenant_id} and an admin test-mode key. It is shown only now and "
+            f"saved (mode 0600) to {key_file}:\n\n    {secret}\n",
+            flush=True,
+        )
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    asyncio.run(prepare(settings))
+    print(f"ToolCall Store listening on http://{settings.host}:{settings.port}", flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
+        access_log=False,
+        log_level=settings.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,33 @@
+"""What the app opens in its lifespan and hands to every endpoint, reached via `services()`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import httpx
+from starlette.requests import Request
+
+from toolcallstore.audit import AuditWriter
+from toolcallstore.auth import KeyCache
+from toolcallstore.db import Database
+from toolcallstore.idempotency import Idempotency
+from toolcallstore.metrics import Metrics
+from toolcallstore.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    keys: KeyCache
+    audit: AuditWriter
+    idempotency: Idempotency
+    metrics: Metrics
+    http: httpx.AsyncClient | None = None
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

@@ -1,0 +1,89 @@
+"""Every knob of the service, read once from TOOLCALLSTORE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from toolcallstore.errors import ConfigError
+
+PREFIX = "TOOLCALLSTORE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///./toolcallstore.db"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Addresses whose X-Forwarded-For header is believed (the Caddy in front of us).
+    trusted_proxies: str = "127.0.0.1,::1"
+    max_body_bytes: int = 1_048_576
+    key_cache_seconds: float = 2.0
+    audit_flush_ms: int = 50
+    audit_batch_size: int = 500
+    idempotency_ttl_seconds: int = 86_400
+    idempotency_lock_seconds: int = 300
+    prune_interval_seconds: int = 600
+    admin_key_file: str = ""
+    log_level: str = "info"
+    access_log: bool = True
+    db_readers: int = 2
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from the environment; unknown TOOLCALLSTORE_* names are refused."""
+        env = os.environ if environ is None else environ
+        known = {f.name for f in fields(cls)}
+        values: dict[str, object] = {}
+        for name, raw in env.items():
+            if not name.startswith(PREFIX) or name.startswith(PREFIX + "TEST_"):
+                continue
+            attr = name[len(PREFIX) :].lower()
+            if attr not in known:
+                continue
+            values[attr] = _coerce(name, raw, type(getattr(cls, attr)))
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def resolved_admin_key_file(self) -> Path:
+        """Where the first-start admin key is written: beside the SQLite file, else cwd."""
+        if self.admin_key_file:
+            return Path(self.admin_key_file)
+        if self.is_sqlite:
+            db_path = sqlite_path(self.database_url)
+            if db_path is not None:
+                return db_path.with_name(db_path.name + ".admin-key")
+        return Path("toolcallstore.admin-key")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a sqlite:/// URL (sqlite:////abs or sqlite:///rel), None for :memory:."""
+    rest = url.split("?", 1)[0].removeprefix("sqlite:///")
+    if rest in ("", ":memory:") or rest == url:
+        return None
+    return Path(rest)
+
+
+def _coerce(name: str, raw: str, kind: type) -> object:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            return lowered in {"1", "true", "yes", "on"}
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    return raw
