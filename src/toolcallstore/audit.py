@@ -88,6 +88,7 @@ class AuditWriter:
         self._batch_size = batch_size
         self._pending: deque[dict[str, Any]] = deque()
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._closing = False
 
     @property
@@ -121,12 +122,14 @@ class AuditWriter:
 
     async def flush(self) -> None:
         """Append what is buffered now; rows stay buffered unless their transaction commits."""
-        while self._pending:
-            batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
-            async with self._db.transaction() as tx:
-                await append_rows(tx, batch)
-            for _ in batch:
-                self._pending.popleft()
+        async with self._flushing:
+            while self._pending:
+                size = min(self._batch_size, len(self._pending))
+                batch = [self._pending[i] for i in range(size)]
+                async with self._db.transaction() as tx:
+                    await append_rows(tx, batch)
+                for _ in batch:
+                    self._pending.popleft()
 
     async def close(self) -> None:
         self._closing = True
