@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from toolcallstore import api
 from toolcallstore.audit import AuditWriter
@@ -107,6 +108,15 @@ async def maintain(svc: Services) -> None:
         await asyncio.sleep(settings.prune_interval_seconds)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (a path may be split over routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.path_regex.match(request.url.path):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
     return error_response(exc, context_of(request).request_id)
@@ -116,10 +126,10 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: APIError
     if exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
+        allowed = ", ".join(allowed_methods(request))
         error = MethodNotAllowed(
-            f"Method {request.method} is not allowed here; use {allowed or 'another method'}.",
-            headers={"Allow": allowed} if allowed else None,
+            f"Method {request.method} is not allowed here; use {allowed}.",
+            headers={"Allow": allowed},
         )
     elif exc.status_code == 404:
         error = NotFound(f"No such route: {request.method} {request.url.path}.")

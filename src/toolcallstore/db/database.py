@@ -10,6 +10,7 @@ every transaction takes its own pooled connection, never the task-bound one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -150,27 +151,36 @@ class Database:
 
     @asynccontextmanager
     async def _begin(self, conn: Connection, begin: str) -> AsyncIterator[Transaction]:
-        await conn.execute(begin)
+        # BEGIN, COMMIT and ROLLBACK run to their end even if the task is cancelled meanwhile:
+        # a statement cut off half way would hand the writer on with a transaction still open.
         try:
+            await _finish(conn.execute(begin))
             yield Transaction(conn, self.dialect)
-            await conn.execute("COMMIT")
+            await _finish(conn.execute("COMMIT"))
         except BaseException:
-            # Finish the rollback even if we are being cancelled: the writer must never be
-            # handed to the next transaction while this one is still open.
-            await _run_to_completion(conn.execute("ROLLBACK"))
+            # A failed ROLLBACK means the connection is already out of the transaction.
+            with contextlib.suppress(Exception):
+                await _finish(conn.execute("ROLLBACK"))
             raise
 
     async def ping(self) -> bool:
         return await self.fetch_val("SELECT 1") == 1
 
 
-async def _run_to_completion(awaitable: Any) -> None:
+async def _finish(awaitable: Any) -> Any:
+    """Await `awaitable` to its end even through cancellation; then return its result or
+    raise its error, or the cancellation if one arrived meanwhile."""
     task = asyncio.ensure_future(awaitable)
+    cancelled = False
     while not task.done():
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            continue
-    if not task.cancelled():
-        # A failed ROLLBACK means the connection is already out of the transaction.
-        task.exception()
+            cancelled = cancelled or not task.done()
+        except Exception:
+            break
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation takes precedence
+        raise asyncio.CancelledError
+    return task.result()

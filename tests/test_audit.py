@@ -1,0 +1,114 @@
+import subprocess
+import sys
+
+from tests.conftest import Api
+from toolcallstore.audit import verify_chain
+from toolcallstore.settings import Settings
+
+
+async def _audit_rows(api: Api) -> list[dict]:
+    svc = api.app.state.services  # type: ignore[attr-defined]
+    await svc.audit.flush()
+    return await svc.db.fetch_all("SELECT * FROM audit_log ORDER BY seq")
+
+
+async def test_every_request_is_audited_allowed_or_denied(api: Api) -> None:
+    ok = await api.client.get("/v1/me", headers=api.auth())
+    anon = await api.client.get("/v1/keys")
+    weak = await api.client.post("/v1/keys", json={"scopes": ["jobs:read"]}, headers=api.idem())
+    denied = await api.client.get("/v1/keys", headers=api.auth(weak.json()["secret"]))
+    missing = await api.client.get("/v1/nothing-here", headers=api.auth())
+    await api.client.get("/healthz")
+    rows = {r["request_id"]: r for r in await _audit_rows(api)}
+    ids = [r.headers["ToolCall-Request-Id"] for r in (ok, anon, weak, denied, missing)]
+    assert all(i in rows for i in ids)
+    assert rows[ids[0]]["decision"] == "allowed" and rows[ids[0]]["status"] == 200
+    assert rows[ids[1]]["decision"] == "denied" and rows[ids[1]]["reason"] == "missing_api_key"
+    assert rows[ids[1]]["status"] == 401 and rows[ids[1]]["api_key_id"] is None
+    assert rows[ids[3]]["decision"] == "denied" and rows[ids[3]]["scope"] == "keys:manage"
+    assert rows[ids[3]]["reason"] == "insufficient_scope:keys:manage"
+    assert rows[ids[3]]["api_key_id"] == weak.json()["id"]
+    assert rows[ids[4]]["status"] == 404 and rows[ids[4]]["path"] == "/v1/nothing-here"
+    assert all(r["ip"] == "127.0.0.1" and r["latency_us"] >= 0 for r in rows.values())
+    assert not any(r["path"] == "/healthz" for r in rows.values())
+    # Secrets never reach the audit log.
+    assert weak.json()["secret"] not in repr(rows) and api.admin_key not in repr(rows)
+
+
+async def test_the_chain_verifies_and_finds_an_edited_row(api: Api) -> None:
+    for _ in range(5):
+        await api.client.get("/v1/me", headers=api.auth())
+    rows = await _audit_rows(api)
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    report = await verify_chain(db)
+    assert report.ok and report.rows_checked == len(rows) >= 5
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE audit_log SET status = 403 WHERE seq = 3")
+        await tx.execute("UPDATE audit_log SET decision = 'denied' WHERE seq = 4")
+    report = await verify_chain(db)
+    assert not report.ok and report.broken_at == 3 and "hash" in (report.problem or "")
+
+
+async def test_the_chain_finds_a_deleted_row_and_a_cut_tail(api: Api) -> None:
+    for _ in range(6):
+        await api.client.get("/v1/me", headers=api.auth())
+    rows = await _audit_rows(api)
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    last = rows[-1]["seq"]
+    async with db.transaction() as tx:
+        await tx.execute("DELETE FROM audit_log WHERE seq = :s", {"s": last})
+    report = await verify_chain(db)
+    assert report.broken_at == last and "removed" in (report.problem or "")
+    async with db.transaction() as tx:
+        await tx.execute("DELETE FROM audit_log WHERE seq = 2")
+    report = await verify_chain(db)
+    assert report.broken_at == 2 and "missing" in (report.problem or "")
+
+
+async def test_a_rewritten_row_with_a_recomputed_hash_breaks_the_next_link(api: Api) -> None:
+    from toolcallstore.audit import chain_hash
+
+    for _ in range(4):
+        await api.client.get("/v1/me", headers=api.auth())
+    rows = await _audit_rows(api)
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    forged = dict(rows[1], status=500)
+    forged_hash = chain_hash(forged["prev_hash"], forged)
+    async with db.transaction() as tx:
+        await tx.execute(
+            "UPDATE audit_log SET status = 500, hash = :h WHERE seq = :s",
+            {"h": forged_hash, "s": rows[1]["seq"]},
+        )
+    report = await verify_chain(db)
+    assert report.broken_at == rows[2]["seq"] and "prev_hash" in (report.problem or "")
+
+
+async def test_audit_verify_cli_exits_nonzero_on_tampering(api: Api, settings: Settings) -> None:
+    await api.client.get("/v1/me", headers=api.auth())
+    await api.client.get("/v1/me", headers=api.auth())
+    await _audit_rows(api)
+    env = {"TOOLCALLSTORE_DATABASE_URL": settings.database_url, "PATH": ""}
+    cmd = [sys.executable, "-m", "toolcallstore", "audit", "verify"]
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "intact" in ok.stdout, ok.stderr
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE audit_log SET ip = '10.0.0.1' WHERE seq = 1")
+    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "BROKEN at seq 1" in bad.stdout
+
+
+async def test_concurrent_writers_keep_one_unbroken_chain(api: Api, settings: Settings) -> None:
+    import asyncio
+
+    from tests.conftest import running_api
+
+    async with running_api(settings) as other:
+        await asyncio.gather(
+            *(api.client.get("/v1/me", headers=api.auth()) for _ in range(40)),
+            *(other.client.get("/v1/me", headers=other.auth()) for _ in range(40)),
+        )
+        await other.app.state.services.audit.flush()  # type: ignore[attr-defined]
+    rows = await _audit_rows(api)
+    report = await verify_chain(api.app.state.services.db)  # type: ignore[attr-defined]
+    assert report.ok and report.rows_checked == len(rows) >= 80
