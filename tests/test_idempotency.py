@@ -29,8 +29,12 @@ async def test_the_same_key_with_another_body_is_422(api: Api) -> None:
 
 async def test_key_order_in_the_body_does_not_change_the_fingerprint(api: Api) -> None:
     headers = {**api.idem(key="k-3"), "Content-Type": "application/json"}
-    a = await api.client.post("/v1/keys", content=b'{"scopes":["jobs:read"],"name":"x"}', headers=headers)
-    b = await api.client.post("/v1/keys", content=b'{"name": "x", "scopes": ["jobs:read"]}', headers=headers)
+    a = await api.client.post(
+        "/v1/keys", content=b'{"scopes":["jobs:read"],"name":"x"}', headers=headers
+    )
+    b = await api.client.post(
+        "/v1/keys", content=b'{"name": "x", "scopes": ["jobs:read"]}', headers=headers
+    )
     assert b.headers.get("Idempotent-Replayed") == "true" and a.json()["id"] == b.json()["id"]
 
 
@@ -114,6 +118,6 @@ async def test_concurrent_duplicates_with_different_bodies_never_both_run(api: A
         *(api.client.post("/v1/tenants", json=b, headers=api.idem(key="race")) for b in bodies)
     )
     assert {r.status_code for r in responses} <= {200, 409, 422}
-    listed = (await api.client.get("/v1/tenants", params={"limit": "100"}, headers=api.auth()))
+    listed = await api.client.get("/v1/tenants", params={"limit": "100"}, headers=api.auth())
     names = [t["name"] for t in listed.json()["data"] if t["name"].startswith("race-")]
     assert len(names) == 1

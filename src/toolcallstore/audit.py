@@ -72,7 +72,8 @@ async def append_rows(tx: Transaction, rows: Iterable[Mapping[str, Any]]) -> int
     if chained:
         await tx.execute_many(_INSERT, chained)
         await tx.execute(
-            "UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1", {"seq": seq, "hash": prev}
+            "UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1",
+            {"seq": seq, "hash": prev},
         )
     return seq
 

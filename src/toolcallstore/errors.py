@@ -1,18 +1,18 @@
 """One exception tree, one JSON error envelope (DESIGN §4).
 
-    ToolCallError
-    ├── ConfigError                 bad settings or config files; raised at start-up
-    ├── DatabaseError               the data layer could not do what was asked
-    └── APIError                    becomes {"error": {...}} with its HTTP status
-        ├── InvalidRequest          400 invalid_request_error
-        ├── Unauthenticated         401 authentication_error
-        ├── PermissionDenied        403 permission_error
-        ├── NotFound                404 invalid_request_error / not_found
-        ├── MethodNotAllowed        405
-        ├── Conflict                409 idempotency_error / conflict
-        ├── RequestTooLarge         413
-        ├── Unprocessable           422
-        └── Unavailable             503 api_error / unavailable
+ToolCallError
+├── ConfigError                 bad settings or config files; raised at start-up
+├── DatabaseError               the data layer could not do what was asked
+└── APIError                    becomes {"error": {...}} with its HTTP status
+    ├── InvalidRequest          400 invalid_request_error
+    ├── Unauthenticated         401 authentication_error
+    ├── PermissionDenied        403 permission_error
+    ├── NotFound                404 invalid_request_error / not_found
+    ├── MethodNotAllowed        405
+    ├── Conflict                409 idempotency_error / conflict
+    ├── RequestTooLarge         413
+    ├── Unprocessable           422
+    └── Unavailable             503 api_error / unavailable
 """
 
 from __future__ import annotations

@@ -39,17 +39,21 @@ Execute = Callable[[Transaction], Awaitable[tuple[int, Any]]]
 Redact = Callable[[Any], Any]
 
 
-def idempotency_key(request: Request, *, required: bool = True) -> str | None:
+def idempotency_key(request: Request) -> str:
+    """The required Idempotency-Key of a create/execute POST; 400 when absent or malformed."""
+    key = optional_idempotency_key(request)
+    if key is None:
+        raise InvalidRequest(
+            "This request needs an 'Idempotency-Key' header (1-255 characters, a UUID is "
+            "a good choice) so that retrying it can never do the work twice.",
+            code="idempotency_key_required",
+        )
+    return key
+
+
+def optional_idempotency_key(request: Request) -> str | None:
     raw = request.headers.get("idempotency-key")
-    if raw is None:
-        if required:
-            raise InvalidRequest(
-                "This request needs an 'Idempotency-Key' header (1-255 characters, a UUID is "
-                "a good choice) so that retrying it can never do the work twice.",
-                code="idempotency_key_required",
-            )
-        return None
-    if not 1 <= len(raw) <= MAX_KEY_LENGTH or not raw.isprintable():
+    if raw is not None and (not 1 <= len(raw) <= MAX_KEY_LENGTH or not raw.isprintable()):
         raise InvalidRequest(
             "The 'Idempotency-Key' header must be 1-255 printable characters.",
             code="idempotency_key_invalid",
@@ -100,8 +104,8 @@ class Idempotency:
             status, content = await self._store_failure(ids, error, request)
         except Exception:
             log.exception("idempotent request failed")
-            error = InternalError("The request failed on our side; it made no changes.")
-            status, content = await self._store_failure(ids, error, request)
+            failure = InternalError("The request failed on our side; it made no changes.")
+            status, content = await self._store_failure(ids, failure, request)
         return JSONResponse(content, status_code=status)
 
     async def _claim(self, ids: dict[str, str], tenant_id: str, fp: str) -> tuple[int, Any] | None:

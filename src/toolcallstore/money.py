@@ -21,11 +21,11 @@ def usd_to_micros(value: object) -> int:
     Raises ValueError with a message fit for the caller.
     """
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError("must be a decimal string such as \"1.50\"")
+        raise ValueError('must be a decimal string such as "1.50"')
     try:
         amount = Decimal(str(value))
     except InvalidOperation:
-        raise ValueError("must be a decimal string such as \"1.50\"") from None
+        raise ValueError('must be a decimal string such as "1.50"') from None
     if not amount.is_finite() or amount < 0:
         raise ValueError("must be a finite, non-negative amount")
     if amount > MAX_USD:

@@ -33,7 +33,8 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json")
+        message = f"The request body is not valid JSON: {exc}"
+        raise InvalidRequest(message, code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return data

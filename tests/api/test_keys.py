@@ -42,7 +42,10 @@ async def test_a_key_cannot_grant_scopes_it_lacks(api: Api) -> None:
     r = await create(api, {"scopes": ["jobs:read", "llm:chat", "admin"]}, manager)
     assert r.status_code == 403
     error = r.json()["error"]
-    assert error["code"] == "insufficient_scope" and error["missing_scopes"] == ["admin", "llm:chat"]
+    assert error["code"] == "insufficient_scope" and error["missing_scopes"] == [
+        "admin",
+        "llm:chat",
+    ]
     ok = await create(api, {"scopes": ["jobs:read"]}, manager)
     assert ok.status_code == 200 and ok.json()["created_by"] is not None
 
@@ -100,7 +103,9 @@ async def test_a_key_cannot_revoke_a_stronger_key(api: Api) -> None:
 
 
 async def test_lists_paginate_newest_first_with_a_cursor(api: Api) -> None:
-    made = [(await create(api, {"scopes": ["jobs:read"], "name": f"k{i}"})).json() for i in range(5)]
+    made = [
+        (await create(api, {"scopes": ["jobs:read"], "name": f"k{i}"})).json() for i in range(5)
+    ]
     seen: list[str] = []
     cursor = None
     while True:
@@ -122,7 +127,9 @@ async def test_fifty_concurrent_duplicates_create_exactly_one_key(api: Api) -> N
     )
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 409}, statuses
-    created = [r for r in responses if r.status_code == 200 and "Idempotent-Replayed" not in r.headers]
+    created = [
+        r for r in responses if r.status_code == 200 and "Idempotent-Replayed" not in r.headers
+    ]
     replays = [r for r in responses if r.headers.get("Idempotent-Replayed") == "true"]
     assert len(created) == 1
     assert len(replays) + statuses.count(409) == 49

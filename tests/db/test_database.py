@@ -80,7 +80,8 @@ async def test_sqlite_is_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="FOREIGN KEY"):
         async with db.transaction() as tx:
             await tx.execute(
-                "INSERT INTO projects (id, tenant_id, name, created_at) VALUES ('p', 'nope', 'p', 0)"
+                "INSERT INTO projects (id, tenant_id, name, created_at)"
+                " VALUES ('p', 'nope', 'p', 0)"
             )
     await db.disconnect()
 

@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.auth import Principal, require_scope
 from toolcallstore.api.objects import list_object, project_object, tenant_object
+from toolcallstore.auth import Principal, require_scope
 from toolcallstore.db import Transaction
 from toolcallstore.db import tenants as repo
 from toolcallstore.errors import NotFound

@@ -70,8 +70,10 @@ class Database:
             raise ConfigError(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}")
         self.url = url
         self._readers_wanted = max(1, readers)
-        self._db = databases.Database(url, min_size=1, max_size=10) if self.is_postgres else (
-            databases.Database(url)
+        self._db = (
+            databases.Database(url, min_size=1, max_size=10)
+            if self.is_postgres
+            else (databases.Database(url))
         )
         self._writer: Connection | None = None
         self._readers: list[Connection] = []
@@ -164,7 +166,7 @@ class Database:
             raise
 
     async def ping(self) -> bool:
-        return await self.fetch_val("SELECT 1") == 1
+        return bool(await self.fetch_val("SELECT 1") == 1)
 
 
 async def _finish(awaitable: Any) -> Any:

@@ -1,0 +1,151 @@
+"""The operator's view: `toolcallstore serve` and the CLI as real subprocesses."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Server, free_port, start_server, stop_server
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TOOLCALLSTORE_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "toolcallstore", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_first_start_prints_a_working_admin_key_once(tmp_path: Path) -> None:
+    # The README's first command: no configuration, SQLite in the working directory.
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCALLSTORE_")}
+    log = tmp_path / "serve.log"
+
+    def serve() -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "toolcallstore", "serve", "--port", str(port)],
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).is_success:
+                    return process
+            except httpx.TransportError:
+                time.sleep(0.1)
+        process.kill()
+        raise AssertionError(log.read_text())
+
+    process = serve()
+    try:
+        banner = log.read_text()
+        key_file = tmp_path / "toolcallstore.db.admin-key"
+        secret = key_file.read_text().strip()
+        assert secret.startswith("tcs_test_") and secret in banner
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert (tmp_path / "toolcallstore.db").exists()
+        base = f"http://127.0.0.1:{port}"
+        me = httpx.get(f"{base}/v1/me", headers={"Authorization": f"Bearer {secret}"})
+        assert me.status_code == 200 and "admin" in me.json()["scopes"]
+        assert httpx.get(f"{base}/v1/me").status_code == 401
+        weak = httpx.post(
+            f"{base}/v1/keys",
+            json={"scopes": ["jobs:read"]},
+            headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": "first"},
+        ).json()["secret"]
+        denied = httpx.get(f"{base}/v1/keys", headers={"Authorization": f"Bearer {weak}"})
+        assert denied.status_code == 403 and "keys:manage" in denied.json()["error"]["message"]
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    assert "Traceback" not in log.read_text() and "ERROR" not in log.read_text()
+    # A restart finds the tenant and prints no new key.
+    process = serve()
+    process.terminate()
+    process.wait(timeout=15)
+    assert "tcs_test_" not in log.read_text()
+    assert key_file.read_text().strip() == secret
+
+
+def test_cli_creates_tenants_and_keys_that_the_server_honours(
+    server: Server, database_url: str
+) -> None:
+    made = cli(database_url, "tenants", "create", "--name", "acme")
+    assert made.returncode == 0, made.stderr
+    tenant = json.loads(made.stdout)
+    made = cli(
+        database_url,
+        "keys",
+        "create",
+        "--tenant",
+        tenant["id"],
+        "--scopes",
+        "keys:manage,jobs:read",
+    )
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    auth = {"Authorization": f"Bearer {key['secret']}"}
+    me = httpx.get(f"{server.base_url}/v1/me", headers=auth).json()
+    assert me["tenant_id"] == tenant["id"] and me["scopes"] == ["jobs:read", "keys:manage"]
+    listed = cli(database_url, "keys", "list", "--tenant", tenant["id"])
+    assert key["id"] in listed.stdout and key["secret"] not in listed.stdout
+    revoked = cli(database_url, "keys", "revoke", "--tenant", tenant["id"], key["id"])
+    assert revoked.returncode == 0
+    started = time.monotonic()
+    while httpx.get(f"{server.base_url}/v1/me", headers=auth).status_code != 401:
+        assert time.monotonic() - started < 5, "revocation not effective within 5 s"
+        time.sleep(0.1)
+
+
+def test_cli_refuses_bad_input_with_a_message_not_a_traceback(database_url: str) -> None:
+    bad_scope = cli(database_url, "keys", "create", "--tenant", "ten_x", "--scopes", "root")
+    assert bad_scope.returncode == 2 and "unknown or empty scopes: root" in bad_scope.stderr
+    no_tenant = cli(database_url, "keys", "create", "--tenant", "ten_x", "--scopes", "jobs:read")
+    assert no_tenant.returncode == 2 and "no tenant ten_x" in no_tenant.stderr
+    bad_url = cli("mysql://x/y", "migrate")
+    assert bad_url.returncode == 2 and "unsupported database URL" in bad_url.stderr
+    for result in (bad_scope, no_tenant, bad_url):
+        assert "Traceback" not in result.stderr
+
+
+def test_two_instances_run_side_by_side(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = start_server(f"sqlite:///{tmp_path / 'a' / 'a.db'}", tmp_path / "a")
+    b = start_server(f"sqlite:///{tmp_path / 'b' / 'b.db'}", tmp_path / "b")
+    try:
+        assert a.admin_key != b.admin_key
+        for srv, other in ((a, b), (b, a)):
+            assert httpx.get(f"{srv.base_url}/v1/me", headers=_auth(srv)).is_success
+            assert httpx.get(f"{srv.base_url}/v1/me", headers=_auth(other)).status_code == 401
+    finally:
+        stop_server(a)
+        stop_server(b)
+
+
+def _auth(server: Server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.admin_key}"}
+
+
+def test_shutdown_flushes_the_audit_log(server: Server, database_url: str) -> None:
+    for _ in range(20):
+        httpx.get(f"{server.base_url}/v1/me", headers=_auth(server))
+    out = stop_server(server)
+    assert "Traceback" not in out
+    verified = cli(database_url, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout
+    rows = int(verified.stdout.split(":")[1].split()[0])
+    assert rows >= 20
