@@ -149,3 +149,15 @@ def test_shutdown_flushes_the_audit_log(server: Server, database_url: str) -> No
     assert verified.returncode == 0, verified.stdout
     rows = int(verified.stdout.split(":")[1].split()[0])
     assert rows >= 20
+
+
+def test_metrics_trust_forwarded_addresses_only_from_the_proxy(server: Server) -> None:
+    # Behind Caddy every request arrives from 127.0.0.1 with the real client in X-Forwarded-For.
+    direct = httpx.get(f"{server.base_url}/metrics")
+    assert direct.status_code == 200 and "toolcallstore_http_requests_total" in direct.text
+    proxied = httpx.get(f"{server.base_url}/metrics", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert proxied.status_code == 403 and proxied.json()["error"]["required_scope"] == "admin"
+    as_admin = httpx.get(
+        f"{server.base_url}/metrics", headers={"X-Forwarded-For": "203.0.113.7", **_auth(server)}
+    )
+    assert as_admin.status_code == 200

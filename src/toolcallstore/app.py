@@ -33,6 +33,8 @@ from toolcallstore.settings import Settings
 
 log = logging.getLogger("toolcallstore.app")
 
+STOP_GRACE_SECONDS = 10.0
+
 
 def create_app(settings: Settings) -> Starlette:
     db = Database(settings.database_url, readers=settings.db_readers)
@@ -79,11 +81,15 @@ def create_app(settings: Settings) -> Starlette:
 
 
 async def stop_services(svc: Services) -> None:
+    # Ask background loops to finish what they are doing rather than cancelling them
+    # mid-query: a cancellation landing inside a driver call can be lost on Python 3.11.
+    svc.stopping.set()
     maintenance = svc.tasks.pop("maintenance", None)
-    if maintenance is not None:
-        maintenance.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await maintenance
+    if maintenance is not None and not maintenance.done():
+        try:
+            await asyncio.wait_for(maintenance, STOP_GRACE_SECONDS)
+        except (TimeoutError, asyncio.CancelledError):
+            log.error("maintenance task did not stop in time; abandoned")
     audit = svc.tasks.pop("audit", None)
     await svc.audit.close()
     if audit is not None:
@@ -97,7 +103,7 @@ async def stop_services(svc: Services) -> None:
 async def maintain(svc: Services) -> None:
     """Periodic upkeep: prune idempotency keys past their 24 h window."""
     settings = svc.settings
-    while True:
+    while not svc.stopping.is_set():
         cutoff = now_us() - settings.idempotency_ttl_seconds * 1_000_000
         try:
             pruned = await prune_idempotency_keys(svc.db, cutoff)
@@ -105,7 +111,8 @@ async def maintain(svc: Services) -> None:
                 log.info("pruned idempotency keys", extra={"fields": {"count": pruned}})
         except Exception:
             log.exception("idempotency pruning failed; will retry")
-        await asyncio.sleep(settings.prune_interval_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(svc.stopping.wait(), settings.prune_interval_seconds)
 
 
 def allowed_methods(request: Request) -> list[str]:

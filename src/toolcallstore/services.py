@@ -26,6 +26,7 @@ class Services:
     metrics: Metrics
     http: httpx.AsyncClient | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def services(request: Request) -> Services:
