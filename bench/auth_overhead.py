@@ -43,8 +43,10 @@ def main() -> None:
     finally:
         server.stop()
 
-    print(f"load generator: {load_generator()}; {args.connections} connections, "
-          f"{args.rounds} rounds of {args.seconds:g} s each, median round shown")
+    print(
+        f"load generator: {load_generator()}; {args.connections} connections, "
+        f"{args.rounds} rounds of {args.seconds:g} s each, median round shown"
+    )
     print(f"{'endpoint':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     medians = {}
     for path, loads in runs.items():
