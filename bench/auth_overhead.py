@@ -10,7 +10,9 @@ noise hits both; the median round is reported.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import subprocess
 import statistics
 import sys
 from pathlib import Path
@@ -26,12 +28,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
     args = parser.parse_args()
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = start_server(port, args.database_url)
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    server = start_server(port, args.database_url, **extra)
     auth = {"Authorization": f"Bearer {server.admin_key}"}
     runs: dict[str, list[Load]] = {"/healthz": [], "/v1/me": []}
     try:
@@ -42,6 +46,13 @@ def main() -> None:
                 runs[path].append(load)
     finally:
         server.stop()
+    # Every /v1/me request must have left an audit row, or the ratio flatters us.
+    verify = subprocess.run(
+        [sys.executable, "-m", "toolcallstore", "audit", "verify"],
+        env={**os.environ, "TOOLCALLSTORE_DATABASE_URL": server.database_url},
+        capture_output=True,
+        text=True,
+    )
 
     print(
         f"load generator: {load_generator()}; {args.connections} connections, "
@@ -55,6 +66,7 @@ def main() -> None:
         p99 = statistics.median(x.p99_ms for x in loads)
         medians[path] = rps
         print(f"{path:<12} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f} {sum(x.errors for x in loads):>7}")
+    print(f"audit after shutdown: {verify.stdout.strip()}")
     ratio = medians["/v1/me"] / medians["/healthz"]
     verdict = "meets" if ratio >= 0.6 else "MISSES"
     print(f"ratio /v1/me : /healthz = {ratio:.2f} ({verdict} the >= 0.60 target)")

@@ -31,6 +31,7 @@ class BenchServer:
     base_url: str
     admin_key: str
     workdir: Path
+    database_url: str
 
     def stop(self) -> None:
         self.process.terminate()
@@ -65,7 +66,8 @@ def start_server(port: int, database_url: str | None = None, **env: str) -> Benc
     else:
         process.kill()
         raise SystemExit(f"server did not start; see {workdir / 'server.log'}")
-    return BenchServer(process, base, (workdir / "admin-key").read_text().strip(), workdir)
+    key = (workdir / "admin-key").read_text().strip()
+    return BenchServer(process, base, key, workdir, full_env["TOOLCALLSTORE_DATABASE_URL"])
 
 
 def drive(url: str, connections: int, seconds: float, headers: dict[str, str]) -> Load:

@@ -140,11 +140,20 @@ def _auth(server: Server) -> dict[str, str]:
     return {"Authorization": f"Bearer {server.admin_key}"}
 
 
-def test_shutdown_flushes_the_audit_log(server: Server, database_url: str) -> None:
-    for _ in range(20):
-        httpx.get(f"{server.base_url}/v1/me", headers=_auth(server))
+def test_shutdown_flushes_the_audit_log_and_access_log(server: Server, database_url: str) -> None:
+    request_ids = {
+        httpx.get(f"{server.base_url}/v1/me", headers=_auth(server)).headers["ToolCall-Request-Id"]
+        for _ in range(20)
+    }
     out = stop_server(server)
     assert "Traceback" not in out
+    access = [json.loads(line) for line in out.splitlines() if '"toolcallstore.access"' in line]
+    logged = {line["request_id"]: line for line in access}
+    assert request_ids <= set(logged)
+    line = logged[next(iter(request_ids))]
+    assert line["route"] == "/v1/me" and line["status"] == 200 and line["key_id"].startswith("key_")
+    logs = [line for line in out.splitlines() if line.startswith("{")]
+    assert logs and server.admin_key not in "\n".join(logs)
     verified = cli(database_url, "audit", "verify")
     assert verified.returncode == 0, verified.stdout
     rows = int(verified.stdout.split(":")[1].split()[0])

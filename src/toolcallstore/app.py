@@ -25,6 +25,7 @@ from toolcallstore.db.migrate import migrate
 from toolcallstore.errors import APIError, MethodNotAllowed, NotFound
 from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
 from toolcallstore.ids import now_us
+from toolcallstore.logs import AccessLog
 from toolcallstore.metrics import Metrics
 from toolcallstore.middleware import BodyLimitMiddleware, ObserveMiddleware
 from toolcallstore.responses import error_response
@@ -43,7 +44,10 @@ def create_app(settings: Settings) -> Starlette:
         db=db,
         keys=KeyCache(db, settings.key_cache_seconds),
         audit=AuditWriter(
-            db, flush_ms=settings.audit_flush_ms, batch_size=settings.audit_batch_size
+            db,
+            flush_ms=settings.audit_flush_ms,
+            batch_size=settings.audit_batch_size,
+            access_log=AccessLog() if settings.access_log else None,
         ),
         idempotency=Idempotency(db, lock_seconds=settings.idempotency_lock_seconds),
         metrics=Metrics(),
@@ -64,12 +68,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=api.routes(),
         middleware=[
-            Middleware(
-                ObserveMiddleware,
-                metrics=svc.metrics,
-                audit=svc.audit,
-                access_log=settings.access_log,
-            ),
+            Middleware(ObserveMiddleware, metrics=svc.metrics, audit=svc.audit),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
             Middleware(AuthMiddleware, keys=svc.keys),
         ],

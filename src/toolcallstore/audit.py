@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from toolcallstore.db import Database, Transaction
+from toolcallstore.logs import AccessLog
 
 log = logging.getLogger("toolcallstore.audit")
 
@@ -44,14 +45,12 @@ FIELDS = (
     "ip",
     "latency_us",
 )
-_INSERT = (
-    f"INSERT INTO audit_log ({', '.join(FIELDS)}, prev_hash, hash) "
-    f"VALUES ({', '.join(':' + f for f in FIELDS)}, :prev_hash, :hash)"
-)
+_COLUMNS = (*FIELDS, "prev_hash", "hash")
 
 
 def chain_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
-    canonical = orjson.dumps({f: row.get(f) for f in FIELDS}, option=orjson.OPT_SORT_KEYS)
+    """sha256(prev_hash || canonical row); the canonical row is the JSON array of FIELDS."""
+    canonical = orjson.dumps([row.get(f) for f in FIELDS])
     return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
 
 
@@ -64,13 +63,12 @@ async def append_rows(tx: Transaction, rows: Iterable[Mapping[str, Any]]) -> int
     chained = []
     for row in rows:
         seq += 1
-        full = {f: row.get(f) for f in FIELDS}
-        full["seq"] = seq
-        full["prev_hash"] = prev
-        full["hash"] = prev = chain_hash(prev, full)
-        chained.append(full)
+        values = [seq, *(row.get(f) for f in FIELDS[1:])]
+        digest = hashlib.sha256(prev.encode() + orjson.dumps(values)).hexdigest()
+        chained.append((*values, prev, digest))
+        prev = digest
     if chained:
-        await tx.execute_many(_INSERT, chained)
+        await tx.insert_many("audit_log", _COLUMNS, chained)
         await tx.execute(
             "UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1",
             {"seq": seq, "hash": prev},
@@ -83,23 +81,38 @@ class AuditWriter:
 
     RETRY_SECONDS = 1.0
 
-    def __init__(self, db: Database, *, flush_ms: int, batch_size: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        flush_ms: int,
+        batch_size: int,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self._db = db
+        self._access_log = access_log
         self._flush_s = flush_ms / 1000
         self._batch_size = batch_size
         self._pending: deque[dict[str, Any]] = deque()
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
+        self._room = asyncio.Event()
+        self._high_water = max(batch_size * 4, 20_000)
         self._closing = False
 
     @property
     def backlog(self) -> int:
         return len(self._pending)
 
-    def record(self, row: dict[str, Any]) -> None:
+    async def record(self, row: dict[str, Any]) -> None:
+        """Queue a row; returns at once unless the writer has fallen far behind, in which
+        case the request waits for room: an audit row is never dropped to go faster."""
         self._pending.append(row)
         if len(self._pending) >= self._batch_size:
             self._wake.set()
+        if len(self._pending) >= self._high_water and not self._closing:
+            self._room.clear()
+            await self._room.wait()
 
     async def run(self) -> None:
         """Flush every `flush_ms` (sooner when a batch fills) until `close`."""
@@ -131,9 +144,14 @@ class AuditWriter:
                     await append_rows(tx, batch)
                 for _ in batch:
                     self._pending.popleft()
+                if self._access_log is not None:
+                    self._access_log.write(batch)
+                if len(self._pending) < self._high_water:
+                    self._room.set()
 
     async def close(self) -> None:
         self._closing = True
+        self._room.set()
         self._wake.set()
         await self._flush_with_retry()
 

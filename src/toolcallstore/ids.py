@@ -31,4 +31,5 @@ def new_id(prefix: str) -> str:
 
 
 def new_request_id() -> str:
-    return "req_" + random_base62(24)
+    # On every request: one urandom call instead of 24 secrets.choice calls.
+    return "req_" + secrets.token_urlsafe(18)

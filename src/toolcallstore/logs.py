@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 import orjson
 
@@ -13,8 +14,7 @@ import orjson
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -37,3 +37,37 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+class AccessLog:
+    """Writes one JSON line per request, a batch per write, straight to a text stream."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        stream = self._stream or sys.stderr
+        lines = [
+            orjson.dumps(
+                {
+                    "ts": _iso(row["ts"] / 1_000_000),
+                    "level": "info",
+                    "logger": "toolcallstore.access",
+                    "request_id": row["request_id"],
+                    "tenant": row["tenant_id"],
+                    "key_id": row["api_key_id"],
+                    "method": row["method"],
+                    "route": row["route"],
+                    "status": row["status"],
+                    "latency_ms": row["latency_us"] / 1000,
+                    "cost_micros": row["cost_micros"],
+                }
+            )
+            for row in rows
+        ]
+        stream.write(b"\n".join(lines).decode() + "\n")
+        stream.flush()
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"

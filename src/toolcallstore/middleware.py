@@ -1,4 +1,7 @@
-"""Pure ASGI middleware: request context and observation, body size limit."""
+"""Pure ASGI middleware: request context and observation, body size limit.
+
+The access log line of a request is written by the AuditWriter once its audit row commits, in
+batches, so that logging costs the request path nothing and log and audit always agree."""
 
 from __future__ import annotations
 
@@ -15,23 +18,19 @@ from toolcallstore.ids import new_request_id, now_us
 from toolcallstore.metrics import Metrics
 from toolcallstore.responses import send_error
 
-access_log = logging.getLogger("toolcallstore.access")
 error_log = logging.getLogger("toolcallstore.errors")
 
-# Probes are not actions: they are measured but not audited or access-logged.
+# Probes are not actions: they are measured but neither audited nor access-logged.
 UNAUDITED_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class ObserveMiddleware:
     """Gives each request an id and context; measures, logs and audits it when it ends."""
 
-    def __init__(
-        self, app: ASGIApp, metrics: Metrics, audit: AuditWriter, access_log: bool = True
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, audit: AuditWriter) -> None:
         self.app = app
         self.metrics = metrics
         self.audit = audit
-        self.log_access = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,9 +60,9 @@ class ObserveMiddleware:
                 error = InternalError("Something went wrong on our side; it has been logged.")
                 await send_error(send_with_id, error, ctx.request_id)
         finally:
-            self._finish(scope, ctx, status, time.perf_counter() - started)
+            await self._finish(scope, ctx, status, time.perf_counter() - started)
 
-    def _finish(self, scope: Scope, ctx: RequestContext, status: int, seconds: float) -> None:
+    async def _finish(self, scope: Scope, ctx: RequestContext, status: int, seconds: float) -> None:
         route_obj = scope.get("route")
         route = getattr(route_obj, "path", None) or "unmatched"
         method = scope["method"]
@@ -91,19 +90,7 @@ class ObserveMiddleware:
             "ip": ctx.ip,
             "latency_us": int(seconds * 1_000_000),
         }
-        self.audit.record(row)
-        if self.log_access:
-            fields = {
-                "request_id": ctx.request_id,
-                "tenant": row["tenant_id"],
-                "key_id": row["api_key_id"],
-                "method": method,
-                "route": route,
-                "status": status,
-                "latency_ms": round(seconds * 1000, 3),
-                "cost_micros": ctx.cost_micros,
-            }
-            access_log.info("request", extra={"fields": fields})
+        await self.audit.record(row)
 
 
 class BodyLimitMiddleware:

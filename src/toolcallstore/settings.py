@@ -22,7 +22,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     key_cache_seconds: float = 2.0
     audit_flush_ms: int = 50
-    audit_batch_size: int = 500
+    audit_batch_size: int = 2000
     idempotency_ttl_seconds: int = 86_400
     idempotency_lock_seconds: int = 300
     prune_interval_seconds: int = 600

@@ -69,7 +69,6 @@ CREATE TABLE audit_log (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
-CREATE INDEX audit_log_tenant ON audit_log (tenant_id, seq);
 
 -- The chain's head: updated in the same transaction as each appended batch, so that
 -- deleting the newest rows is detected too, and so that writers serialise on one row.
