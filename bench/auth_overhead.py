@@ -69,7 +69,7 @@ def main() -> None:
     print(f"audit after shutdown: {verify.stdout.strip()}")
     ratio = medians["/v1/me"] / medians["/healthz"]
     verdict = "meets" if ratio >= 0.6 else "MISSES"
-    print(f"ratio /v1/me : /healthz = {ratio:.2f} ({verdict} the >= 0.60 target)")
+    print(f"ratio /v1/me : /healthz = {ratio:.3f} ({verdict} the >= 0.60 target)")
 
 
 if __name__ == "__main__":
