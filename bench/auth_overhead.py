@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 

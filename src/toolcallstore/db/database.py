@@ -50,10 +50,6 @@ class Transaction:
     async def execute(self, sql: str, values: Values = None) -> None:
         await self._connection.execute(sql, dict(values or {}))
 
-    async def execute_many(self, sql: str, values: Sequence[Mapping[str, Any]]) -> None:
-        if values:
-            await self._connection.execute_many(sql, [dict(v) for v in values])
-
     async def insert_many(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:

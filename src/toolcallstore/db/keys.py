@@ -142,7 +142,3 @@ async def revoke_key(tx: Transaction, tenant_id: str, key_id: str) -> ApiKey | N
         {"now": now_us(), "id": key_id, "tenant_id": tenant_id},
     )
     return await get_key(tx, tenant_id, key_id)
-
-
-async def count_keys(db: Database) -> int:
-    return int(await db.fetch_val("SELECT count(*) FROM api_keys"))
