@@ -1,0 +1,108 @@
+"""The job model and the `JobStore` interface every implementation keeps."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from toolcallstore.db.database import Row
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class NewJob:
+    type: str
+    payload: dict[str, Any]
+    queue: str = "default"
+    tenant_id: str | None = None
+    priority: int = 0
+    run_at: int | None = None  # epoch microseconds; None means now
+    max_attempts: int = 5
+    unique_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    queue: str
+    type: str
+    tenant_id: str | None
+    payload: dict[str, Any]
+    priority: int
+    state: str
+    run_at: int
+    attempts: int
+    max_attempts: int
+    unique_key: str | None
+    lease_until: int | None
+    locked_by: str | None
+    progress: int
+    progress_message: str | None
+    result: Any
+    errors: list[dict[str, Any]]
+    cancel_requested: bool
+    created_at: int
+    updated_at: int
+    finished_at: int | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> Job:
+        return cls(
+            id=row["id"],
+            queue=row["queue"],
+            type=row["type"],
+            tenant_id=row["tenant_id"],
+            payload=orjson.loads(row["payload"]),
+            priority=row["priority"],
+            state=row["state"],
+            run_at=row["run_at"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            unique_key=row["unique_key"],
+            lease_until=row["lease_until"],
+            locked_by=row["locked_by"],
+            progress=row["progress"],
+            progress_message=row["progress_message"],
+            result=None if row["result"] is None else orjson.loads(row["result"]),
+            errors=orjson.loads(row["errors"]),
+            cancel_requested=bool(row["cancel_requested"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            finished_at=row["finished_at"],
+        )
+
+
+def backoff_us(attempt: int, *, base_s: float = 1.0, cap_s: float = 3600.0) -> int:
+    """Exponential backoff with equal jitter: uniform in [c/2, c], c = min(cap, base * 2^(n-1))."""
+    ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
+    return int(random.uniform(ceiling / 2, ceiling) * 1_000_000)
+
+
+class JobStore(Protocol):
+    async def enqueue(self, job: NewJob) -> tuple[Job, bool]:
+        """Insert a job, or return the live job holding its unique key; True if inserted."""
+
+    async def claim(self, queue: str, worker: str, limit: int, lease_s: float) -> list[Job]:
+        """Atomically move up to `limit` due jobs of `queue` to running under a lease."""
+
+    async def finish(
+        self,
+        job: Job,
+        worker: str,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        retry_at: int | None = None,
+    ) -> str | None:
+        """Record a run's outcome if `worker` still holds the lease; returns the new state."""
+
+    async def extend_leases(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
+        """Heartbeat: extend the leases `worker` holds; returns ids whose cancel was requested."""
+
+    async def rescue_expired(self) -> int:
+        """Requeue (or dead-letter) running jobs whose lease expired; returns how many."""
