@@ -1,3 +1,4 @@
+import asyncio
 import subprocess
 import sys
 
@@ -89,18 +90,17 @@ async def test_audit_verify_cli_exits_nonzero_on_tampering(api: Api, settings: S
     await _audit_rows(api)
     env = {"TOOLCALLSTORE_DATABASE_URL": settings.database_url, "PATH": ""}
     cmd = [sys.executable, "-m", "toolcallstore", "audit", "verify"]
-    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    # In a thread: the app under test shares the event loop and must keep running.
+    ok = await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True, text=True)
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stderr
     db = api.app.state.services.db  # type: ignore[attr-defined]
     async with db.transaction() as tx:
         await tx.execute("UPDATE audit_log SET ip = '10.0.0.1' WHERE seq = 1")
-    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    bad = await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "BROKEN at seq 1" in bad.stdout
 
 
 async def test_concurrent_writers_keep_one_unbroken_chain(api: Api, settings: Settings) -> None:
-    import asyncio
-
     from tests.conftest import running_api
 
     async with running_api(settings) as other:

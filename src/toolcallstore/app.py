@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
@@ -28,9 +28,12 @@ from toolcallstore.ids import now_us
 from toolcallstore.logs import AccessLog
 from toolcallstore.metrics import Metrics
 from toolcallstore.middleware import BodyLimitMiddleware, ObserveMiddleware
+from toolcallstore.queue.sandbox import register_sandbox_handlers
+from toolcallstore.queue.sql import SqlJobStore
+from toolcallstore.queue.worker import PoolConfig, Registry, WorkerPool
 from toolcallstore.responses import error_response
 from toolcallstore.services import Services
-from toolcallstore.settings import Settings
+from toolcallstore.settings import Settings, parse_queue_limits
 
 log = logging.getLogger("toolcallstore.app")
 
@@ -39,6 +42,15 @@ STOP_GRACE_SECONDS = 10.0
 
 def create_app(settings: Settings) -> Starlette:
     db = Database(settings.database_url, readers=settings.db_readers)
+    metrics = Metrics()
+    registry = Registry()
+    register_sandbox_handlers(registry, db)
+    pool_config = PoolConfig(
+        concurrency=settings.workers,
+        queue_limits=parse_queue_limits(settings.queue_limits),
+        lease_s=settings.job_lease_seconds,
+        poll_s=settings.job_poll_ms / 1000,
+    )
     svc = Services(
         settings=settings,
         db=db,
@@ -50,20 +62,28 @@ def create_app(settings: Settings) -> Starlette:
             access_log=AccessLog() if settings.access_log else None,
         ),
         idempotency=Idempotency(db, lock_seconds=settings.idempotency_lock_seconds),
-        metrics=Metrics(),
+        metrics=metrics,
+        jobs=WorkerPool(SqlJobStore(db), registry, pool_config, metrics),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        close_listener: Callable[[], Awaitable[None]] | None = None
         await db.connect()
         try:
             await migrate(db)
             svc.http = httpx.AsyncClient(transport=AiohttpTransport(), timeout=30.0)
             svc.tasks["audit"] = asyncio.create_task(svc.audit.run(), name="audit-writer")
             svc.tasks["maintenance"] = asyncio.create_task(maintain(svc), name="maintenance")
+            if settings.workers > 0:
+                if db.is_postgres:
+                    close_listener = await svc.jobs.listen(db.url)
+                svc.tasks.update(svc.jobs.start())
             yield
         finally:
             await stop_services(svc)
+            if close_listener is not None:
+                await close_listener()
 
     app = Starlette(
         routes=api.routes(),
@@ -83,6 +103,9 @@ async def stop_services(svc: Services) -> None:
     # Ask background loops to finish what they are doing rather than cancelling them
     # mid-query: a cancellation landing inside a driver call can be lost on Python 3.11.
     svc.stopping.set()
+    await svc.jobs.stop()
+    for name in ("workers", "heartbeat", "rescuer"):
+        svc.tasks.pop(name, None)
     maintenance = svc.tasks.pop("maintenance", None)
     if maintenance is not None and not maintenance.done():
         try:
@@ -100,16 +123,20 @@ async def stop_services(svc: Services) -> None:
 
 
 async def maintain(svc: Services) -> None:
-    """Periodic upkeep: prune idempotency keys past their 24 h window."""
+    """Periodic upkeep: prune idempotency keys past their 24 h window and finished jobs past
+    their retention."""
     settings = svc.settings
     while not svc.stopping.is_set():
         cutoff = now_us() - settings.idempotency_ttl_seconds * 1_000_000
         try:
             pruned = await prune_idempotency_keys(svc.db, cutoff)
-            if pruned:
-                log.info("pruned idempotency keys", extra={"fields": {"count": pruned}})
+            retention_us = settings.job_retention_days * 86_400 * 1_000_000
+            pruned_jobs = await svc.jobs.store.prune_finished(now_us() - retention_us)
+            if pruned or pruned_jobs:
+                counts = {"idempotency_keys": pruned, "jobs": pruned_jobs}
+                log.info("pruned", extra={"fields": counts})
         except Exception:
-            log.exception("idempotency pruning failed; will retry")
+            log.exception("pruning failed; will retry")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(svc.stopping.wait(), settings.prune_interval_seconds)
 

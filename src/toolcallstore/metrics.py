@@ -29,6 +29,27 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.job_claim_latency = Histogram(
+            "toolcallstore_job_claim_latency_seconds",
+            "From a job being due to a worker claiming it.",
+            ["queue"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.job_runs = Histogram(
+            "toolcallstore_job_run_seconds",
+            "Handler run time by job type and resulting state (failed, queued = retry, ...).",
+            ["type", "state"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.job_depth = Gauge(
+            "toolcallstore_jobs",
+            "Jobs by queue and live state, counted when metrics are scraped.",
+            ["queue", "state"],
+            registry=self.registry,
+        )
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         code = str(status)
         self.requests.labels(route, method, code).inc()

@@ -13,6 +13,7 @@ from toolcallstore.auth import KeyCache
 from toolcallstore.db import Database
 from toolcallstore.idempotency import Idempotency
 from toolcallstore.metrics import Metrics
+from toolcallstore.queue.worker import WorkerPool
 from toolcallstore.settings import Settings
 
 
@@ -24,6 +25,7 @@ class Services:
     audit: AuditWriter
     idempotency: Idempotency
     metrics: Metrics
+    jobs: WorkerPool
     http: httpx.AsyncClient | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

@@ -30,6 +30,12 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True
     db_readers: int = 2
+    workers: int = 4
+    # Per-queue concurrency caps, e.g. "media=2,webhooks=8"; the pool total is `workers`.
+    queue_limits: str = ""
+    job_lease_seconds: float = 30.0
+    job_poll_ms: int = 1000
+    job_retention_days: int = 7
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -63,6 +69,16 @@ class Settings:
             if db_path is not None:
                 return db_path.with_name(db_path.name + ".admin-key")
         return Path("toolcallstore.admin-key")
+
+
+def parse_queue_limits(raw: str) -> dict[str, int]:
+    limits = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, value = part.partition("=")
+        if not name or not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"TOOLCALLSTORE_QUEUE_LIMITS entry {part!r} is not queue=N (N >= 1)")
+        limits[name] = int(value)
+    return limits
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -3,7 +3,7 @@ import asyncio
 from toolcallstore.db import Database
 from toolcallstore.ids import now_us
 from toolcallstore.queue.sql import SqlJobStore
-from toolcallstore.queue.store import NewJob, backoff_us
+from toolcallstore.queue.store import NewJob, Outcome, backoff_us
 
 
 async def test_claim_takes_due_jobs_in_priority_order_once(db: Database) -> None:
@@ -35,7 +35,7 @@ async def test_unique_key_returns_the_live_job_until_it_finishes(db: Database) -
     again, inserted_again = await store.enqueue(NewJob("t", {}, unique_key="dns:example.com"))
     assert inserted and not inserted_again and again.id == first.id
     (job,) = await store.claim("default", "w", 1, lease_s=30)
-    assert await store.finish(job, "w", result={"ok": True}) == "succeeded"
+    assert await store.finish(job, "w", Outcome(result={"ok": True})) == "succeeded"
     fresh, inserted = await store.enqueue(NewJob("t", {}, unique_key="dns:example.com"))
     assert inserted and fresh.id != first.id
 
@@ -45,13 +45,13 @@ async def test_failures_retry_with_backoff_then_dead_letter(db: Database) -> Non
     job, _ = await store.enqueue(NewJob("t", {}, max_attempts=2))
     (run,) = await store.claim("default", "w", 1, lease_s=30)
     retry_at = now_us() + backoff_us(run.attempts)
-    assert await store.finish(run, "w", error="boom 1", retry_at=retry_at) == "queued"
+    assert await store.finish(run, "w", Outcome(error="boom 1", retry_at=retry_at)) == "queued"
     assert await store.claim("default", "w", 1, lease_s=30) == []  # not due yet
     async with db.transaction() as tx:
         await tx.execute("UPDATE jobs SET run_at = 0 WHERE id = :id", {"id": job.id})
     (run,) = await store.claim("default", "w", 1, lease_s=30)
     assert run.attempts == 2
-    assert await store.finish(run, "w", error="boom 2", retry_at=now_us()) == "failed"
+    assert await store.finish(run, "w", Outcome(error="boom 2", retry_at=now_us())) == "failed"
     final = await store.get(job.id)
     assert final is not None and final.state == "failed" and final.finished_at is not None
     assert [e["error"] for e in final.errors] == ["boom 1", "boom 2"]
@@ -79,8 +79,8 @@ async def test_rescue_requeues_expired_leases_and_stale_workers_cannot_finish(
     (again,) = await store.claim("default", "live-worker", 5, lease_s=30)
     # The dead worker wakes up and reports: its lease is gone, so nothing changes.
     stale = next(j for j in runs if j.id == again.id)
-    assert await store.finish(stale, "dead-worker", result="late") is None
-    assert await store.finish(again, "live-worker", result="ok") == "succeeded"
+    assert await store.finish(stale, "dead-worker", Outcome(result="late")) is None
+    assert await store.finish(again, "live-worker", Outcome(result="ok")) == "succeeded"
     assert await store.rescue_expired() == 0
 
 

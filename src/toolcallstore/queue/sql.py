@@ -11,7 +11,9 @@ import orjson
 
 from toolcallstore.db import Database
 from toolcallstore.ids import new_id, now_us
-from toolcallstore.queue.store import Job, NewJob
+from toolcallstore.queue.store import Job, NewJob, Outcome
+
+NOTIFY_CHANNEL = "toolcallstore_jobs"
 
 _CLAIM_SQLITE = """
 UPDATE jobs SET state = 'running', lease_until = :lease, attempts = attempts + 1,
@@ -66,6 +68,11 @@ class SqlJobStore:
             async with self._db.transaction() as tx:
                 row = await tx.fetch_one(_INSERT, values)
                 if row is not None:
+                    if self._db.is_postgres:  # delivered at commit to every LISTENing process
+                        await tx.execute(
+                            "SELECT pg_notify(:channel, :queue)",
+                            {"channel": NOTIFY_CHANNEL, "queue": job.queue},
+                        )
                     return Job.from_row(row), True
                 row = await tx.fetch_one(
                     "SELECT * FROM jobs WHERE unique_key = :key AND state IN ('queued', 'running')",
@@ -88,23 +95,17 @@ class SqlJobStore:
             rows = await tx.fetch_all(self._claim_sql, values)
         return sorted((Job.from_row(r) for r in rows), key=lambda j: (j.priority, j.run_at, j.id))
 
-    async def finish(
-        self,
-        job: Job,
-        worker: str,
-        *,
-        result: Any = None,
-        error: str | None = None,
-        retry_at: int | None = None,
-    ) -> str | None:
+    async def finish(self, job: Job, worker: str, outcome: Outcome) -> str | None:
         now = now_us()
-        if error is None:
-            state, run_at = "succeeded", job.run_at
-        elif retry_at is not None and job.attempts < job.max_attempts:
-            state, run_at = "queued", retry_at
+        run_at = job.run_at
+        if outcome.cancelled:
+            state = "cancelled"
+        elif outcome.error is None:
+            state = "succeeded"
+        elif outcome.retry_at is not None and job.attempts < job.max_attempts:
+            state, run_at = "queued", outcome.retry_at
         else:
-            state, run_at = "failed", job.run_at
-        entry = {"attempt": job.attempts, "at": now, "error": error}
+            state = "failed"
         async with self._db.transaction() as tx:
             row = await tx.fetch_one(
                 "SELECT errors FROM jobs WHERE id = :id AND state = 'running' AND locked_by = :w",
@@ -112,20 +113,24 @@ class SqlJobStore:
             )
             if row is None:
                 return None  # the lease was lost: someone else owns this job now
-            errors = orjson.loads(row["errors"]) + ([entry] if error is not None else [])
+            errors = orjson.loads(row["errors"])
+            if outcome.error is not None:
+                errors.append({"attempt": job.attempts, "at": now, "error": outcome.error})
             await tx.execute(
                 "UPDATE jobs SET state = :state, run_at = :run_at, result = :result,"
                 " errors = :errors, lease_until = NULL, locked_by = NULL, updated_at = :now,"
-                " finished_at = :finished, progress = CASE WHEN :state = 'succeeded'"
-                " THEN 100 ELSE progress END"
+                " finished_at = :finished, progress = :progress"
                 " WHERE id = :id AND state = 'running' AND locked_by = :w",
                 {
                     "state": state,
                     "run_at": run_at,
-                    "result": None if result is None else orjson.dumps(result).decode(),
+                    "result": None
+                    if outcome.result is None
+                    else orjson.dumps(outcome.result).decode(),
                     "errors": orjson.dumps(errors).decode(),
                     "now": now,
                     "finished": None if state == "queued" else now,
+                    "progress": 100 if state == "succeeded" else job.progress,
                     "id": job.id,
                     "w": worker,
                 },
@@ -168,3 +173,77 @@ class SqlJobStore:
     async def get(self, job_id: str) -> Job | None:
         row = await self._db.fetch_one("SELECT * FROM jobs WHERE id = :id", {"id": job_id})
         return None if row is None else Job.from_row(row)
+
+    async def set_progress(self, job: Job, worker: str, percent: int, message: str | None) -> None:
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                "UPDATE jobs SET progress = :p, progress_message = :m, updated_at = :now"
+                " WHERE id = :id AND state = 'running' AND locked_by = :w",
+                {
+                    "p": max(0, min(100, percent)),
+                    "m": message,
+                    "now": now_us(),
+                    "id": job.id,
+                    "w": worker,
+                },
+            )
+
+    async def cancel(self, job_id: str) -> Job | None:
+        now = now_us()
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = :now, updated_at = :now"
+                " WHERE id = :id AND state = 'queued'",
+                {"id": job_id, "now": now},
+            )
+            await tx.execute(
+                "UPDATE jobs SET cancel_requested = 1, updated_at = :now"
+                " WHERE id = :id AND state = 'running'",
+                {"id": job_id, "now": now},
+            )
+            row = await tx.fetch_one("SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+        return None if row is None else Job.from_row(row)
+
+    async def release(self, worker: str, job_ids: list[str]) -> int:
+        if not job_ids:
+            return 0
+        params: dict[str, Any] = {f"id{i}": job_id for i, job_id in enumerate(job_ids)}
+        marks = ", ".join(f":id{i}" for i in range(len(job_ids)))
+        params.update(w=worker, now=now_us())
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch_all(
+                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_until = NULL,"
+                f" locked_by = NULL, updated_at = :now WHERE id IN ({marks})"
+                " AND state = 'running' AND locked_by = :w RETURNING id",
+                params,
+            )
+        return len(rows)
+
+    async def retry(self, job_id: str) -> Job | None:
+        """Put a failed or cancelled job back in the queue with fresh attempts."""
+        now = now_us()
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, run_at = :now, finished_at = NULL,"
+                " cancel_requested = 0, updated_at = :now"
+                " WHERE id = :id AND state IN ('failed', 'cancelled')",
+                {"id": job_id, "now": now},
+            )
+            row = await tx.fetch_one("SELECT * FROM jobs WHERE id = :id", {"id": job_id})
+        return None if row is None else Job.from_row(row)
+
+    async def depth(self) -> list[tuple[str, str, int]]:
+        rows = await self._db.fetch_all(
+            "SELECT queue, state, count(*) AS n FROM jobs WHERE state IN ('queued', 'running')"
+            " GROUP BY queue, state"
+        )
+        return [(r["queue"], r["state"], int(r["n"])) for r in rows]
+
+    async def prune_finished(self, before_us: int) -> int:
+        async with self._db.transaction() as tx:
+            rows = await tx.fetch_all(
+                "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < :before"
+                " AND state IN ('succeeded', 'failed', 'cancelled') RETURNING id",
+                {"before": before_us},
+            )
+        return len(rows)

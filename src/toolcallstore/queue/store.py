@@ -77,6 +77,17 @@ class Job:
         )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: a result, an error (retried at `retry_at` if attempts remain), or a
+    cooperative cancellation."""
+
+    result: Any = None
+    error: str | None = None
+    retry_at: int | None = None
+    cancelled: bool = False
+
+
 def backoff_us(attempt: int, *, base_s: float = 1.0, cap_s: float = 3600.0) -> int:
     """Exponential backoff with equal jitter: uniform in [c/2, c], c = min(cap, base * 2^(n-1))."""
     ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
@@ -106,3 +117,20 @@ class JobStore(Protocol):
 
     async def rescue_expired(self) -> int:
         """Requeue (or dead-letter) running jobs whose lease expired; returns how many."""
+
+
+class JobControl(Protocol):
+    async def get(self, job_id: str) -> Job | None:
+        """One job, or None."""
+
+    async def set_progress(self, job: Job, worker: str, percent: int, message: str | None) -> None:
+        """Record progress (0-100) of a job `worker` runs."""
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued job now, or ask a running one to stop; terminal jobs are unchanged."""
+
+    async def release(self, worker: str, job_ids: list[str]) -> int:
+        """Hand running jobs back to the queue at once (shutdown), without spending an attempt."""
+
+    async def prune_finished(self, before_us: int) -> int:
+        """Delete terminal jobs finished before `before_us`; returns how many."""

@@ -30,3 +30,12 @@ CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 -- Enqueueing a key that is live (queued or running) returns the existing job.
 CREATE UNIQUE INDEX jobs_unique_live ON jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+
+-- Effects of the sandbox.record job type: one row per job however often it ran, and the
+-- number of runs, so crash tests can tell "ran twice" from "happened twice".
+CREATE TABLE sandbox_effects (
+    job_id TEXT PRIMARY KEY,
+    worker TEXT NOT NULL,
+    runs INTEGER NOT NULL,
+    created_at BIGINT NOT NULL
+);

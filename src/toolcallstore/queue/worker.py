@@ -1,0 +1,242 @@
+"""The worker pool: claims due jobs, runs their handlers, heartbeats leases, rescues the leases
+of dead workers, and on shutdown hands unfinished jobs back instead of abandoning them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from toolcallstore.ids import now_us, random_base62
+from toolcallstore.metrics import Metrics
+from toolcallstore.queue.sql import NOTIFY_CHANNEL, SqlJobStore
+from toolcallstore.queue.store import Job, NewJob, Outcome, backoff_us
+
+log = logging.getLogger("toolcallstore.jobs")
+
+
+class JobCancelled(Exception):
+    """Raised by `JobContext.check_cancelled` when the job's cancellation was requested."""
+
+
+@dataclass
+class JobContext:
+    job: Job
+    worker: str
+    store: SqlJobStore
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def progress(self, percent: int, message: str | None = None) -> None:
+        await self.store.set_progress(self.job, self.worker, percent, message)
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise JobCancelled(self.job.id)
+
+
+Handler = Callable[[JobContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    handler: Handler
+    queue: str
+    max_attempts: int
+
+
+class Registry:
+    """Job types and their handlers; capabilities register theirs when the app is built."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, HandlerSpec] = {}
+
+    def register(
+        self, job_type: str, handler: Handler, *, queue: str = "default", max_attempts: int = 5
+    ) -> None:
+        if job_type in self._specs:
+            raise ValueError(f"a handler for {job_type!r} is already registered")
+        self._specs[job_type] = HandlerSpec(handler, queue, max_attempts)
+
+    def get(self, job_type: str) -> HandlerSpec | None:
+        return self._specs.get(job_type)
+
+    def queues(self) -> set[str]:
+        return {spec.queue for spec in self._specs.values()} or {"default"}
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    concurrency: int = 4
+    queue_limits: dict[str, int] = field(default_factory=dict)
+    lease_s: float = 30.0
+    poll_s: float = 1.0
+    rescue_s: float = 5.0
+    grace_s: float = 10.0
+    batch: int = 32
+
+
+class WorkerPool:
+    def __init__(
+        self, store: SqlJobStore, registry: Registry, config: PoolConfig, metrics: Metrics
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.metrics = metrics
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{random_base62(6)}"
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def enqueue(self, job: NewJob) -> tuple[Job, bool]:
+        """Enqueue and wake this process's idle workers at once."""
+        spec = self.registry.get(job.type)
+        if spec is not None and job.queue == "default" and spec.queue != "default":
+            job = NewJob(**{**job.__dict__, "queue": spec.queue})
+        created = await self.store.enqueue(job)
+        self._wake.set()
+        return created
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def listen(self, postgres_url: str) -> Callable[[], Awaitable[None]]:
+        """Wake on NOTIFY from any process enqueueing on this Postgres; returns the closer."""
+        conn = await asyncpg.connect(postgres_url)
+        await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+
+        async def close() -> None:
+            await conn.close()
+
+        return close
+
+    def start(self) -> dict[str, asyncio.Task[None]]:
+        loops = {
+            "workers": self._claim_loop(),
+            "heartbeat": self._heartbeat_loop(),
+            "rescuer": self._rescue_loop(),
+        }
+        named = {
+            name: asyncio.create_task(coro, name=f"jobs-{name}") for name, coro in loops.items()
+        }
+        self._tasks = list(named.values())
+        return named
+
+    async def stop(self) -> None:
+        """Stop claiming; let running jobs finish within the grace period, then hand back the
+        leases of the rest so another worker takes them at once."""
+        self._stopping.set()
+        self._wake.set()
+        running = [task for task, _ in self._running.values()]
+        if running:
+            await asyncio.wait(running, timeout=self.config.grace_s)
+        leftover = [job_id for job_id, (task, _) in self._running.items() if not task.done()]
+        for job_id in leftover:
+            self._running[job_id][0].cancel()
+        if leftover:
+            await asyncio.wait([self._running[j][0] for j in leftover], timeout=5)
+            released = await self.store.release(self.worker_id, leftover)
+            log.info("released unfinished jobs", extra={"fields": {"count": released}})
+        await asyncio.wait(self._tasks, timeout=self.config.grace_s)
+
+    def _free_slots(self, queue: str) -> int:
+        total = self.config.concurrency - len(self._running)
+        limit = self.config.queue_limits.get(queue)
+        if limit is not None:
+            busy = sum(1 for _, ctx in self._running.values() if ctx.job.queue == queue)
+            total = min(total, limit - busy)
+        return max(0, min(total, self.config.batch))
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            claimed = 0
+            for queue in sorted(self.registry.queues()):
+                slots = self._free_slots(queue)
+                if slots == 0:
+                    continue
+                try:
+                    jobs = await self.store.claim(queue, self.worker_id, slots, self.config.lease_s)
+                except Exception:
+                    log.exception("claiming jobs failed; retrying")
+                    jobs = []
+                claimed += len(jobs)
+                for job in jobs:
+                    self._start(job)
+            if claimed and any(self._free_slots(q) for q in self.registry.queues()):
+                continue  # more may be due right now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_s)
+
+    def _start(self, job: Job) -> None:
+        ctx = JobContext(job, self.worker_id, self.store)
+        task = asyncio.create_task(self._run(ctx), name=f"job-{job.id}")
+        self._running[job.id] = (task, ctx)
+        self.metrics.job_claim_latency.labels(job.queue).observe(
+            max(0.0, (now_us() - job.run_at) / 1_000_000)
+        )
+
+    async def _run(self, ctx: JobContext) -> None:
+        job = ctx.job
+        started = time.perf_counter()
+        spec = self.registry.get(job.type)
+        try:
+            if spec is None:
+                outcome = Outcome(error=f"no handler is registered for job type {job.type!r}")
+            else:
+                outcome = await self._call(spec, ctx)
+            state = await self.store.finish(job, self.worker_id, outcome)
+            self.metrics.job_runs.labels(job.type, state or "lease_lost").observe(
+                time.perf_counter() - started
+            )
+        except asyncio.CancelledError:
+            raise  # shutdown: stop() hands the lease back
+        except Exception:
+            log.exception("recording a job outcome failed", extra={"fields": {"job": job.id}})
+        finally:
+            self._running.pop(job.id, None)
+            self._wake.set()
+
+    async def _call(self, spec: HandlerSpec, ctx: JobContext) -> Outcome:
+        try:
+            return Outcome(result=await spec.handler(ctx))
+        except JobCancelled:
+            return Outcome(cancelled=True)
+        except Exception as exc:
+            log.warning("job failed", exc_info=True, extra={"fields": {"job": ctx.job.id}})
+            retry_at = now_us() + backoff_us(ctx.job.attempts)
+            return Outcome(error=f"{type(exc).__name__}: {exc}"[:1000], retry_at=retry_at)
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.lease_s / 3)
+            ids = list(self._running)
+            try:
+                cancel = await self.store.extend_leases(self.worker_id, ids, self.config.lease_s)
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            for job_id in cancel:
+                entry = self._running.get(job_id)
+                if entry is not None:
+                    entry[1].cancelled.set()
+
+    async def _rescue_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if await self.store.rescue_expired():
+                    self._wake.set()
+            except Exception:
+                log.exception("rescuing expired leases failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.rescue_s)
