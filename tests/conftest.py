@@ -75,6 +75,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         admin_key_file=str(tmp_path / "admin-key"),
         audit_flush_ms=10,
         access_log=False,
+        job_lease_seconds=3.0,
     )
 
 

@@ -1,4 +1,4 @@
-"""`toolcallstore serve|migrate|tenants|keys|audit`: the operator's command line."""
+"""`toolcallstore serve|migrate|tenants|keys|jobs|audit`: the operator's command line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from toolcallstore.api.jobs import job_object
 from toolcallstore.api.objects import key_object, tenant_object
 from toolcallstore.audit import verify_chain
 from toolcallstore.auth import SCOPES
@@ -18,6 +19,8 @@ from toolcallstore.db import keys as key_repo
 from toolcallstore.db import tenants as tenant_repo
 from toolcallstore.db.migrate import migrate
 from toolcallstore.errors import ConfigError, ToolCallError
+from toolcallstore.queue.sql import SqlJobStore
+from toolcallstore.queue.store import STATES
 from toolcallstore.settings import Settings
 
 
@@ -72,6 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--tenant", required=True)
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_sync(_keys_revoke))
+
+    jobs = sub.add_parser("jobs", help="inspect and steer the job queue").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    list_jobs = jobs.add_parser("list", help="newest jobs first")
+    list_jobs.add_argument("--state", choices=STATES)
+    list_jobs.add_argument("--limit", type=int, default=50)
+    list_jobs.set_defaults(run=_sync(_jobs_list))
+    for action, helptext in (
+        ("show", "one job in full"),
+        ("retry", "requeue a failed or cancelled job with fresh attempts"),
+        ("cancel", "cancel a queued job, or ask a running one to stop"),
+    ):
+        parser_ = jobs.add_parser(action, help=helptext)
+        parser_.add_argument("job_id")
+        parser_.set_defaults(run=_sync(_jobs_action), action=action)
 
     audit = sub.add_parser("audit", help="check the audit log").add_subparsers(
         required=True, metavar="ACTION"
@@ -157,6 +176,28 @@ async def _keys_revoke(db: Database, args: argparse.Namespace) -> int:
     if key is None:
         raise ConfigError(f"no key {args.key_id} in tenant {args.tenant}")
     _print(key_object(key))
+    return 0
+
+
+async def _jobs_list(db: Database, args: argparse.Namespace) -> int:
+    store = SqlJobStore(db)
+    for queue, state, count in await store.depth():
+        print(f"# queue {queue}: {count} {state}")
+    for job in await store.recent(args.state, args.limit):
+        print(
+            f"{job.id}  {job.state:<9} {job.type:<24} attempts {job.attempts}/{job.max_attempts}"
+            f"  progress {job.progress}%"
+        )
+    return 0
+
+
+async def _jobs_action(db: Database, args: argparse.Namespace) -> int:
+    store = SqlJobStore(db)
+    act = {"show": store.get, "retry": store.retry, "cancel": store.cancel}[args.action]
+    job = await act(args.job_id)
+    if job is None:
+        raise ConfigError(f"no job {args.job_id}")
+    _print(job_object(job))
     return 0
 
 

@@ -2,8 +2,8 @@
 
 from starlette.routing import BaseRoute
 
-from toolcallstore.api import health, keys, tenants
+from toolcallstore.api import health, jobs, keys, tenants
 
 
 def routes() -> list[BaseRoute]:
-    return [*health.routes, *tenants.routes, *keys.routes]
+    return [*health.routes, *tenants.routes, *keys.routes, *jobs.routes]

@@ -62,6 +62,9 @@ async def metrics(request: Request) -> Response:
         )
     svc = services(request)
     svc.metrics.audit_backlog.set(svc.audit.backlog)
+    svc.metrics.job_depth.clear()
+    for queue, state, count in await svc.jobs.store.depth():
+        svc.metrics.job_depth.labels(queue, state).set(count)
     return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -232,6 +232,14 @@ class SqlJobStore:
             row = await tx.fetch_one("SELECT * FROM jobs WHERE id = :id", {"id": job_id})
         return None if row is None else Job.from_row(row)
 
+    async def recent(self, state: str | None, limit: int) -> list[Job]:
+        where = "WHERE state = :state" if state else ""
+        rows = await self._db.fetch_all(
+            f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT :n",
+            {"n": limit, **({"state": state} if state else {})},
+        )
+        return [Job.from_row(r) for r in rows]
+
     async def depth(self) -> list[tuple[str, str, int]]:
         rows = await self._db.fetch_all(
             "SELECT queue, state, count(*) AS n FROM jobs WHERE state IN ('queued', 'running')"

@@ -1,0 +1,134 @@
+"""Jobs for agents: status (with long-poll), Server-Sent Events, cooperative cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from toolcallstore.auth import Principal, require_scope
+from toolcallstore.errors import NotFound
+from toolcallstore.queue.store import TERMINAL, Job
+from toolcallstore.responses import JSONResponse
+from toolcallstore.services import services
+from toolcallstore.validation import invalid
+
+POLL_S = 0.05  # how often a waiting request looks again: changes show within 50-100 ms
+MAX_WAIT_S = 60
+SSE_PING_S = 15.0
+
+
+def _seconds(us: int | None) -> float | None:
+    return None if us is None else round(us / 1_000_000, 6)
+
+
+def job_object(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "object": "job",
+        "type": job.type,
+        "queue": job.queue,
+        "state": job.state,
+        "progress": job.progress,
+        "progress_message": job.progress_message,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "result": job.result,
+        "errors": job.errors,
+        "cancel_requested": job.cancel_requested,
+        "run_at": _seconds(job.run_at),
+        "created": _seconds(job.created_at),
+        "updated": _seconds(job.updated_at),
+        "finished": _seconds(job.finished_at),
+    }
+
+
+def _view(job: Job) -> tuple[Any, ...]:
+    """What an agent waits for a change of."""
+    return (job.state, job.progress, job.progress_message, job.attempts, job.cancel_requested)
+
+
+async def _own_job(request: Request, principal: Principal) -> Job:
+    job = await services(request).jobs.store.get(request.path_params["job_id"])
+    if job is None or job.tenant_id != principal.tenant_id:
+        raise NotFound("No such job.", param="job_id")
+    return job
+
+
+def _wait_seconds(request: Request) -> float:
+    for name in request.query_params:
+        if name != "wait":
+            raise invalid(name, f"Unknown query parameter '{name}'.", "unknown_parameter")
+    raw = request.query_params.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT_S:
+        raise invalid("wait", f"'wait' must be a number of seconds from 0 to {MAX_WAIT_S}.")
+    return wait
+
+
+async def get_job(request: Request) -> Response:
+    principal = require_scope(request, "jobs:read")
+    wait = _wait_seconds(request)
+    job = await _own_job(request, principal)
+    store = services(request).jobs.store
+    deadline = time.monotonic() + wait
+    first = _view(job)
+    while job.state not in TERMINAL and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_S)
+        latest = await store.get(job.id)
+        if latest is None:
+            break
+        job = latest
+        if _view(job) != first:
+            break
+    return JSONResponse(job_object(job))
+
+
+async def job_events(request: Request) -> Response:
+    principal = require_scope(request, "jobs:read")
+    job = await _own_job(request, principal)
+    store = services(request).jobs.store
+
+    async def events() -> AsyncIterator[bytes]:
+        current: Job | None = job
+        last_view = None
+        last_sent = time.monotonic()
+        while current is not None:
+            if _view(current) != last_view:
+                last_view = _view(current)
+                last_sent = time.monotonic()
+                yield b"event: job\ndata: " + orjson.dumps(job_object(current)) + b"\n\n"
+                if current.state in TERMINAL:
+                    return
+            elif time.monotonic() - last_sent > SSE_PING_S:
+                last_sent = time.monotonic()
+                yield b": ping\n\n"
+            await asyncio.sleep(POLL_S)
+            current = await store.get(job.id)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+async def cancel_job(request: Request) -> Response:
+    principal = require_scope(request, "jobs:read")
+    job = await _own_job(request, principal)
+    cancelled = await services(request).jobs.store.cancel(job.id)
+    assert cancelled is not None
+    return JSONResponse(job_object(cancelled))
+
+
+routes = [
+    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+]
