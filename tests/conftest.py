@@ -167,8 +167,16 @@ def start_server(database_url: str, workdir: Path, **env: str) -> Server:
     else:
         process.kill()
         raise RuntimeError("server did not become ready in 30 s")
-    key = (workdir / "admin-key").read_text().strip()
+    key_file = workdir / "admin-key"  # absent when another process bootstrapped the database
+    key = key_file.read_text().strip() if key_file.exists() else ""
     return Server(process, base_url, key)
+
+
+def kill_server(server: Server) -> str:
+    """SIGKILL: no shutdown, no flush, no lease handed back."""
+    server.process.kill()
+    out, _ = server.process.communicate()
+    return out
 
 
 def stop_server(server: Server) -> str:
