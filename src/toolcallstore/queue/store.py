@@ -101,15 +101,7 @@ class JobStore(Protocol):
     async def claim(self, queue: str, worker: str, limit: int, lease_s: float) -> list[Job]:
         """Atomically move up to `limit` due jobs of `queue` to running under a lease."""
 
-    async def finish(
-        self,
-        job: Job,
-        worker: str,
-        *,
-        result: Any = None,
-        error: str | None = None,
-        retry_at: int | None = None,
-    ) -> str | None:
+    async def finish(self, job: Job, worker: str, outcome: Outcome) -> str | None:
         """Record a run's outcome if `worker` still holds the lease; returns the new state."""
 
     async def extend_leases(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
@@ -134,3 +126,18 @@ class JobControl(Protocol):
 
     async def prune_finished(self, before_us: int) -> int:
         """Delete terminal jobs finished before `before_us`; returns how many."""
+
+
+class JobAdmin(Protocol):
+    async def retry(self, job_id: str) -> Job | None:
+        """Put a failed or cancelled job back in the queue with fresh attempts."""
+
+    async def recent(self, state: str | None, limit: int) -> list[Job]:
+        """The newest jobs, optionally of one state."""
+
+    async def depth(self) -> list[tuple[str, str, int]]:
+        """(queue, state, count) for queued and running jobs."""
+
+
+class QueueStore(JobStore, JobControl, JobAdmin, Protocol):
+    """Everything the worker pool, the jobs API and the CLI need of a store."""

@@ -17,8 +17,8 @@ import asyncpg
 
 from toolcallstore.ids import now_us, random_base62
 from toolcallstore.metrics import Metrics
-from toolcallstore.queue.sql import NOTIFY_CHANNEL, SqlJobStore
-from toolcallstore.queue.store import Job, NewJob, Outcome, backoff_us
+from toolcallstore.queue.sql import NOTIFY_CHANNEL
+from toolcallstore.queue.store import Job, NewJob, Outcome, QueueStore, backoff_us
 
 log = logging.getLogger("toolcallstore.jobs")
 
@@ -31,7 +31,7 @@ class JobCancelled(Exception):
 class JobContext:
     job: Job
     worker: str
-    store: SqlJobStore
+    store: QueueStore
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def progress(self, percent: int, message: str | None = None) -> None:
@@ -85,7 +85,7 @@ class PoolConfig:
 
 class WorkerPool:
     def __init__(
-        self, store: SqlJobStore, registry: Registry, config: PoolConfig, metrics: Metrics
+        self, store: QueueStore, registry: Registry, config: PoolConfig, metrics: Metrics
     ) -> None:
         self.store = store
         self.registry = registry
