@@ -170,3 +170,35 @@ def test_metrics_trust_forwarded_addresses_only_from_the_proxy(server: Server) -
         f"{server.base_url}/metrics", headers={"X-Forwarded-For": "203.0.113.7", **_auth(server)}
     )
     assert as_admin.status_code == 200
+
+
+async def test_jobs_cli_lists_shows_cancels_and_retries(database_url: str) -> None:
+    import asyncio
+
+    from toolcallstore.db import Database
+    from toolcallstore.db.migrate import migrate
+    from toolcallstore.ids import now_us
+    from toolcallstore.queue.sql import SqlJobStore
+    from toolcallstore.queue.store import NewJob
+
+    db = Database(database_url)
+    await db.connect()
+    await migrate(db)
+    job, _ = await SqlJobStore(db).enqueue(
+        NewJob("sandbox.noop", {}, run_at=now_us() + 3_600_000_000)
+    )
+    await db.disconnect()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli(database_url, "jobs", *args)
+
+    listed = await asyncio.to_thread(run, "list")
+    assert job.id in listed.stdout and "# queue default: 1 queued" in listed.stdout
+    shown = await asyncio.to_thread(run, "show", job.id)
+    assert json.loads(shown.stdout)["state"] == "queued"
+    cancelled = await asyncio.to_thread(run, "cancel", job.id)
+    assert json.loads(cancelled.stdout)["state"] == "cancelled"
+    retried = await asyncio.to_thread(run, "retry", job.id)
+    assert json.loads(retried.stdout)["state"] == "queued"
+    missing = await asyncio.to_thread(run, "show", "job_nope")
+    assert missing.returncode == 2 and "no job job_nope" in missing.stderr

@@ -173,3 +173,15 @@ async def test_per_queue_concurrency_limits_hold(db: Database) -> None:
     finally:
         await pool.stop()
     assert all(t.done() for t in tasks.values())
+
+
+async def test_metrics_show_queue_depth_claim_latency_and_run_time(api: Api) -> None:
+    job_id = await _enqueue(api, "sandbox.noop", {})
+    await _wait_for_state(api, job_id, "succeeded")
+    await _enqueue(api, "sandbox.noop", {}, run_at=now_us() + 60_000_000)
+    text = (await api.client.get("/metrics")).text
+    assert 'toolcallstore_jobs{queue="default",state="queued"} 1.0' in text
+    assert 'toolcallstore_job_claim_latency_seconds_count{queue="default"}' in text
+    assert 'toolcallstore_job_run_seconds_count{state="succeeded",type="sandbox.noop"} 1.0' in text
+    ready = (await api.client.get("/readyz")).json()
+    assert {"task:workers", "task:heartbeat", "task:rescuer"} <= set(ready["checks"])
