@@ -185,3 +185,12 @@ async def test_metrics_show_queue_depth_claim_latency_and_run_time(api: Api) -> 
     assert 'toolcallstore_job_run_seconds_count{state="succeeded",type="sandbox.noop"} 1.0' in text
     ready = (await api.client.get("/readyz")).json()
     assert {"task:workers", "task:heartbeat", "task:rescuer"} <= set(ready["checks"])
+
+
+async def test_an_instance_with_no_workers_serves_and_stops_cleanly(settings: Settings) -> None:
+    async with running_api(settings.with_(workers=0)) as api:
+        job_id = await _enqueue(api, "sandbox.noop", {})
+        await asyncio.sleep(0.3)
+        job = (await api.client.get(f"/v1/jobs/{job_id}", headers=api.auth())).json()
+        assert job["state"] == "queued"  # nobody here runs jobs
+        assert (await api.client.get("/readyz")).status_code == 200

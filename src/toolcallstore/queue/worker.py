@@ -146,7 +146,8 @@ class WorkerPool:
             await asyncio.wait([self._running[j][0] for j in leftover], timeout=5)
             released = await self.store.release(self.worker_id, leftover)
             log.info("released unfinished jobs", extra={"fields": {"count": released}})
-        await asyncio.wait(self._tasks, timeout=self.config.grace_s)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.config.grace_s)
 
     def _free_slots(self, queue: str) -> int:
         total = self.config.concurrency - len(self._running)
