@@ -104,7 +104,7 @@ async def stop_services(svc: Services) -> None:
     # mid-query: a cancellation landing inside a driver call can be lost on Python 3.11.
     svc.stopping.set()
     await svc.jobs.stop()
-    for name in ("workers", "heartbeat", "rescuer"):
+    for name in ("workers", "heartbeat", "rescuer", "completer"):
         svc.tasks.pop(name, None)
     maintenance = svc.tasks.pop("maintenance", None)
     if maintenance is not None and not maintenance.done():

@@ -50,6 +50,19 @@ class Transaction:
     async def execute(self, sql: str, values: Values = None) -> None:
         await self._connection.execute(sql, dict(values or {}))
 
+    async def fetch_raw(self, sql: str, args: Sequence[Any]) -> list[Row]:
+        """Run `?`-placeholder SQL on the driver directly, skipping `databases`' per-statement
+        SQLAlchemy compilation; for the queue's hot statements."""
+        raw = self._connection.raw_connection
+        if self.dialect == "postgresql":
+            return [dict(r) for r in await raw.fetch(_dollar_params(sql), *args)]
+        cursor = await raw.execute(sql, tuple(args))
+        try:
+            names = [d[0] for d in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+        finally:
+            await cursor.close()
+
     async def insert_many(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
@@ -177,6 +190,12 @@ class Database:
 
     async def ping(self) -> bool:
         return bool(await self.fetch_val("SELECT 1") == 1)
+
+
+def _dollar_params(sql: str) -> str:
+    """`?` placeholders -> Postgres `$1, $2, ...` (our SQL has no `?` inside literals)."""
+    parts = sql.split("?")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
 
 
 async def _finish(awaitable: Any) -> Any:

@@ -51,6 +51,16 @@ class MemoryJobStore:
         self._jobs[created.id] = created
         return created, True
 
+    async def enqueue_many(self, jobs: list[NewJob]) -> list[str]:
+        if any(job.unique_key is not None for job in jobs):
+            raise ValueError("jobs with a unique_key must go through enqueue()")
+        return [(await self.enqueue(job))[0].id for job in jobs]
+
+    async def finish_many(
+        self, worker: str, outcomes: list[tuple[Job, Outcome]]
+    ) -> dict[str, str | None]:
+        return {job.id: await self.finish(job, worker, out) for job, out in outcomes}
+
     async def claim(self, queue: str, worker: str, limit: int, lease_s: float) -> list[Job]:
         now = now_us()
         due = sorted(

@@ -9,31 +9,50 @@ from typing import Any
 
 import orjson
 
-from toolcallstore.db import Database
+from toolcallstore.db import Database, Transaction
 from toolcallstore.ids import new_id, now_us
 from toolcallstore.queue.store import Job, NewJob, Outcome
 
 NOTIFY_CHANNEL = "toolcallstore_jobs"
 
+# Hot statements use `?` placeholders and go to the driver directly (Transaction.fetch_raw).
+# Parameters: lease, worker, now, queue, now, limit.
 _CLAIM_SQLITE = """
-UPDATE jobs SET state = 'running', lease_until = :lease, attempts = attempts + 1,
-    locked_by = :worker, updated_at = :now
+UPDATE jobs SET state = 'running', lease_until = ?, attempts = attempts + 1,
+    locked_by = ?, updated_at = ?
 WHERE id IN (
-    SELECT id FROM jobs WHERE state = 'queued' AND queue = :queue AND run_at <= :now
-    ORDER BY priority, run_at, id LIMIT :n
+    SELECT id FROM jobs WHERE state = 'queued' AND queue = ? AND run_at <= ?
+    ORDER BY priority, run_at, id LIMIT ?
 )
 RETURNING *
 """
 _CLAIM_POSTGRES = """
 WITH next AS (
-    SELECT id FROM jobs WHERE state = 'queued' AND queue = :queue AND run_at <= :now
-    ORDER BY priority, run_at, id LIMIT :n FOR UPDATE SKIP LOCKED
+    SELECT id FROM jobs WHERE state = 'queued' AND queue = $4 AND run_at <= $5
+    ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED
 )
-UPDATE jobs SET state = 'running', lease_until = :lease, attempts = jobs.attempts + 1,
-    locked_by = :worker, updated_at = :now
+UPDATE jobs SET state = 'running', lease_until = $1, attempts = jobs.attempts + 1,
+    locked_by = $2, updated_at = $3
 FROM next WHERE jobs.id = next.id
 RETURNING jobs.*
 """
+_BULK_COLUMNS = (
+    "id",
+    "queue",
+    "type",
+    "tenant_id",
+    "payload",
+    "priority",
+    "state",
+    "run_at",
+    "attempts",
+    "max_attempts",
+    "progress",
+    "errors",
+    "cancel_requested",
+    "created_at",
+    "updated_at",
+)
 _INSERT = """
 INSERT INTO jobs (id, queue, type, tenant_id, payload, priority, state, run_at, attempts,
     max_attempts, unique_key, progress, errors, cancel_requested, created_at, updated_at)
@@ -82,20 +101,89 @@ class SqlJobStore:
                     return Job.from_row(row), False
         raise RuntimeError(f"could not enqueue job with unique key {job.unique_key!r}")
 
+    async def enqueue_many(self, jobs: list[NewJob]) -> list[str]:
+        """Insert many unkeyed jobs in one transaction; returns their ids in order."""
+        if any(job.unique_key is not None for job in jobs):
+            raise ValueError("jobs with a unique_key must go through enqueue()")
+        now = now_us()
+        ids = [new_id("job") for _ in jobs]
+        rows = [
+            (
+                job_id,
+                job.queue,
+                job.type,
+                job.tenant_id,
+                orjson.dumps(job.payload).decode(),
+                job.priority,
+                "queued",
+                now if job.run_at is None else job.run_at,
+                0,
+                job.max_attempts,
+                0,
+                "[]",
+                0,
+                now,
+                now,
+            )
+            for job_id, job in zip(ids, jobs, strict=True)
+        ]
+        async with self._db.transaction() as tx:
+            await tx.insert_many("jobs", _BULK_COLUMNS, rows)
+            if self._db.is_postgres:
+                for queue in sorted({job.queue for job in jobs}):
+                    await tx.execute(
+                        "SELECT pg_notify(:channel, :queue)",
+                        {"channel": NOTIFY_CHANNEL, "queue": queue},
+                    )
+        return ids
+
     async def claim(self, queue: str, worker: str, limit: int, lease_s: float) -> list[Job]:
         now = now_us()
-        values = {
-            "queue": queue,
-            "worker": worker,
-            "n": limit,
-            "now": now,
-            "lease": now + int(lease_s * 1_000_000),
-        }
+        args = (now + int(lease_s * 1_000_000), worker, now, queue, now, limit)
         async with self._db.transaction() as tx:
-            rows = await tx.fetch_all(self._claim_sql, values)
+            rows = await tx.fetch_raw(self._claim_sql, args)
         return sorted((Job.from_row(r) for r in rows), key=lambda j: (j.priority, j.run_at, j.id))
 
     async def finish(self, job: Job, worker: str, outcome: Outcome) -> str | None:
+        async with self._db.transaction() as tx:
+            return await self._finish_in(tx, job, worker, outcome)
+
+    async def finish_many(
+        self, worker: str, outcomes: list[tuple[Job, Outcome]]
+    ) -> dict[str, str | None]:
+        """Record many outcomes in one transaction: the plain successes in one statement."""
+        states: dict[str, str | None] = {}
+        plain = [(job, out) for job, out in outcomes if out.error is None and not out.cancelled]
+        async with self._db.transaction() as tx:
+            if plain:
+                now = now_us()
+                rows = "(?, ?)" + ", (?, ?)" * (len(plain) - 1)
+                args: list[Any] = []
+                for job, out in plain:
+                    args += [
+                        job.id,
+                        None if out.result is None else orjson.dumps(out.result).decode(),
+                    ]
+                done = await tx.fetch_raw(
+                    f"WITH v(id, result) AS (VALUES {rows})"
+                    " UPDATE jobs SET state = 'succeeded', result = v.result, progress = 100,"
+                    " lease_until = NULL, locked_by = NULL, updated_at = ?, finished_at = ?"
+                    " FROM v WHERE jobs.id = v.id AND jobs.state = 'running' AND jobs.locked_by = ?"
+                    " RETURNING jobs.id",
+                    [*args, now, now, worker],
+                )
+                succeeded = {row["id"] for row in done}
+                states.update(
+                    {job.id: "succeeded" if job.id in succeeded else None for job, _ in plain}
+                )
+            for job, out in outcomes:
+                if job.id not in states:
+                    states[job.id] = await self._finish_in(tx, job, worker, out)
+        return states
+
+    async def _finish_in(
+        self, tx: Transaction, job: Job, worker: str, outcome: Outcome
+    ) -> str | None:
         now = now_us()
         run_at = job.run_at
         if outcome.cancelled:
@@ -106,35 +194,32 @@ class SqlJobStore:
             state, run_at = "queued", outcome.retry_at
         else:
             state = "failed"
-        async with self._db.transaction() as tx:
-            row = await tx.fetch_one(
-                "SELECT errors FROM jobs WHERE id = :id AND state = 'running' AND locked_by = :w",
-                {"id": job.id, "w": worker},
-            )
-            if row is None:
-                return None  # the lease was lost: someone else owns this job now
-            errors = orjson.loads(row["errors"])
-            if outcome.error is not None:
-                errors.append({"attempt": job.attempts, "at": now, "error": outcome.error})
-            await tx.execute(
-                "UPDATE jobs SET state = :state, run_at = :run_at, result = :result,"
-                " errors = :errors, lease_until = NULL, locked_by = NULL, updated_at = :now,"
-                " finished_at = :finished, progress = :progress"
-                " WHERE id = :id AND state = 'running' AND locked_by = :w",
-                {
-                    "state": state,
-                    "run_at": run_at,
-                    "result": None
-                    if outcome.result is None
-                    else orjson.dumps(outcome.result).decode(),
-                    "errors": orjson.dumps(errors).decode(),
-                    "now": now,
-                    "finished": None if state == "queued" else now,
-                    "progress": 100 if state == "succeeded" else job.progress,
-                    "id": job.id,
-                    "w": worker,
-                },
-            )
+        row = await tx.fetch_one(
+            "SELECT errors FROM jobs WHERE id = :id AND state = 'running' AND locked_by = :w",
+            {"id": job.id, "w": worker},
+        )
+        if row is None:
+            return None  # the lease was lost: someone else owns this job now
+        errors = orjson.loads(row["errors"])
+        if outcome.error is not None:
+            errors.append({"attempt": job.attempts, "at": now, "error": outcome.error})
+        await tx.execute(
+            "UPDATE jobs SET state = :state, run_at = :run_at, result = :result,"
+            " errors = :errors, lease_until = NULL, locked_by = NULL, updated_at = :now,"
+            " finished_at = :finished, progress = :progress"
+            " WHERE id = :id AND state = 'running' AND locked_by = :w",
+            {
+                "state": state,
+                "run_at": run_at,
+                "result": None if outcome.result is None else orjson.dumps(outcome.result).decode(),
+                "errors": orjson.dumps(errors).decode(),
+                "now": now,
+                "finished": None if state == "queued" else now,
+                "progress": 100 if state == "succeeded" else job.progress,
+                "id": job.id,
+                "w": worker,
+            },
+        )
         return state
 
     async def extend_leases(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:

@@ -101,8 +101,11 @@ class JobStore(Protocol):
     async def claim(self, queue: str, worker: str, limit: int, lease_s: float) -> list[Job]:
         """Atomically move up to `limit` due jobs of `queue` to running under a lease."""
 
-    async def finish(self, job: Job, worker: str, outcome: Outcome) -> str | None:
-        """Record a run's outcome if `worker` still holds the lease; returns the new state."""
+    async def finish_many(
+        self, worker: str, outcomes: list[tuple[Job, Outcome]]
+    ) -> dict[str, str | None]:
+        """Record runs' outcomes where `worker` still holds the lease; new state per job id
+        (None where the lease was lost), all in one transaction."""
 
     async def extend_leases(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
         """Heartbeat: extend the leases `worker` holds; returns ids whose cancel was requested."""
@@ -129,11 +132,17 @@ class JobControl(Protocol):
 
 
 class JobAdmin(Protocol):
+    async def enqueue_many(self, jobs: list[NewJob]) -> list[str]:
+        """Insert many jobs without unique keys at once; returns their ids."""
+
     async def retry(self, job_id: str) -> Job | None:
         """Put a failed or cancelled job back in the queue with fresh attempts."""
 
     async def recent(self, state: str | None, limit: int) -> list[Job]:
         """The newest jobs, optionally of one state."""
+
+    async def finish(self, job: Job, worker: str, outcome: Outcome) -> str | None:
+        """`finish_many` for one job."""
 
     async def depth(self) -> list[tuple[str, str, int]]:
         """(queue, state, count) for queued and running jobs."""

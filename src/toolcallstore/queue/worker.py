@@ -95,7 +95,16 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
+        # Outcomes waiting to be recorded: one transaction records a whole batch of them.
+        self._done: list[tuple[Job, Outcome, float]] = []
+        self._done_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def enqueue_many(self, jobs: list[NewJob]) -> list[str]:
+        """Enqueue unkeyed jobs in one transaction and wake idle workers."""
+        ids = await self.store.enqueue_many(jobs)
+        self._wake.set()
+        return ids
 
     async def enqueue(self, job: NewJob) -> tuple[Job, bool]:
         """Enqueue and wake this process's idle workers at once."""
@@ -124,6 +133,7 @@ class WorkerPool:
             "workers": self._claim_loop(),
             "heartbeat": self._heartbeat_loop(),
             "rescuer": self._rescue_loop(),
+            "completer": self._complete_loop(),
         }
         named = {
             name: asyncio.create_task(coro, name=f"jobs-{name}") for name, coro in loops.items()
@@ -144,8 +154,13 @@ class WorkerPool:
             self._running[job_id][0].cancel()
         if leftover:
             await asyncio.wait([self._running[j][0] for j in leftover], timeout=5)
+        await self._record_done()
+        if leftover:
             released = await self.store.release(self.worker_id, leftover)
             log.info("released unfinished jobs", extra={"fields": {"count": released}})
+            for job_id in leftover:
+                self._running.pop(job_id, None)
+        self._done_event.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.grace_s)
 
@@ -190,21 +205,41 @@ class WorkerPool:
         job = ctx.job
         started = time.perf_counter()
         spec = self.registry.get(job.type)
-        try:
-            if spec is None:
-                outcome = Outcome(error=f"no handler is registered for job type {job.type!r}")
-            else:
-                outcome = await self._call(spec, ctx)
-            state = await self.store.finish(job, self.worker_id, outcome)
-            self.metrics.job_runs.labels(job.type, state or "lease_lost").observe(
-                time.perf_counter() - started
-            )
-        except asyncio.CancelledError:
-            raise  # shutdown: stop() hands the lease back
-        except Exception:
-            log.exception("recording a job outcome failed", extra={"fields": {"job": job.id}})
-        finally:
-            self._running.pop(job.id, None)
+        if spec is None:
+            outcome = Outcome(error=f"no handler is registered for job type {job.type!r}")
+        else:
+            outcome = await self._call(spec, ctx)
+        # The job keeps its slot and its heartbeat until the completer has recorded it.
+        self._done.append((job, outcome, started))
+        self._done_event.set()
+
+    async def _complete_loop(self) -> None:
+        while not (self._stopping.is_set() and not self._running and not self._done):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done_event.wait(), 0.5)
+            self._done_event.clear()
+            await asyncio.sleep(0.001)  # let jobs finishing together share the transaction
+            try:
+                await self._record_done()
+            except Exception:
+                log.exception("recording job outcomes failed; will retry")
+                await asyncio.sleep(1.0)
+
+    async def _record_done(self) -> None:
+        while self._done:
+            batch, self._done = self._done, []
+            try:
+                states = await self.store.finish_many(
+                    self.worker_id, [(job, outcome) for job, outcome, _ in batch]
+                )
+            except BaseException:
+                self._done[:0] = batch  # keep them: an outcome is never dropped
+                raise
+            finished = time.perf_counter()
+            for job, _, started in batch:
+                state = states.get(job.id) or "lease_lost"
+                self.metrics.job_runs.labels(job.type, state).observe(finished - started)
+                self._running.pop(job.id, None)
             self._wake.set()
 
     async def _call(self, spec: HandlerSpec, ctx: JobContext) -> Outcome:
