@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -110,7 +111,7 @@ class WorkerPool:
         """Enqueue and wake this process's idle workers at once."""
         spec = self.registry.get(job.type)
         if spec is not None and job.queue == "default" and spec.queue != "default":
-            job = NewJob(**{**job.__dict__, "queue": spec.queue})
+            job = dataclasses.replace(job, queue=spec.queue)
         created = await self.store.enqueue(job)
         self._wake.set()
         return created
