@@ -50,8 +50,11 @@ _COLUMNS = (*FIELDS, "prev_hash", "hash")
 
 def chain_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     """sha256(prev_hash || canonical row); the canonical row is the JSON array of FIELDS."""
-    canonical = orjson.dumps([row.get(f) for f in FIELDS])
-    return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
+    return _digest(prev_hash, [row.get(f) for f in FIELDS])
+
+
+def _digest(prev_hash: str, values: list[Any]) -> str:
+    return hashlib.sha256(prev_hash.encode() + orjson.dumps(values)).hexdigest()
 
 
 async def append_rows(tx: Transaction, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -64,7 +67,7 @@ async def append_rows(tx: Transaction, rows: Iterable[Mapping[str, Any]]) -> int
     for row in rows:
         seq += 1
         values = [seq, *(row.get(f) for f in FIELDS[1:])]
-        digest = hashlib.sha256(prev.encode() + orjson.dumps(values)).hexdigest()
+        digest = _digest(prev, values)
         chained.append((*values, prev, digest))
         prev = digest
     if chained:

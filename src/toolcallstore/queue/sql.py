@@ -64,6 +64,10 @@ RETURNING *
 """
 
 
+def _marks(values: list[Any]) -> str:
+    return ", ".join("?" for _ in values)
+
+
 class SqlJobStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -226,14 +230,12 @@ class SqlJobStore:
         if not job_ids:
             return set()
         now = now_us()
-        params: dict[str, Any] = {f"id{i}": job_id for i, job_id in enumerate(job_ids)}
-        marks = ", ".join(f":id{i}" for i in range(len(job_ids)))
-        params.update(w=worker, lease=now + int(lease_s * 1_000_000), now=now)
         async with self._db.transaction() as tx:
-            rows = await tx.fetch_all(
-                f"UPDATE jobs SET lease_until = :lease, updated_at = :now WHERE id IN ({marks})"
-                " AND state = 'running' AND locked_by = :w RETURNING id, cancel_requested",
-                params,
+            rows = await tx.fetch_raw(
+                "UPDATE jobs SET lease_until = ?, updated_at = ?"
+                f" WHERE id IN ({_marks(job_ids)}) AND state = 'running' AND locked_by = ?"
+                " RETURNING id, cancel_requested",
+                [now + int(lease_s * 1_000_000), now, *job_ids, worker],
             )
         return {r["id"] for r in rows if r["cancel_requested"]}
 
@@ -292,15 +294,12 @@ class SqlJobStore:
     async def release(self, worker: str, job_ids: list[str]) -> int:
         if not job_ids:
             return 0
-        params: dict[str, Any] = {f"id{i}": job_id for i, job_id in enumerate(job_ids)}
-        marks = ", ".join(f":id{i}" for i in range(len(job_ids)))
-        params.update(w=worker, now=now_us())
         async with self._db.transaction() as tx:
-            rows = await tx.fetch_all(
+            rows = await tx.fetch_raw(
                 "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_until = NULL,"
-                f" locked_by = NULL, updated_at = :now WHERE id IN ({marks})"
-                " AND state = 'running' AND locked_by = :w RETURNING id",
-                params,
+                f" locked_by = NULL, updated_at = ? WHERE id IN ({_marks(job_ids)})"
+                " AND state = 'running' AND locked_by = ? RETURNING id",
+                [now_us(), *job_ids, worker],
             )
         return len(rows)
 
