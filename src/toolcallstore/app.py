@@ -23,17 +23,23 @@ from toolcallstore.context import context_of
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
 from toolcallstore.errors import APIError, MethodNotAllowed, NotFound
+from toolcallstore.executions import SWEEP_JOB_TYPE
 from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
 from toolcallstore.ids import now_us
 from toolcallstore.logs import AccessLog
 from toolcallstore.metrics import Metrics
 from toolcallstore.middleware import BodyLimitMiddleware, ObserveMiddleware
+from toolcallstore.pricing import load_pricing
 from toolcallstore.queue.sandbox import register_sandbox_handlers
 from toolcallstore.queue.sql import SqlJobStore
+from toolcallstore.queue.store import NewJob
 from toolcallstore.queue.worker import PoolConfig, Registry, WorkerPool
 from toolcallstore.responses import error_response
 from toolcallstore.services import Services
 from toolcallstore.settings import Settings, parse_queue_limits
+from toolcallstore.sweeper import register_control_jobs
+from toolcallstore.tools import ToolRegistry
+from toolcallstore.tools.sandbox import register_sandbox_tools
 
 log = logging.getLogger("toolcallstore.app")
 
@@ -43,8 +49,12 @@ STOP_GRACE_SECONDS = 10.0
 def create_app(settings: Settings) -> Starlette:
     db = Database(settings.database_url, readers=settings.db_readers)
     metrics = Metrics()
+    tools = ToolRegistry(load_pricing(settings.models_file or None))
+    register_sandbox_tools(tools, db)
     registry = Registry()
     register_sandbox_handlers(registry, db)
+    register_control_jobs(registry, db, tools, job_hold_seconds=settings.job_hold_seconds)
+    job_store = SqlJobStore(db)
     pool_config = PoolConfig(
         concurrency=settings.workers,
         queue_limits=parse_queue_limits(settings.queue_limits),
@@ -63,7 +73,9 @@ def create_app(settings: Settings) -> Starlette:
         ),
         idempotency=Idempotency(db, lock_seconds=settings.idempotency_lock_seconds),
         metrics=metrics,
-        jobs=WorkerPool(SqlJobStore(db), registry, pool_config, metrics),
+        jobs=WorkerPool(job_store, registry, pool_config, metrics),
+        job_store=job_store,
+        tools=tools,
     )
 
     @contextlib.asynccontextmanager
@@ -75,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
             svc.http = httpx.AsyncClient(transport=AiohttpTransport(), timeout=30.0)
             svc.tasks["audit"] = asyncio.create_task(svc.audit.run(), name="audit-writer")
             svc.tasks["maintenance"] = asyncio.create_task(maintain(svc), name="maintenance")
+            svc.tasks["sweeper"] = asyncio.create_task(schedule_sweeps(svc), name="sweeper")
             if settings.workers > 0:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
@@ -106,12 +119,13 @@ async def stop_services(svc: Services) -> None:
     await svc.jobs.stop()
     for name in ("workers", "heartbeat", "rescuer", "completer"):
         svc.tasks.pop(name, None)
-    maintenance = svc.tasks.pop("maintenance", None)
-    if maintenance is not None and not maintenance.done():
-        try:
-            await asyncio.wait_for(maintenance, STOP_GRACE_SECONDS)
-        except (TimeoutError, asyncio.CancelledError):
-            log.error("maintenance task did not stop in time; abandoned")
+    for name in ("maintenance", "sweeper"):
+        task = svc.tasks.pop(name, None)
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(task, STOP_GRACE_SECONDS)
+            except (TimeoutError, asyncio.CancelledError):
+                log.error("%s task did not stop in time; abandoned", name)
     audit = svc.tasks.pop("audit", None)
     await svc.audit.close()
     if audit is not None:
@@ -139,6 +153,20 @@ async def maintain(svc: Services) -> None:
             log.exception("pruning failed; will retry")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(svc.stopping.wait(), settings.prune_interval_seconds)
+
+
+async def schedule_sweeps(svc: Services) -> None:
+    """Enqueue the controls' sweep (expired holds and approvals) every HOLD_SWEEP_SECONDS; its
+    unique key keeps one queued at a time however many processes schedule it."""
+    sweep = NewJob(SWEEP_JOB_TYPE, {}, unique_key=SWEEP_JOB_TYPE, max_attempts=1)
+    while not svc.stopping.is_set():
+        if svc.settings.workers > 0:
+            try:
+                await svc.jobs.enqueue(sweep)
+            except Exception:
+                log.exception("could not enqueue the sweep; will retry")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(svc.stopping.wait(), svc.settings.hold_sweep_seconds)
 
 
 def allowed_methods(request: Request) -> list[str]:

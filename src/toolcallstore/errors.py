@@ -6,12 +6,16 @@ ToolCallError
 └── APIError                    becomes {"error": {...}} with its HTTP status
     ├── InvalidRequest          400 invalid_request_error
     ├── Unauthenticated         401 authentication_error
+    ├── SpendCapExceeded        402 billing_error / spend_cap_exceeded
     ├── PermissionDenied        403 permission_error
     ├── NotFound                404 invalid_request_error / not_found
     ├── MethodNotAllowed        405
-    ├── Conflict                409 idempotency_error / conflict
+    ├── Conflict                409 idempotency_error / idempotency_key_in_use
+    ├── StateConflict           409 invalid_request_error / quote_already_used ...
+    ├── Gone                    410 invalid_request_error / quote_expired
     ├── RequestTooLarge         413
     ├── Unprocessable           422
+    ├── ProviderError           502 api_error / provider_error
     └── Unavailable             503 api_error / unavailable
 """
 
@@ -74,6 +78,12 @@ class Unauthenticated(APIError):
     code = "unauthenticated"
 
 
+class SpendCapExceeded(APIError):
+    status = 402
+    type = "billing_error"
+    code = "spend_cap_exceeded"
+
+
 class PermissionDenied(APIError):
     status = 403
     type = "permission_error"
@@ -98,6 +108,20 @@ class Conflict(APIError):
     code = "idempotency_key_in_use"
 
 
+class StateConflict(APIError):
+    """The object is not in a state that allows this (a used quote, a decided approval)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class Gone(APIError):
+    status = 410
+    type = "invalid_request_error"
+    code = "gone"
+
+
 class RequestTooLarge(APIError):
     status = 413
     type = "invalid_request_error"
@@ -108,6 +132,12 @@ class Unprocessable(APIError):
     status = 422
     type = "invalid_request_error"
     code = "unprocessable"
+
+
+class ProviderError(APIError):
+    status = 502
+    type = "api_error"
+    code = "provider_error"
 
 
 class Unavailable(APIError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -83,30 +84,40 @@ class Idempotency:
     ) -> Response:
         """Run `execute` once per key; repeats get the stored response, passed through `redact`
         first when it holds a secret that must be shown only once."""
-        ids = {"api_key_id": principal.key_id, "key": key}
-        fp = fingerprint(request.method, request.url.path, body)
-        replay = await self._claim(ids, principal.tenant_id, fp)
-        if replay is not None:
-            context_of(request).reason = "idempotent_replay"
-            status, content = replay
-            response = JSONResponse(content, status_code=status)
-            response.headers["Idempotent-Replayed"] = "true"
-            return response
+        claim = await self.begin(request, principal, key, body)
+        if isinstance(claim, Response):
+            return claim
         try:
             async with self._db.transaction() as tx:
                 status, content = await execute(tx)
                 stored = content if redact is None else redact(content)
-                await self._store(tx, ids, status, stored)
+                await claim.store(tx, status, stored)
         except APIError as error:
             if error.status in UNSTORED_STATUSES:
-                await self._release(ids)
+                await claim.release()
                 raise
-            status, content = await self._store_failure(ids, error, request)
+            status, content = await claim.store_failure(error)
         except Exception:
             log.exception("idempotent request failed")
             failure = InternalError("The request failed on our side; it made no changes.")
-            status, content = await self._store_failure(ids, failure, request)
+            status, content = await claim.store_failure(failure)
         return JSONResponse(content, status_code=status)
+
+    async def begin(
+        self, request: Request, principal: Principal, key: str, body: Any
+    ) -> Claim | Response:
+        """Claim the key for a request whose work spans several transactions, or return the
+        stored response (409/422 raised as for `run`)."""
+        ids = {"api_key_id": principal.key_id, "key": key}
+        fp = fingerprint(request.method, request.url.path, body)
+        replay = await self._claim(ids, principal.tenant_id, fp)
+        if replay is None:
+            return Claim(self, ids, context_of(request).request_id)
+        context_of(request).reason = "idempotent_replay"
+        status, content = replay
+        response = JSONResponse(content, status_code=status)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
 
     async def _claim(self, ids: dict[str, str], tenant_id: str, fp: str) -> tuple[int, Any] | None:
         now = now_us()
@@ -147,28 +158,44 @@ class Idempotency:
             )
             return None
 
-    async def _store(self, tx: Transaction, ids: dict[str, str], status: int, body: Any) -> None:
-        await tx.execute(
-            "UPDATE idempotency_keys SET state = 'done', status = :status, response_body = :body"
-            " WHERE api_key_id = :api_key_id AND key = :key",
-            {**ids, "status": status, "body": orjson.dumps(body).decode()},
-        )
 
-    async def _store_failure(
-        self, ids: dict[str, str], error: APIError, request: Request
-    ) -> tuple[int, Any]:
-        content = error.envelope(context_of(request).request_id)
-        async with self._db.transaction() as tx:
-            await self._store(tx, ids, error.status, content)
+@dataclass(frozen=True)
+class Claim:
+    """A claimed key: the request's outcome is stored with `store` in the transaction that
+    makes its last change, or the key is released for a rejection that changed nothing."""
+
+    idempotency: Idempotency
+    ids: dict[str, str]
+    request_id: str
+
+    async def store(self, tx: Transaction, status: int, content: Any) -> None:
+        await store_response(tx, self.ids["api_key_id"], self.ids["key"], status, content)
+
+    async def store_failure(self, error: APIError) -> tuple[int, Any]:
+        content = error.envelope(self.request_id)
+        async with self.idempotency._db.transaction() as tx:
+            await self.store(tx, error.status, content)
         return error.status, content
 
-    async def _release(self, ids: dict[str, str]) -> None:
-        async with self._db.transaction() as tx:
+    async def release(self) -> None:
+        async with self.idempotency._db.transaction() as tx:
             await tx.execute(
                 "DELETE FROM idempotency_keys WHERE api_key_id = :api_key_id AND key = :key"
                 " AND state = 'running'",
-                ids,
+                self.ids,
             )
+
+
+async def store_response(
+    tx: Transaction, api_key_id: str, key: str, status: int, content: Any
+) -> None:
+    """Record the response a key replays (also used by whoever finishes an abandoned request)."""
+    await tx.execute(
+        "UPDATE idempotency_keys SET state = 'done', status = :status, response_body = :body"
+        " WHERE api_key_id = :api_key_id AND key = :key",
+        {"api_key_id": api_key_id, "key": key, "status": status,
+         "body": orjson.dumps(content).decode()},
+    )  # fmt: skip
 
 
 async def prune_idempotency_keys(db: Database, older_than_us: int, chunk: int = 1000) -> int:

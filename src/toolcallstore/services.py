@@ -13,8 +13,10 @@ from toolcallstore.auth import KeyCache
 from toolcallstore.db import Database
 from toolcallstore.idempotency import Idempotency
 from toolcallstore.metrics import Metrics
+from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.worker import WorkerPool
 from toolcallstore.settings import Settings
+from toolcallstore.tools import ToolRegistry
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Services:
     idempotency: Idempotency
     metrics: Metrics
     jobs: WorkerPool
+    job_store: SqlJobStore
+    tools: ToolRegistry
     http: httpx.AsyncClient | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

@@ -36,6 +36,15 @@ class Settings:
     job_lease_seconds: float = 30.0
     job_poll_ms: int = 1000
     job_retention_days: int = 7
+    # Prices, tools' price bases and (later) LLM lanes; empty means the repository's
+    # config/models.json.
+    models_file: str = ""
+    quote_ttl_seconds: int = 900
+    # A hold outlives its tool's timeout by this much before the sweep releases it (a crash).
+    hold_grace_seconds: int = 300
+    # Holds of job-run tools are extended by this much while their job is still live.
+    job_hold_seconds: int = 3600
+    hold_sweep_seconds: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

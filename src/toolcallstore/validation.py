@@ -66,6 +66,8 @@ def _check(name: str, value: Any, spec: Field) -> Any:
         raise invalid(name, f"'{name}' must be an integer.")
     if spec.kind is bool and not isinstance(value, bool):
         raise invalid(name, f"'{name}' must be true or false.")
+    if spec.kind is dict and not isinstance(value, dict):
+        raise invalid(name, f"'{name}' must be a JSON object.")
     return value
 
 
@@ -88,11 +90,12 @@ class PageParams:
     starting_after: str | None
 
 
-def page_params(request: Request) -> PageParams:
-    """`?limit=1..100` (default 10) and `?starting_after=<id>`; other query names refused."""
+def page_params(request: Request, extra: tuple[str, ...] = ()) -> PageParams:
+    """`?limit=1..100` (default 10) and `?starting_after=<id>`; query names other than these
+    and `extra` are refused."""
     query = request.query_params
     for name in query:
-        if name not in ("limit", "starting_after"):
+        if name not in ("limit", "starting_after", *extra):
             raise invalid(name, f"Unknown query parameter '{name}'.", "unknown_parameter")
     raw_limit = query.get("limit", "10")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:

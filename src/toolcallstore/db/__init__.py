@@ -1,5 +1,5 @@
 """The data layer: one Database wrapper, numbered migrations, one repository module per table."""
 
-from toolcallstore.db.database import Database, Transaction
+from toolcallstore.db.database import Database, Row, Transaction
 
-__all__ = ["Database", "Transaction"]
+__all__ = ["Database", "Row", "Transaction"]

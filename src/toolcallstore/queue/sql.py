@@ -105,6 +105,35 @@ class SqlJobStore:
                     return Job.from_row(row), False
         raise RuntimeError(f"could not enqueue job with unique key {job.unique_key!r}")
 
+    async def enqueue_in(self, tx: Transaction, job: NewJob) -> Job:
+        """Insert an unkeyed job inside the caller's transaction, so that it exists exactly when
+        the caller's change commits (a hold and the job that will settle it)."""
+        if job.unique_key is not None:
+            raise ValueError("jobs with a unique_key must go through enqueue()")
+        now = now_us()
+        row = await tx.fetch_one(
+            _INSERT,
+            {
+                "id": new_id("job"),
+                "queue": job.queue,
+                "type": job.type,
+                "tenant_id": job.tenant_id,
+                "payload": orjson.dumps(job.payload).decode(),
+                "priority": job.priority,
+                "run_at": now if job.run_at is None else job.run_at,
+                "max_attempts": job.max_attempts,
+                "unique_key": None,
+                "now": now,
+            },
+        )
+        assert row is not None
+        if tx.dialect == "postgresql":
+            await tx.execute(
+                "SELECT pg_notify(:channel, :queue)",
+                {"channel": NOTIFY_CHANNEL, "queue": job.queue},
+            )
+        return Job.from_row(row)
+
     async def enqueue_many(self, jobs: list[NewJob]) -> list[str]:
         """Insert many unkeyed jobs in one transaction; returns their ids in order."""
         if any(job.unique_key is not None for job in jobs):

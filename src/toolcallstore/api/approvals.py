@@ -1,0 +1,166 @@
+"""Approvals: `POST /v1/approvals {quote_id}`, grant/deny by another key, list and retrieve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from toolcallstore.approvals import decide_approval, get_approval, request_approval
+from toolcallstore.auth import Principal, authenticated, require_scope
+from toolcallstore.context import context_of
+from toolcallstore.db import Row, Transaction
+from toolcallstore.idempotency import idempotency_key, optional_idempotency_key
+from toolcallstore.ids import now_us
+from toolcallstore.money import micros_to_usd
+from toolcallstore.quotes import get_quote
+from toolcallstore.responses import JSONResponse
+from toolcallstore.services import services
+from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate
+
+STATES = frozenset({"pending", "granted", "denied", "expired", "used"})
+
+
+def approval_object(row: Row) -> dict[str, Any]:
+    status = row["state"]
+    if status in ("pending", "granted") and row["expires_at"] <= now_us():
+        status = "expired"
+    return {
+        "id": row["id"],
+        "object": "approval",
+        "quote_id": row["quote_id"],
+        "tool": row["tool"],
+        "status": status,
+        "approval_reasons": row["approval_reasons"],
+        "max_cost_usd": micros_to_usd(int(row["max_cost_micros"])),
+        "requested_by": row["requested_by_key_id"],
+        "decided_by": row["decided_by_key_id"],
+        "note": row["note"],
+        "expires_at": row["expires_at"] // 1_000_000,
+        "created": row["created_at"] // 1_000_000,
+        "decided": None if row["decided_at"] is None else row["decided_at"] // 1_000_000,
+    }
+
+
+async def _full(db: Any, principal: Principal, approval: Row) -> dict[str, Any]:
+    quote = await get_quote(db, principal, approval["quote_id"])
+    return approval_object(
+        {
+            **approval,
+            "tool": quote.tool,
+            "approval_reasons": quote.approval_reasons,
+            "max_cost_micros": quote.estimate.max_cost_micros,
+        }
+    )
+
+
+def _reader(request: Request) -> Principal:
+    principal = authenticated(request)
+    if not principal.has("approvals:grant"):
+        require_scope(request, "quotes:create")
+    return principal
+
+
+async def create_approval(request: Request) -> Response:
+    principal = require_scope(request, "quotes:create")
+    key = idempotency_key(request)
+    body = await read_json_object(request)
+    fields = validate(body, {"quote_id": Field(str, required=True, max_length=64)})
+
+    async def execute(tx: Transaction) -> tuple[int, Any]:
+        quote = await get_quote(tx, principal, fields["quote_id"])
+        row = await request_approval(tx, principal, quote)
+        context_of(request).quote_id = quote.id
+        context_of(request).approval_id = row["id"]
+        return 200, await _full(tx, principal, row)
+
+    return await services(request).idempotency.run(request, principal, key, body, execute)
+
+
+async def _decide(request: Request, *, grant: bool) -> Response:
+    principal = require_scope(request, "approvals:grant")
+    key = optional_idempotency_key(request)
+    body = await read_json_object(request)
+    fields = validate(body, {"note": Field(str, max_length=1000)})
+    approval_id = request.path_params["approval_id"]
+    context_of(request).approval_id = approval_id
+
+    async def execute(tx: Transaction) -> tuple[int, Any]:
+        row = await decide_approval(
+            tx, principal, approval_id, grant=grant, note=fields.get("note")
+        )
+        return 200, await _full(tx, principal, row)
+
+    svc = services(request)
+    if key is not None:
+        return await svc.idempotency.run(request, principal, key, body, execute)
+    async with svc.db.transaction() as tx:
+        status, content = await execute(tx)
+    return JSONResponse(content, status_code=status)
+
+
+async def grant_approval(request: Request) -> Response:
+    return await _decide(request, grant=True)
+
+
+async def deny_approval(request: Request) -> Response:
+    return await _decide(request, grant=False)
+
+
+async def retrieve_approval(request: Request) -> Response:
+    principal = _reader(request)
+    db = services(request).db
+    row = await get_approval(db, principal, request.path_params["approval_id"])
+    return JSONResponse(await _full(db, principal, row))
+
+
+async def list_approvals(request: Request) -> Response:
+    """Newest first; `?status=pending` is what a human approver's inbox asks for."""
+    principal = _reader(request)
+    state = request.query_params.get("status")
+    if state is not None and state not in STATES:
+        raise invalid("status", f"'status' must be one of: {', '.join(sorted(STATES))}.")
+    page = page_params(request, extra=("status",))
+    clauses = ["a.tenant_id = :t"]
+    values: dict[str, Any] = {"t": principal.tenant_id, "n": page.limit + 1, "now": now_us()}
+    if state in ("pending", "granted"):
+        clauses.append("a.state = :s AND a.expires_at > :now")
+    elif state == "expired":
+        clauses.append(
+            "(a.state = :s OR (a.state IN ('pending', 'granted') AND a.expires_at <= :now))"
+        )
+    elif state is not None:
+        clauses.append("a.state = :s")
+    if state is not None:
+        values["s"] = state
+    if principal.key.project_id is not None:
+        clauses.append("q.project_id = :p")
+        values["p"] = principal.key.project_id
+    if page.starting_after is not None:
+        clauses.append("a.id < :after")
+        values["after"] = page.starting_after
+    rows = await services(request).db.fetch_all(
+        "SELECT a.*, q.tool AS tool, q.approval_reasons AS reasons, q.max_cost_micros"
+        " FROM approvals a JOIN quotes q ON q.id = a.quote_id"
+        f" WHERE {' AND '.join(clauses)} ORDER BY a.id DESC LIMIT :n",
+        values,
+    )
+    data = [
+        approval_object({**r, "approval_reasons": orjson.loads(r["reasons"])})
+        for r in rows[: page.limit]
+    ]
+    body = {"object": "list", "url": "/v1/approvals", "data": data,
+            "has_more": len(rows) > page.limit}  # fmt: skip
+    return JSONResponse(body)
+
+
+routes = [
+    Route("/v1/approvals", create_approval, methods=["POST"]),
+    Route("/v1/approvals", list_approvals, methods=["GET"]),
+    Route("/v1/approvals/{approval_id}", retrieve_approval, methods=["GET"]),
+    Route("/v1/approvals/{approval_id}/grant", grant_approval, methods=["POST"]),
+    Route("/v1/approvals/{approval_id}/deny", deny_approval, methods=["POST"]),
+]

@@ -1,0 +1,178 @@
+"""The tool catalog and quotes: `GET /v1/tools`, `POST /v1/quotes`, `GET /v1/quotes/{id}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from toolcallstore.auth import Principal, authenticated, require_scope
+from toolcallstore.context import context_of
+from toolcallstore.db import Transaction
+from toolcallstore.errors import InvalidRequest, NotFound
+from toolcallstore.events import record_event
+from toolcallstore.idempotency import idempotency_key
+from toolcallstore.ids import now_us
+from toolcallstore.money import micros_to_usd
+from toolcallstore.quotes import Quote, approval_reasons, get_quote, insert_quote
+from toolcallstore.responses import JSONResponse
+from toolcallstore.services import services
+from toolcallstore.tools import Estimate, Tool
+from toolcallstore.validation import Field, invalid, read_json_object, validate
+
+QUOTE_FIELDS = {
+    "tool": Field(str, required=True, max_length=100),
+    "params": Field(dict, required=True),
+    "project_id": Field(str, max_length=64),
+    "expires_in": Field(int),
+}
+MIN_TTL_S, MAX_TTL_S = 60, 86_400
+
+
+def find_tool(request: Request, name: str) -> Tool:
+    tool = services(request).tools.get(name)
+    if tool is None:
+        raise NotFound(f"No such tool '{name[:100]}'; GET /v1/tools lists them.", param="tool")
+    context_of(request).tool = tool.name
+    return tool
+
+
+def parse_tool_params(tool: Tool, params: dict[str, Any]) -> dict[str, Any]:
+    """The tool's own validation, with `param` naming the field inside `params`."""
+    try:
+        return tool.parse_params(params)
+    except InvalidRequest as error:
+        if "param" in error.details and not str(error.details["param"]).startswith("params."):
+            error.details["param"] = f"params.{error.details['param']}"
+        raise
+
+
+async def project_for(tx: Transaction, principal: Principal, project_id: str | None) -> str | None:
+    """The project a call is billed to: the key's own, or one of its tenant's projects."""
+    bound = principal.key.project_id
+    if bound is not None:
+        if project_id not in (None, bound):
+            raise NotFound("No such project.", param="project_id")
+        return bound
+    if project_id is not None:
+        found = await tx.fetch_val(
+            "SELECT id FROM projects WHERE id = :id AND tenant_id = :t",
+            {"id": project_id, "t": principal.tenant_id},
+        )
+        if found is None:
+            raise NotFound("No such project.", param="project_id")
+    return project_id
+
+
+async def approval_threshold(tx: Transaction, tenant_id: str) -> int | None:
+    value = await tx.fetch_val(
+        "SELECT approval_threshold_micros FROM tenants WHERE id = :id", {"id": tenant_id}
+    )
+    return None if value is None else int(value)
+
+
+def estimate_object(estimate: Estimate, *, operator: bool) -> dict[str, Any]:
+    breakdown: dict[str, Any] = {"lines": estimate.breakdown, "price_source": "models.json"}
+    if operator:
+        breakdown["provider"] = estimate.provider
+        breakdown["provider_cost_usd"] = micros_to_usd(estimate.provider_cost_micros)
+    return breakdown
+
+
+def quote_object(quote: Quote, *, operator: bool) -> dict[str, Any]:
+    status = quote.state
+    if status == "open" and quote.expires_at <= now_us():
+        status = "expired"
+    return {
+        "id": quote.id,
+        "object": "quote",
+        "tool": quote.tool,
+        "params": quote.params,
+        "status": status,
+        "price_usd": micros_to_usd(quote.estimate.price_micros),
+        "max_cost_usd": micros_to_usd(quote.estimate.max_cost_micros),
+        "requires_approval": quote.requires_approval,
+        "approval_reasons": quote.approval_reasons,
+        "breakdown": estimate_object(quote.estimate, operator=operator),
+        "project_id": quote.project_id,
+        "livemode": quote.livemode,
+        "inline": quote.inline,
+        "expires_at": quote.expires_at // 1_000_000,
+        "created": quote.created_at // 1_000_000,
+    }
+
+
+async def create_quote(request: Request) -> Response:
+    principal = require_scope(request, "quotes:create")
+    key = idempotency_key(request)
+    body = await read_json_object(request)
+    fields = validate(body, QUOTE_FIELDS)
+    tool = find_tool(request, fields["tool"])
+    require_scope(request, tool.scope)
+    params = parse_tool_params(tool, fields["params"])
+    ttl = fields.get("expires_in", services(request).settings.quote_ttl_seconds)
+    if not MIN_TTL_S <= ttl <= MAX_TTL_S:
+        raise invalid("expires_in", f"'expires_in' must be {MIN_TTL_S}-{MAX_TTL_S} seconds.")
+    estimate = tool.price(params, services(request).tools.pricing)
+
+    async def execute(tx: Transaction) -> tuple[int, Any]:
+        project_id = await project_for(tx, principal, fields.get("project_id"))
+        threshold = await approval_threshold(tx, principal.tenant_id)
+        quote = await insert_quote(
+            tx,
+            principal=principal,
+            project_id=project_id,
+            tool=tool,
+            params=params,
+            estimate=estimate,
+            reasons=approval_reasons(tool, estimate, threshold),
+            ttl_s=ttl,
+        )
+        context_of(request).quote_id = quote.id
+        data = {
+            "quote_id": quote.id,
+            "tool": tool.name,
+            "max_cost_micros": estimate.max_cost_micros,
+        }
+        await record_event(tx, principal.tenant_id, "quote.created", data)
+        return 200, quote_object(quote, operator=principal.has("admin"))
+
+    return await services(request).idempotency.run(request, principal, key, body, execute)
+
+
+async def retrieve_quote(request: Request) -> Response:
+    principal = require_scope(request, "quotes:create")
+    quote = await get_quote(services(request).db, principal, request.path_params["quote_id"])
+    return JSONResponse(quote_object(quote, operator=principal.has("admin")))
+
+
+def tool_object(tool: Tool, request: Request) -> dict[str, Any]:
+    pricing = services(request).tools.pricing
+    return {
+        "name": tool.name,
+        "object": "tool",
+        "description": tool.description,
+        "scope": tool.scope,
+        "risk": tool.risk,
+        "billable": tool.billable,
+        "irreversible": tool.irreversible,
+        "mode": tool.mode,
+        "approval": "always" if tool.risk == "high" else "above_tenant_threshold",
+        "price": pricing.for_tool(tool.name).describe() if tool.billable else None,
+        "params": tool.params_doc,
+    }
+
+
+async def list_tools(request: Request) -> Response:
+    authenticated(request)
+    data = [tool_object(tool, request) for tool in services(request).tools.all()]
+    return JSONResponse({"object": "list", "url": "/v1/tools", "data": data, "has_more": False})
+
+
+routes = [
+    Route("/v1/tools", list_tools, methods=["GET"]),
+    Route("/v1/quotes", create_quote, methods=["POST"]),
+    Route("/v1/quotes/{quote_id}", retrieve_quote, methods=["GET"]),
+]

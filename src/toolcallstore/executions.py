@@ -1,0 +1,285 @@
+"""The generic flow of a billable call: quote -> approval -> hold -> run -> settle -> receipt.
+
+Three transactions, so that no lock is held while a provider works:
+1. `open_execution`: use the quote (and the approval), take the hold of the worst case, insert
+   the execution (and, for job tools, its job), audit the hold. A refusal rolls all of it back.
+2. the tool runs: inline with a timeout, or as a job of the queue.
+3. `close_execution`: settle or release the hold, write the receipt and ledger entries, record
+   the outcome (and the idempotent response), audit the settlement.
+A crash between 1 and 3 leaves an open hold; `sweep_holds` (a periodic job) closes it once it
+expires (sync tools) or once its job can no longer finish (job tools). Nothing is held forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from toolcallstore.audit import append_rows
+from toolcallstore.db import Database, Row, Transaction
+from toolcallstore.errors import APIError, InternalError, ProviderError
+from toolcallstore.events import record_event
+from toolcallstore.idempotency import store_response
+from toolcallstore.ids import new_id, now_us
+from toolcallstore.ledger import Charge, write_receipt
+from toolcallstore.money import micros_to_usd
+from toolcallstore.queue.sql import SqlJobStore
+from toolcallstore.queue.store import NewJob
+from toolcallstore.quotes import Quote
+from toolcallstore.spend import close_hold, hold_spend
+from toolcallstore.tools import Outcome, Tool, ToolCall
+
+log = logging.getLogger("toolcallstore.executions")
+
+JOB_TYPE = "tool.execute"
+SWEEP_JOB_TYPE = "controls.sweep"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked, for the audit rows written inside the billable transactions."""
+
+    request_id: str
+    api_key_id: str | None
+    ip: str | None
+    method: str = "POST"
+    path: str = "/v1/executions"
+    idempotency_key: str | None = None
+
+
+def audit_row(origin: Origin, tenant_id: str, tool: str, reason: str, **ids: Any) -> dict[str, Any]:
+    return {
+        "ts": now_us(),
+        "request_id": origin.request_id,
+        "tenant_id": tenant_id,
+        "api_key_id": origin.api_key_id,
+        "method": origin.method,
+        "path": origin.path,
+        "route": origin.path,
+        "tool": tool,
+        "scope": None,
+        "decision": "allowed",
+        "reason": reason,
+        "status": 0,  # written mid-request; the request's own row carries its final status
+        "cost_micros": ids.get("cost_micros"),
+        "quote_id": ids.get("quote_id"),
+        "approval_id": ids.get("approval_id"),
+        "receipt_id": ids.get("receipt_id"),
+        "ip": origin.ip,
+        "latency_us": 0,
+    }
+
+
+async def open_execution(
+    tx: Transaction,
+    *,
+    quote: Quote,
+    tool: Tool,
+    approval_id: str | None,
+    origin: Origin,
+    hold_seconds: float,
+    jobs: SqlJobStore,
+) -> Row:
+    """Take the hold and record the running execution (its job too, for job tools)."""
+    now = now_us()
+    execution_id = new_id("exe")
+    hold = await hold_spend(
+        tx,
+        tenant_id=quote.tenant_id,
+        project_id=quote.project_id,
+        livemode=quote.livemode,
+        amount_micros=quote.estimate.max_cost_micros,
+        execution_id=execution_id,
+        expires_at=now + int(hold_seconds * 1_000_000),
+    )
+    hold_id = hold.id
+    job_id = None
+    if tool.mode == "job":
+        job = NewJob(JOB_TYPE, {"execution_id": execution_id}, "tools", quote.tenant_id)
+        job_id = (await jobs.enqueue_in(tx, job)).id
+    row = {
+        "id": execution_id,
+        "tenant_id": quote.tenant_id,
+        "project_id": quote.project_id,
+        "api_key_id": origin.api_key_id,
+        "quote_id": quote.id,
+        "approval_id": approval_id,
+        "tool": tool.name,
+        "livemode": int(quote.livemode),
+        "state": "running",
+        "hold_id": hold_id,
+        "job_id": job_id,
+        "request_id": origin.request_id,
+        "idempotency_key": origin.idempotency_key,
+        "created_at": now,
+    }
+    columns = ", ".join(row)
+    await tx.execute(
+        f"INSERT INTO executions ({columns}) VALUES ({', '.join(':' + c for c in row)})", row
+    )
+    await append_rows(
+        tx,
+        [
+            audit_row(
+                origin,
+                quote.tenant_id,
+                tool.name,
+                "hold_taken",
+                cost_micros=quote.estimate.max_cost_micros,
+                quote_id=quote.id,
+                approval_id=approval_id,
+            )
+        ],
+    )
+    full = {**row, "receipt_id": None, "price_micros": None, "result": None, "error": None}
+    return {**full, "finished_at": None}
+
+
+async def close_execution(
+    tx: Transaction,
+    execution: Row,
+    origin: Origin,
+    *,
+    outcome: Outcome | None = None,
+    error: APIError | None = None,
+) -> Row | None:
+    """Settle (outcome) or release (error) the hold, write the receipt and ledger entries, and
+    finish the execution; None if someone else (the sweep, another run) already closed it."""
+    price = 0 if outcome is None else outcome.price_micros
+    closed = await close_hold(tx, execution["hold_id"], price)
+    if closed is None:
+        return None
+    hold, settled = closed
+    if outcome is not None:
+        charge = Charge("succeeded", settled, outcome.provider_cost_micros, outcome.provider,
+                        outcome.usage, outcome.attempts, outcome.estimated)  # fmt: skip
+    else:
+        charge = Charge("failed", 0, 0, None)
+    receipt = await write_receipt(tx, execution, charge, hold.period)
+    state = charge.status
+    done = {
+        **execution,
+        "state": state,
+        "receipt_id": receipt["id"],
+        "price_micros": settled,
+        "result": None if outcome is None else orjson.dumps(outcome.result).decode(),
+        "error": None if error is None else orjson.dumps(error_summary(error)).decode(),
+        "finished_at": now_us(),
+    }
+    await tx.execute(
+        "UPDATE executions SET state = :state, receipt_id = :receipt_id,"
+        " price_micros = :price_micros, result = :result, error = :error,"
+        " finished_at = :finished_at WHERE id = :id AND state = 'running'",
+        {k: done[k] for k in ("state", "receipt_id", "price_micros", "result", "error",
+                              "finished_at", "id")},
+    )  # fmt: skip
+    await record_event(
+        tx, execution["tenant_id"], f"execution.{state}", {"execution_id": execution["id"],
+        "receipt_id": receipt["id"], "tool": execution["tool"]},
+    )  # fmt: skip
+    await append_rows(
+        tx,
+        [
+            audit_row(
+                origin,
+                execution["tenant_id"],
+                execution["tool"],
+                "hold_settled" if settled else "hold_released",
+                cost_micros=settled,
+                quote_id=execution["quote_id"],
+                approval_id=execution["approval_id"],
+                receipt_id=receipt["id"],
+            )
+        ],
+    )
+    return done
+
+
+def error_summary(error: APIError) -> dict[str, Any]:
+    return {"type": error.type, "code": error.code, "message": error.message}
+
+
+def execution_object(row: Row) -> dict[str, Any]:
+    price = row["price_micros"]
+    return {
+        "id": row["id"],
+        "object": "execution",
+        "tool": row["tool"],
+        "status": row["state"],
+        "quote_id": row["quote_id"],
+        "approval_id": row["approval_id"],
+        "receipt_id": row["receipt_id"],
+        "job_id": row["job_id"],
+        "project_id": row["project_id"],
+        "amount_usd": None if price is None else micros_to_usd(int(price)),
+        "result": _json(row["result"]),
+        "error": _json(row["error"]),
+        "livemode": bool(row["livemode"]),
+        "created": int(row["created_at"]) // 1_000_000,
+        "finished": None if row["finished_at"] is None else int(row["finished_at"]) // 1_000_000,
+    }
+
+
+def _json(raw: str | None) -> Any:
+    return None if raw is None else orjson.loads(raw)
+
+
+def outcome_response(done: Row) -> tuple[int, dict[str, Any]]:
+    """The HTTP answer for a closed execution: 200 with it, or 502 naming it and its receipt."""
+    body = execution_object(done)
+    if done["state"] == "succeeded":
+        return 200, body
+    error = body["error"] or {}
+    failure = ProviderError(
+        f"The tool failed: {error.get('message', 'unknown error')} Its hold was released and"
+        " nothing was charged.",
+        code=error.get("code", "provider_error"),
+        execution_id=done["id"],
+        receipt_id=done["receipt_id"],
+    )
+    return failure.status, failure.envelope(done["request_id"])
+
+
+async def run_tool(tool: Tool, call: ToolCall) -> Outcome | APIError:
+    """Run a tool; its exceptions become the APIError recorded on the failed execution."""
+    try:
+        outcome = await _with_timeout(tool, call)
+    except APIError as error:
+        return error
+    except TimeoutError:
+        return ProviderError(f"The tool did not finish within {tool.timeout_s:g} s.",
+                             code="tool_timeout")  # fmt: skip
+    except Exception as exc:
+        log.exception("tool %s failed", tool.name)
+        return ProviderError(f"{type(exc).__name__}: {exc}"[:300])
+    return outcome
+
+
+async def _with_timeout(tool: Tool, call: ToolCall) -> Outcome:
+    return await asyncio.wait_for(tool.execute(call), tool.timeout_s)
+
+
+async def interrupt_execution(db: Database, execution: Row) -> bool:
+    """Close an execution whose process died: release its hold, write a failed receipt, and
+    store the answer its idempotency key replays. False if it was closed meanwhile."""
+    error = InternalError(
+        "The execution was interrupted before it finished (the server restarted); its hold was"
+        " released and nothing was charged.",
+        code="execution_interrupted",
+    )
+    origin = Origin(execution["request_id"], None, None, "INTERNAL", f"job:{SWEEP_JOB_TYPE}")
+    async with db.transaction() as tx:
+        done = await close_execution(tx, execution, origin, error=error)
+        if done is None:
+            return False
+        if execution["idempotency_key"] and execution["job_id"] is None:
+            envelope = error.envelope(execution["request_id"])
+            envelope["error"].update(execution_id=done["id"], receipt_id=done["receipt_id"])
+            await store_response(
+                tx, execution["api_key_id"], execution["idempotency_key"], 500, envelope
+            )
+    return True

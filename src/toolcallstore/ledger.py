@@ -1,0 +1,122 @@
+"""Receipts and the append-only ledger (DESIGN §5, receipts and ledger).
+
+A receipt is written once per execution, in the transaction that settles or releases its hold;
+the same transaction appends the ledger entries (`charge` to the customer, `provider_cost` to
+us), so ledger, receipts and spend counters can only change together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from toolcallstore.db import Row, Transaction
+from toolcallstore.events import record_event
+from toolcallstore.ids import new_id, now_us
+from toolcallstore.money import micros_to_usd
+
+KINDS = ("charge", "provider_cost", "refund", "adjustment")
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one finished execution costs, as the receipt records it."""
+
+    status: str  # succeeded | failed
+    price_micros: int
+    provider_cost_micros: int
+    provider: str | None
+    usage: dict[str, Any] = field(default_factory=dict)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    estimated: bool = False
+
+
+async def write_receipt(
+    tx: Transaction, execution: Row, charge: Charge, period: str
+) -> dict[str, Any]:
+    now = now_us()
+    common = {
+        "tenant_id": execution["tenant_id"],
+        "project_id": execution["project_id"],
+        "tool": execution["tool"],
+        "period": period,
+        "livemode": int(execution["livemode"]),
+        "created_at": now,
+    }
+    receipt = {
+        "id": new_id("rcpt"),
+        **common,
+        "execution_id": execution["id"],
+        "quote_id": execution["quote_id"],
+        "approval_id": execution["approval_id"],
+        "status": charge.status,
+        "price_micros": charge.price_micros,
+        "provider_cost_micros": charge.provider_cost_micros,
+        "margin_micros": charge.price_micros - charge.provider_cost_micros,
+        "providers": orjson.dumps([charge.provider] if charge.provider else []).decode(),
+        "attempts": orjson.dumps(charge.attempts).decode(),
+        "usage": orjson.dumps(charge.usage).decode(),
+        "estimated": int(charge.estimated),
+    }
+    columns = ", ".join(receipt)
+    await tx.execute(
+        f"INSERT INTO receipts ({columns}) VALUES ({', '.join(':' + c for c in receipt)})",
+        receipt,
+    )
+    entries = []
+    if charge.price_micros:
+        entries.append(("charge", charge.price_micros, charge.provider))
+    if charge.provider_cost_micros:
+        entries.append(("provider_cost", charge.provider_cost_micros, charge.provider))
+    if entries:
+        await tx.insert_many(
+            "ledger_entries",
+            ("id", "tenant_id", "project_id", "receipt_id", "kind", "amount_micros", "tool",
+             "provider", "period", "livemode", "created_at"),
+            [
+                (new_id("le"), common["tenant_id"], common["project_id"], receipt["id"], kind,
+                 amount, common["tool"], provider, period, common["livemode"], now)
+                for kind, amount, provider in entries
+            ],
+        )  # fmt: skip
+    await record_event(
+        tx,
+        execution["tenant_id"],
+        "receipt.created",
+        {"receipt_id": receipt["id"], "execution_id": execution["id"], "status": charge.status,
+         "amount_micros": charge.price_micros},
+    )  # fmt: skip
+    return receipt
+
+
+def receipt_object(row: Row, *, operator: bool) -> dict[str, Any]:
+    """A receipt as the API shows it; provider cost and margin only to operators."""
+    obj: dict[str, Any] = {
+        "id": row["id"],
+        "object": "receipt",
+        "tool": row["tool"],
+        "status": row["status"],
+        "amount_usd": micros_to_usd(int(row["price_micros"])),
+        "currency": "usd",
+        "execution_id": row["execution_id"],
+        "quote_id": row["quote_id"],
+        "approval_id": row["approval_id"],
+        "project_id": row["project_id"],
+        "providers": orjson.loads(row["providers"]),
+        "attempts": orjson.loads(row["attempts"]),
+        "usage": orjson.loads(row["usage"]),
+        "estimated": bool(row["estimated"]),
+        "period": row["period"],
+        "livemode": bool(row["livemode"]),
+        "created": int(row["created_at"]) // 1_000_000,
+    }
+    if operator:
+        obj["tenant_id"] = row["tenant_id"]
+        obj["provider_cost_usd"] = micros_to_usd(int(row["provider_cost_micros"]))
+        obj["margin_usd"] = micros_to_usd(int(row["margin_micros"]))
+    else:
+        for attempt in obj["attempts"]:
+            attempt.pop("provider_cost_usd", None)
+    return obj

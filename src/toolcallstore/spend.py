@@ -1,0 +1,199 @@
+"""Monthly spend caps enforced with holds (DESIGN §5.2).
+
+Every billable call takes a hold of its worst-case cost inside one write transaction that locks
+the tenant's (and project's) counter row for the month: `spent + held + amount <= cap` is
+checked and `held` raised in the same transaction, so no interleaving can overshoot a cap
+(SQLite: the writer's BEGIN IMMEDIATE; Postgres: the counter rows' FOR UPDATE, always tenant
+first). Afterwards the hold is settled (the actual cost moves from `held` to `spent`) or
+released. Test-mode and live-mode spend are counted apart, as Stripe keeps test data apart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from toolcallstore.db import Database, Row, Transaction
+from toolcallstore.errors import SpendCapExceeded
+from toolcallstore.ids import new_id, now_us
+from toolcallstore.money import micros_to_usd
+
+
+def period_of(us: int) -> str:
+    """The UTC month 'YYYY-MM' an epoch-microsecond time falls in."""
+    return time.strftime("%Y-%m", time.gmtime(us // 1_000_000))
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: str
+    tenant_id: str
+    project_id: str | None
+    period: str
+    livemode: bool
+    amount_micros: int
+
+    @classmethod
+    def from_row(cls, row: Row) -> Hold:
+        return cls(
+            id=row["id"],
+            tenant_id=row["tenant_id"],
+            project_id=row["project_id"],
+            period=row["period"],
+            livemode=bool(row["livemode"]),
+            amount_micros=int(row["amount_micros"]),
+        )
+
+    @property
+    def owners(self) -> list[str]:
+        return [self.tenant_id] if self.project_id is None else [self.tenant_id, self.project_id]
+
+
+async def _locked_counter(tx: Transaction, owner_id: str, period: str, livemode: bool) -> Row:
+    key = {"owner_id": owner_id, "period": period, "livemode": int(livemode)}
+    await tx.execute(
+        "INSERT INTO spend_counters (owner_id, period, livemode, spent_micros, held_micros)"
+        " VALUES (:owner_id, :period, :livemode, 0, 0)"
+        " ON CONFLICT (owner_id, period, livemode) DO NOTHING",
+        key,
+    )
+    lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+    row = await tx.fetch_one(
+        "SELECT spent_micros, held_micros FROM spend_counters WHERE owner_id = :owner_id"
+        f" AND period = :period AND livemode = :livemode{lock}",
+        key,
+    )
+    assert row is not None
+    return row
+
+
+async def _cap_of(tx: Transaction, owner_id: str) -> int | None:
+    table = "tenants" if owner_id.startswith("ten_") else "projects"
+    cap = await tx.fetch_val(
+        f"SELECT monthly_cap_micros FROM {table} WHERE id = :id", {"id": owner_id}
+    )
+    return None if cap is None else int(cap)
+
+
+async def hold_spend(
+    tx: Transaction,
+    *,
+    tenant_id: str,
+    project_id: str | None,
+    livemode: bool,
+    amount_micros: int,
+    execution_id: str,
+    expires_at: int,
+) -> Hold:
+    """Reserve `amount_micros` against every cap that applies, or raise 402 and change nothing."""
+    now = now_us()
+    hold = Hold(new_id("hold"), tenant_id, project_id, period_of(now), livemode, amount_micros)
+    for owner_id in hold.owners:
+        counter = await _locked_counter(tx, owner_id, hold.period, livemode)
+        cap = await _cap_of(tx, owner_id)
+        spent, held = int(counter["spent_micros"]), int(counter["held_micros"])
+        if cap is not None and spent + held + amount_micros > cap:
+            raise cap_exceeded(owner_id, cap, spent, held, amount_micros)
+    await tx.execute(
+        "UPDATE spend_counters SET held_micros = held_micros + :amount"
+        f" WHERE owner_id IN ({_owner_marks(hold)}) AND period = :period AND livemode = :livemode",
+        {"amount": amount_micros, **_counter_key(hold)},
+    )
+    await tx.execute(
+        "INSERT INTO holds (id, tenant_id, project_id, period, livemode, amount_micros, state,"
+        " execution_id, expires_at, created_at) VALUES (:id, :tenant_id, :project_id, :period,"
+        " :livemode, :amount, 'open', :execution_id, :expires_at, :now)",
+        {
+            "id": hold.id,
+            "tenant_id": tenant_id,
+            "project_id": project_id,
+            "period": hold.period,
+            "livemode": int(livemode),
+            "amount": amount_micros,
+            "execution_id": execution_id,
+            "expires_at": expires_at,
+            "now": now,
+        },
+    )
+    return hold
+
+
+def cap_exceeded(owner_id: str, cap: int, spent: int, held: int, amount: int) -> SpendCapExceeded:
+    source = "tenant" if owner_id.startswith("ten_") else "project"
+    # Only in-flight holds can free room; if what is already spent leaves none, waiting is useless.
+    transient = held > 0 and spent + amount <= cap
+    remedy = (
+        "Calls in flight hold part of the cap; retry after they settle."
+        if transient
+        else f"Raise the {source}'s monthly cap (POST /v1/spend_caps) or wait for next month."
+    )
+    return SpendCapExceeded(
+        f"This call may cost up to {micros_to_usd(amount)} USD, which would exceed the {source}'s"
+        f" monthly spend cap of {micros_to_usd(cap)} USD ({micros_to_usd(spent)} spent,"
+        f" {micros_to_usd(held)} held by calls in flight).",
+        headers={"Retry-After": "1"} if transient else None,
+        limit_source=source,
+        cap_usd=micros_to_usd(cap),
+        spent_usd=micros_to_usd(spent),
+        held_usd=micros_to_usd(held),
+        requested_usd=micros_to_usd(amount),
+        remedy_hint=remedy,
+    )
+
+
+async def close_hold(tx: Transaction, hold_id: str, settled_micros: int) -> tuple[Hold, int] | None:
+    """Settle (`settled_micros` > 0) or release (0) an open hold; returns it with the amount
+    settled, or None if it was already closed.
+
+    The actual cost is clamped to the hold: a call can never be charged more than it held.
+    """
+    # One conditional UPDATE claims the hold, so two closers (a settle racing the sweep) can
+    # never both move its money.
+    row = await tx.fetch_one(
+        "UPDATE holds SET state = CASE WHEN amount_micros > 0 AND :actual > 0"
+        " THEN 'settled' ELSE 'released' END,"
+        " settled_micros = CASE WHEN :actual < amount_micros THEN :actual ELSE amount_micros END,"
+        " closed_at = :now WHERE id = :id AND state = 'open' RETURNING *",
+        {"actual": max(settled_micros, 0), "now": now_us(), "id": hold_id},
+    )
+    if row is None:
+        return None
+    hold = Hold.from_row(row)
+    actual = int(row["settled_micros"])
+    for owner_id in hold.owners:  # the same lock order as hold_spend: tenant, then project
+        await _locked_counter(tx, owner_id, hold.period, hold.livemode)
+    await tx.execute(
+        "UPDATE spend_counters SET held_micros = held_micros - :amount,"
+        f" spent_micros = spent_micros + :actual WHERE owner_id IN ({_owner_marks(hold)})"
+        " AND period = :period AND livemode = :livemode",
+        {"amount": hold.amount_micros, "actual": actual, **_counter_key(hold)},
+    )
+    return hold, actual
+
+
+def _owner_marks(hold: Hold) -> str:
+    return ", ".join(f":owner{i}" for i in range(len(hold.owners)))
+
+
+def _counter_key(hold: Hold) -> dict[str, object]:
+    owners = {f"owner{i}": owner for i, owner in enumerate(hold.owners)}
+    return {**owners, "period": hold.period, "livemode": int(hold.livemode)}
+
+
+async def counters(
+    db: Database, owner_ids: list[str], period: str, livemode: bool
+) -> dict[str, Row]:
+    """The month's counters of each owner that has one."""
+    if not owner_ids:
+        return {}
+    marks = ", ".join(f":o{i}" for i in range(len(owner_ids)))
+    rows = await db.fetch_all(
+        "SELECT owner_id, spent_micros, held_micros FROM spend_counters"
+        f" WHERE owner_id IN ({marks}) AND period = :period AND livemode = :livemode",
+        {
+            **{f"o{i}": o for i, o in enumerate(owner_ids)},
+            "period": period,
+            "livemode": int(livemode),
+        },
+    )
+    return {row["owner_id"]: row for row in rows}

@@ -1,0 +1,88 @@
+"""The tool registry: each tool declares its scope, risk, billing and how it is priced and run.
+
+Capabilities (LLM, media, domains, email) register their tools when the app is built; the
+generic flow in `executions.py` quotes, approves, holds, runs and settles any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from toolcallstore.pricing import Pricing
+
+Risk = Literal["low", "high"]
+Mode = Literal["sync", "job"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a quote promises: the expected price, the worst case held, and the provider's cost
+    (operators only)."""
+
+    price_micros: int
+    max_cost_micros: int
+    provider_cost_micros: int
+    provider: str
+    breakdown: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    execution_id: str
+    tenant_id: str
+    project_id: str | None
+    livemode: bool
+    params: dict[str, Any]
+    estimate: Estimate
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished call costs: the customer price (never above the quote's worst case) and
+    the provider's cost, with the usage and attempts the receipt shows."""
+
+    result: dict[str, Any]
+    price_micros: int
+    provider_cost_micros: int
+    provider: str
+    usage: dict[str, Any] = field(default_factory=dict)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    scope: str
+    risk: Risk
+    billable: bool
+    irreversible: bool
+    mode: Mode
+    # Checks and normalises params; raises InvalidRequest naming the bad field.
+    parse_params: Callable[[dict[str, Any]], dict[str, Any]]
+    price: Callable[[dict[str, Any], Pricing], Estimate]
+    execute: Callable[[ToolCall], Awaitable[Outcome]]
+    params_doc: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 60.0
+
+
+class ToolRegistry:
+    def __init__(self, pricing: Pricing) -> None:
+        self.pricing = pricing
+        self._tools: dict[str, Tool] = {}
+
+    def register(self, tool: Tool) -> None:
+        if tool.name in self._tools:
+            raise ValueError(f"tool {tool.name!r} is already registered")
+        if tool.billable:
+            self.pricing.for_tool(tool.name)  # a billable tool without a price stops start-up
+        self._tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def all(self) -> list[Tool]:
+        return sorted(self._tools.values(), key=lambda t: t.name)
