@@ -12,7 +12,11 @@ TABLES = ("quotes", "approvals", "executions", "holds", "receipts", "ledger_entr
 SCOPES = ["quotes:create", "llm:chat", "domains:register", "receipts:read", "billing:manage"]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
     ),
