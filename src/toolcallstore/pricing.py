@@ -23,8 +23,12 @@ def to_micros_up(usd: Decimal) -> int:
 
 
 @dataclass(frozen=True)
-class PriceQuote:
+class Estimate:
+    """What a quote promises: the expected price, the worst case held, and the provider's cost
+    (operators only)."""
+
     price_micros: int
+    max_cost_micros: int
     provider_cost_micros: int
     provider: str
     breakdown: list[dict[str, Any]]
@@ -39,7 +43,8 @@ class ToolPrice:
     fee: Decimal
     markup: Decimal
 
-    def quote(self, quantity: int = 1) -> PriceQuote:
+    def quote(self, quantity: int = 1) -> Estimate:
+        """A fixed price: the worst case is the price."""
         cost = self.provider_cost * quantity
         price = to_micros_up(cost * (1 + self.markup) + self.fee * quantity)
         unit = to_micros_up(self.provider_cost * (1 + self.markup) + self.fee)
@@ -49,7 +54,7 @@ class ToolPrice:
             "unit_price_usd": micros_to_usd(unit),
             "amount_usd": micros_to_usd(price),
         }
-        return PriceQuote(price, to_micros_up(cost), self.provider, [line])
+        return Estimate(price, price, to_micros_up(cost), self.provider, [line])
 
     def describe(self) -> dict[str, Any]:
         """The price basis as the catalog shows it (no provider cost: that is the operator's)."""

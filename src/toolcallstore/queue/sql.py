@@ -64,6 +64,22 @@ RETURNING *
 """
 
 
+def _insert_values(job: NewJob) -> dict[str, Any]:
+    now = now_us()
+    return {
+        "id": new_id("job"),
+        "queue": job.queue,
+        "type": job.type,
+        "tenant_id": job.tenant_id,
+        "payload": orjson.dumps(job.payload).decode(),
+        "priority": job.priority,
+        "run_at": now if job.run_at is None else job.run_at,
+        "max_attempts": job.max_attempts,
+        "unique_key": job.unique_key,
+        "now": now,
+    }
+
+
 def _marks(values: list[Any]) -> str:
     return ", ".join("?" for _ in values)
 
@@ -74,19 +90,7 @@ class SqlJobStore:
         self._claim_sql = _CLAIM_POSTGRES if db.is_postgres else _CLAIM_SQLITE
 
     async def enqueue(self, job: NewJob) -> tuple[Job, bool]:
-        now = now_us()
-        values = {
-            "id": new_id("job"),
-            "queue": job.queue,
-            "type": job.type,
-            "tenant_id": job.tenant_id,
-            "payload": orjson.dumps(job.payload).decode(),
-            "priority": job.priority,
-            "run_at": now if job.run_at is None else job.run_at,
-            "max_attempts": job.max_attempts,
-            "unique_key": job.unique_key,
-            "now": now,
-        }
+        values = _insert_values(job)
         for _ in range(3):  # the live holder of the key may finish between our two statements
             async with self._db.transaction() as tx:
                 row = await tx.fetch_one(_INSERT, values)
@@ -110,22 +114,7 @@ class SqlJobStore:
         the caller's change commits (a hold and the job that will settle it)."""
         if job.unique_key is not None:
             raise ValueError("jobs with a unique_key must go through enqueue()")
-        now = now_us()
-        row = await tx.fetch_one(
-            _INSERT,
-            {
-                "id": new_id("job"),
-                "queue": job.queue,
-                "type": job.type,
-                "tenant_id": job.tenant_id,
-                "payload": orjson.dumps(job.payload).decode(),
-                "priority": job.priority,
-                "run_at": now if job.run_at is None else job.run_at,
-                "max_attempts": job.max_attempts,
-                "unique_key": None,
-                "now": now,
-            },
-        )
+        row = await tx.fetch_one(_INSERT, _insert_values(job))
         assert row is not None
         if tx.dialect == "postgresql":
             await tx.execute(

@@ -10,22 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from toolcallstore.pricing import Pricing
+from toolcallstore.pricing import Estimate, Pricing
 
 Risk = Literal["low", "high"]
 Mode = Literal["sync", "job"]
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """What a quote promises: the expected price, the worst case held, and the provider's cost
-    (operators only)."""
-
-    price_micros: int
-    max_cost_micros: int
-    provider_cost_micros: int
-    provider: str
-    breakdown: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)

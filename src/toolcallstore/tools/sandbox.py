@@ -8,13 +8,14 @@ effect recorded once per execution however often the job runs).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from toolcallstore.db import Database
 from toolcallstore.errors import ProviderError
 from toolcallstore.ids import now_us
-from toolcallstore.pricing import Pricing
-from toolcallstore.tools.registry import Estimate, Outcome, Tool, ToolCall, ToolRegistry
+from toolcallstore.pricing import Estimate, Pricing
+from toolcallstore.tools.registry import Outcome, Tool, ToolCall, ToolRegistry
 from toolcallstore.validation import Field, invalid, validate
 
 MAX_DELAY_MS = 3000
@@ -39,16 +40,9 @@ def _checked(params: dict[str, Any], fields: dict[str, Field]) -> dict[str, Any]
     return clean
 
 
-def _per_call(name: str) -> Any:
+def _per_call(name: str) -> Callable[[dict[str, Any], Pricing], Estimate]:
     def price(params: dict[str, Any], pricing: Pricing) -> Estimate:
-        quoted = pricing.for_tool(name).quote()
-        return Estimate(
-            price_micros=quoted.price_micros,
-            max_cost_micros=quoted.price_micros,
-            provider_cost_micros=quoted.provider_cost_micros,
-            provider=quoted.provider,
-            breakdown=quoted.breakdown,
-        )
+        return pricing.for_tool(name).quote()
 
     return price
 
