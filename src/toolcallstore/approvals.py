@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from toolcallstore.auth import Principal
-from toolcallstore.db import Database, Row, Transaction
+from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import Gone, NotFound, PermissionDenied, StateConflict
 from toolcallstore.events import record_event
 from toolcallstore.ids import new_id, now_us
-from toolcallstore.quotes import Quote, get_quote
+from toolcallstore.quotes import Quote, get_quote_in
 
 
 def _visible(row: Row, principal: Principal, quote_project: str | None) -> bool:
@@ -20,18 +20,23 @@ def _visible(row: Row, principal: Principal, quote_project: str | None) -> bool:
     )
 
 
-async def get_approval(db: Database | Transaction, principal: Principal, approval_id: str) -> Row:
-    row = await db.fetch_one(
-        "SELECT a.*, q.project_id AS project_id, q.api_key_id AS quote_key_id"
-        " FROM approvals a JOIN quotes q ON q.id = a.quote_id WHERE a.id = :id",
-        {"id": approval_id},
-    )
+_BY_ID = (
+    "SELECT a.*, q.project_id AS project_id, q.api_key_id AS quote_key_id"
+    " FROM approvals a JOIN quotes q ON q.id = a.quote_id WHERE a.id = :id"
+)
+
+
+def visible_approval(row: Row | None, principal: Principal) -> Row:
     if row is None or not _visible(row, principal, row["project_id"]):
         raise NotFound("No such approval.", param="approval_id")
     return row
 
 
-async def request_approval(tx: Transaction, principal: Principal, quote: Quote) -> Row:
+async def get_approval(db: Database, principal: Principal, approval_id: str) -> Row:
+    return visible_approval(await db.fetch_one(_BY_ID, {"id": approval_id}), principal)
+
+
+def request_approval(tx: SyncTransaction, principal: Principal, quote: Quote) -> Row:
     if not quote.requires_approval:
         raise StateConflict(
             "This quote does not need an approval; execute it directly.",
@@ -43,7 +48,7 @@ async def request_approval(tx: Transaction, principal: Principal, quote: Quote) 
         raise StateConflict("This quote was already used.", code="quote_already_used")
     if quote.expires_at <= now:
         raise Gone("This quote has expired; create a new one.", code="quote_expired")
-    row = await tx.fetch_one(
+    row = tx.fetch_one(
         "INSERT INTO approvals (id, tenant_id, quote_id, requested_by_key_id, state, expires_at,"
         " created_at) VALUES (:id, :tenant_id, :quote_id, :key, 'pending', :expires_at, :now)"
         " ON CONFLICT (quote_id) WHERE state IN ('pending', 'granted') DO NOTHING RETURNING *",
@@ -57,7 +62,7 @@ async def request_approval(tx: Transaction, principal: Principal, quote: Quote) 
         },
     )
     if row is None:
-        existing = await tx.fetch_val(
+        existing = tx.fetch_val(
             "SELECT id FROM approvals WHERE quote_id = :q AND state IN ('pending', 'granted')",
             {"q": quote.id},
         )
@@ -66,14 +71,14 @@ async def request_approval(tx: Transaction, principal: Principal, quote: Quote) 
             code="approval_already_requested",
             approval_id=existing,
         )
-    await record_event(tx, principal.tenant_id, "approval.requested", approval_data(row, quote))
+    record_event(tx, principal.tenant_id, "approval.requested", approval_data(row, quote))
     return row
 
 
-async def decide_approval(
-    tx: Transaction, principal: Principal, approval_id: str, *, grant: bool, note: str | None
+def decide_approval(
+    tx: SyncTransaction, principal: Principal, approval_id: str, *, grant: bool, note: str | None
 ) -> Row:
-    current = await get_approval(tx, principal, approval_id)
+    current = visible_approval(tx.fetch_one(_BY_ID, {"id": approval_id}), principal)
     if principal.key_id in (current["requested_by_key_id"], current["quote_key_id"]):
         raise PermissionDenied(
             "A key cannot approve or deny a request it made or a quote it created; another"
@@ -81,7 +86,7 @@ async def decide_approval(
             code="self_approval_forbidden",
         )
     now = now_us()
-    row = await tx.fetch_one(
+    row = tx.fetch_one(
         "UPDATE approvals SET state = :state, decided_by_key_id = :key, decided_at = :now,"
         " note = :note WHERE id = :id AND state = 'pending' AND expires_at > :now RETURNING *",
         {
@@ -99,19 +104,19 @@ async def decide_approval(
             f"This approval request is already {current['state']}.",
             code="approval_already_decided",
         )
-    quote = await get_quote(tx, principal, row["quote_id"])
+    quote = get_quote_in(tx, principal, row["quote_id"])
     kind = "approval.granted" if grant else "approval.denied"
-    await record_event(tx, principal.tenant_id, kind, approval_data(row, quote))
+    record_event(tx, principal.tenant_id, kind, approval_data(row, quote))
     return row
 
 
-async def use_approval(
-    tx: Transaction, principal: Principal, approval_id: str | None, quote: Quote
+def use_approval(
+    tx: SyncTransaction, principal: Principal, approval_id: str | None, quote: Quote
 ) -> str:
     """Consume the granted approval bound to `quote`, or refuse with 403 approval_required."""
     if approval_id is None:
         raise approval_required(quote, "This quote needs a granted approval ('approval_id').")
-    row = await tx.fetch_one(
+    row = tx.fetch_one(
         "UPDATE approvals SET state = 'used', used_at = :now WHERE id = :id"
         " AND tenant_id = :tenant AND quote_id = :quote AND state = 'granted'"
         " AND expires_at > :now RETURNING id",
@@ -119,7 +124,7 @@ async def use_approval(
     )
     if row is not None:
         return approval_id
-    found = await tx.fetch_one(
+    found = tx.fetch_one(
         "SELECT quote_id, state, expires_at FROM approvals WHERE id = :id AND tenant_id = :t",
         {"id": approval_id, "t": principal.tenant_id},
     )
@@ -157,14 +162,14 @@ def approval_data(row: Row, quote: Quote) -> dict[str, Any]:
     }
 
 
-async def expire_approvals(tx: Transaction) -> int:
+def expire_approvals(tx: SyncTransaction) -> int:
     """Mark pending and granted approvals past their expiry as expired; returns how many."""
-    rows = await tx.fetch_all(
+    rows = tx.fetch_all(
         "UPDATE approvals SET state = 'expired' WHERE state IN ('pending', 'granted')"
         " AND expires_at <= :now RETURNING id, tenant_id, quote_id",
         {"now": now_us()},
     )
     for row in rows:
         data = {"approval_id": row["id"], "quote_id": row["quote_id"], "state": "expired"}
-        await record_event(tx, row["tenant_id"], "approval.expired", data)
+        record_event(tx, row["tenant_id"], "approval.expired", data)
     return len(rows)

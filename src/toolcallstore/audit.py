@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from toolcallstore.db import Database, Transaction
+from toolcallstore.db import Database, SyncTransaction
 from toolcallstore.logs import AccessLog
 
 log = logging.getLogger("toolcallstore.audit")
@@ -57,10 +57,10 @@ def _digest(prev_hash: str, values: list[Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + orjson.dumps(values)).hexdigest()
 
 
-async def append_rows(tx: Transaction, rows: Iterable[Mapping[str, Any]]) -> int:
+def append_rows(tx: SyncTransaction, rows: Iterable[Mapping[str, Any]]) -> int:
     """Chain and insert rows inside the caller's transaction; returns the new head seq."""
     lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
-    head = await tx.fetch_one(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")
+    head = tx.fetch_one(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")
     assert head is not None, "audit_head row is missing: migrations not applied"
     seq, prev = int(head["seq"]), str(head["hash"])
     chained = []
@@ -71,8 +71,8 @@ async def append_rows(tx: Transaction, rows: Iterable[Mapping[str, Any]]) -> int
         chained.append((*values, prev, digest))
         prev = digest
     if chained:
-        await tx.insert_many("audit_log", _COLUMNS, chained)
-        await tx.execute(
+        tx.insert_many("audit_log", _COLUMNS, chained)
+        tx.execute(
             "UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1",
             {"seq": seq, "hash": prev},
         )
@@ -143,8 +143,7 @@ class AuditWriter:
             while self._pending:
                 size = min(self._batch_size, len(self._pending))
                 batch = [self._pending[i] for i in range(size)]
-                async with self._db.transaction() as tx:
-                    await append_rows(tx, batch)
+                await self._db.run_sync(append_rows, batch)
                 for _ in batch:
                     self._pending.popleft()
                 if self._access_log is not None:

@@ -7,13 +7,13 @@ from typing import Any
 
 import orjson
 
-from toolcallstore.db import Transaction
+from toolcallstore.db import SyncTransaction
 from toolcallstore.ids import new_id, now_us
 
 
-async def record_event(tx: Transaction, tenant_id: str, type_: str, data: dict[str, Any]) -> str:
+def record_event(tx: SyncTransaction, tenant_id: str, type_: str, data: dict[str, Any]) -> str:
     event_id = new_id("evt")
-    await tx.execute(
+    tx.execute(
         "INSERT INTO events (id, tenant_id, type, data, created_at)"
         " VALUES (:id, :tenant_id, :type, :data, :now)",
         {

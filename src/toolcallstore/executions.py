@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from toolcallstore.audit import append_rows
-from toolcallstore.db import Database, Row, Transaction
+from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import APIError, InternalError, ProviderError
 from toolcallstore.events import record_event
 from toolcallstore.idempotency import store_response
@@ -74,8 +74,8 @@ def audit_row(origin: Origin, tenant_id: str, tool: str, reason: str, **ids: Any
     }
 
 
-async def open_execution(
-    tx: Transaction,
+def open_execution(
+    tx: SyncTransaction,
     *,
     quote: Quote,
     tool: Tool,
@@ -87,7 +87,7 @@ async def open_execution(
     """Take the hold and record the running execution (its job too, for job tools)."""
     now = now_us()
     execution_id = new_id("exe")
-    hold = await hold_spend(
+    hold = hold_spend(
         tx,
         tenant_id=quote.tenant_id,
         project_id=quote.project_id,
@@ -100,7 +100,7 @@ async def open_execution(
     job_id = None
     if tool.mode == "job":
         job = NewJob(JOB_TYPE, {"execution_id": execution_id}, "tools", quote.tenant_id)
-        job_id = (await jobs.enqueue_in(tx, job)).id
+        job_id = (jobs.enqueue_in(tx, job)).id
     row = {
         "id": execution_id,
         "tenant_id": quote.tenant_id,
@@ -118,10 +118,10 @@ async def open_execution(
         "created_at": now,
     }
     columns = ", ".join(row)
-    await tx.execute(
+    tx.execute(
         f"INSERT INTO executions ({columns}) VALUES ({', '.join(':' + c for c in row)})", row
     )
-    await append_rows(
+    append_rows(
         tx,
         [
             audit_row(
@@ -139,8 +139,8 @@ async def open_execution(
     return {**full, "finished_at": None}
 
 
-async def close_execution(
-    tx: Transaction,
+def close_execution(
+    tx: SyncTransaction,
     execution: Row,
     origin: Origin,
     *,
@@ -150,7 +150,7 @@ async def close_execution(
     """Settle (outcome) or release (error) the hold, write the receipt and ledger entries, and
     finish the execution; None if someone else (the sweep, another run) already closed it."""
     price = 0 if outcome is None else outcome.price_micros
-    closed = await close_hold(tx, execution["hold_id"], price)
+    closed = close_hold(tx, execution["hold_id"], price)
     if closed is None:
         return None
     hold, settled = closed
@@ -159,7 +159,7 @@ async def close_execution(
                         outcome.usage, outcome.attempts, outcome.estimated)  # fmt: skip
     else:
         charge = Charge("failed", 0, 0, None)
-    receipt = await write_receipt(tx, execution, charge, hold.period)
+    receipt = write_receipt(tx, execution, charge, hold.period)
     state = charge.status
     done = {
         **execution,
@@ -170,18 +170,18 @@ async def close_execution(
         "error": None if error is None else orjson.dumps(error_summary(error)).decode(),
         "finished_at": now_us(),
     }
-    await tx.execute(
+    tx.execute(
         "UPDATE executions SET state = :state, receipt_id = :receipt_id,"
         " price_micros = :price_micros, result = :result, error = :error,"
         " finished_at = :finished_at WHERE id = :id AND state = 'running'",
         {k: done[k] for k in ("state", "receipt_id", "price_micros", "result", "error",
                               "finished_at", "id")},
     )  # fmt: skip
-    await record_event(
+    record_event(
         tx, execution["tenant_id"], f"execution.{state}", {"execution_id": execution["id"],
         "receipt_id": receipt["id"], "tool": execution["tool"]},
     )  # fmt: skip
-    await append_rows(
+    append_rows(
         tx,
         [
             audit_row(
@@ -266,20 +266,21 @@ async def _with_timeout(tool: Tool, call: ToolCall) -> Outcome:
 async def interrupt_execution(db: Database, execution: Row) -> bool:
     """Close an execution whose process died: release its hold, write a failed receipt, and
     store the answer its idempotency key replays. False if it was closed meanwhile."""
+    return await db.run_sync(_interrupt, execution)
+
+
+def _interrupt(tx: SyncTransaction, execution: Row) -> bool:
     error = InternalError(
         "The execution was interrupted before it finished (the server restarted); its hold was"
         " released and nothing was charged.",
         code="execution_interrupted",
     )
     origin = Origin(execution["request_id"], None, None, "INTERNAL", f"job:{SWEEP_JOB_TYPE}")
-    async with db.transaction() as tx:
-        done = await close_execution(tx, execution, origin, error=error)
-        if done is None:
-            return False
-        if execution["idempotency_key"] and execution["job_id"] is None:
-            envelope = error.envelope(execution["request_id"])
-            envelope["error"].update(execution_id=done["id"], receipt_id=done["receipt_id"])
-            await store_response(
-                tx, execution["api_key_id"], execution["idempotency_key"], 500, envelope
-            )
+    done = close_execution(tx, execution, origin, error=error)
+    if done is None:
+        return False
+    if execution["idempotency_key"] and execution["job_id"] is None:
+        envelope = error.envelope(execution["request_id"])
+        envelope["error"].update(execution_id=done["id"], receipt_id=done["receipt_id"])
+        store_response(tx, execution["api_key_id"], execution["idempotency_key"], 500, envelope)
     return True

@@ -1,14 +1,16 @@
 """Stripe-style idempotency for POST endpoints (DESIGN §5.5).
 
 An endpoint validates its input first (rejections are never stored, so the agent can fix the
-request and retry with the same key), then hands its side effects to `Idempotency.run`:
+request and retry with the same key), then hands its side effects to `Idempotency.run` (or
+`run_sync`, or claims the key itself with `claim_in` when its work spans two transactions):
 
 1. claim: insert (api key, Idempotency-Key, fingerprint) as `running`, or find the earlier
    request: same fingerprint and done -> replay it; still running -> 409
    `idempotency_key_in_use`; different fingerprint -> 422 `idempotency_key_reused`.
 2. execute: the endpoint's work and the stored response commit in one transaction, so a crash
    leaves either both or neither; a claim whose transaction never committed can be taken over
-   once its lock is older than `lock_seconds`.
+   once its lock is older than `lock_seconds`. A rejection before execution rolls its
+   transaction back, claim included, so nothing of it is stored.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from starlette.responses import Response
 
 from toolcallstore.auth import Principal
 from toolcallstore.context import context_of
-from toolcallstore.db import Database, Transaction
+from toolcallstore.db import Database, SyncTransaction, Transaction
 from toolcallstore.errors import APIError, Conflict, InternalError, InvalidRequest, Unprocessable
 from toolcallstore.ids import now_us
 from toolcallstore.responses import JSONResponse
@@ -37,7 +39,13 @@ MAX_KEY_LENGTH = 255
 UNSTORED_STATUSES = frozenset({400, 401, 402, 403, 404, 422, 429})
 
 Execute = Callable[[Transaction], Awaitable[tuple[int, Any]]]
+ExecuteSync = Callable[[SyncTransaction], tuple[int, Any]]
 Redact = Callable[[Any], Any]
+Answer = tuple[int, Any]
+_STORE = (
+    "UPDATE idempotency_keys SET state = 'done', status = :status, response_body = :body"
+    " WHERE api_key_id = :api_key_id AND key = :key"
+)
 
 
 def idempotency_key(request: Request) -> str:
@@ -67,10 +75,33 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
 
 
+@dataclass(frozen=True)
+class KeyClaim:
+    """Who claims which key for which request, and until when others must wait for it."""
+
+    api_key_id: str
+    key: str
+    tenant_id: str
+    fingerprint: str
+    request_id: str
+
+
+def replay_response(answer: Answer, request: Request) -> Response:
+    context_of(request).reason = "idempotent_replay"
+    response = JSONResponse(answer[1], status_code=answer[0])
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
 class Idempotency:
     def __init__(self, db: Database, *, lock_seconds: int) -> None:
         self._db = db
-        self._lock_us = lock_seconds * 1_000_000
+        self.lock_us = lock_seconds * 1_000_000
+
+    def claim_for(self, request: Request, principal: Principal, key: str, body: Any) -> KeyClaim:
+        fp = fingerprint(request.method, request.url.path, body)
+        request_id = context_of(request).request_id
+        return KeyClaim(principal.key_id, key, principal.tenant_id, fp, request_id)
 
     async def run(
         self,
@@ -84,118 +115,141 @@ class Idempotency:
     ) -> Response:
         """Run `execute` once per key; repeats get the stored response, passed through `redact`
         first when it holds a secret that must be shown only once."""
-        claim = await self.begin(request, principal, key, body)
-        if isinstance(claim, Response):
-            return claim
+        claim = self.claim_for(request, principal, key, body)
+        replay = await self._db.run_sync(claim_in, claim, self.lock_us)
+        if replay is not None:
+            return replay_response(replay, request)
         try:
             async with self._db.transaction() as tx:
                 status, content = await execute(tx)
                 stored = content if redact is None else redact(content)
-                await claim.store(tx, status, stored)
+                await tx.execute(_STORE, _store_values(claim, status, stored))
         except APIError as error:
             if error.status in UNSTORED_STATUSES:
-                await claim.release()
+                await self._db.run_sync(release_claim, claim)
                 raise
-            status, content = await claim.store_failure(error)
+            status, content = await self.store_failure(claim, error)
         except Exception:
-            log.exception("idempotent request failed")
-            failure = InternalError("The request failed on our side; it made no changes.")
-            status, content = await claim.store_failure(failure)
+            status, content = await self.store_failure(claim, _failure())
         return JSONResponse(content, status_code=status)
 
-    async def begin(
-        self, request: Request, principal: Principal, key: str, body: Any
-    ) -> Claim | Response:
-        """Claim the key for a request whose work spans several transactions, or return the
-        stored response (409/422 raised as for `run`)."""
-        ids = {"api_key_id": principal.key_id, "key": key}
-        fp = fingerprint(request.method, request.url.path, body)
-        replay = await self._claim(ids, principal.tenant_id, fp)
-        if replay is None:
-            return Claim(self, ids, context_of(request).request_id)
-        context_of(request).reason = "idempotent_replay"
-        status, content = replay
-        response = JSONResponse(content, status_code=status)
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
+    async def run_sync(
+        self, request: Request, principal: Principal, key: str, body: Any, execute: ExecuteSync
+    ) -> Response:
+        """`run` for work written as plain statements: claim, work and stored answer are one
+        transaction (one writer hop on SQLite)."""
+        claim = self.claim_for(request, principal, key, body)
 
-    async def _claim(self, ids: dict[str, str], tenant_id: str, fp: str) -> tuple[int, Any] | None:
-        now = now_us()
-        async with self._db.transaction() as tx:
-            inserted = await tx.fetch_one(
-                "INSERT INTO idempotency_keys (api_key_id, key, tenant_id, fingerprint, state,"
-                " created_at, locked_at) VALUES (:api_key_id, :key, :tenant_id, :fp, 'running',"
-                " :now, :now) ON CONFLICT (api_key_id, key) DO NOTHING RETURNING state",
-                {**ids, "tenant_id": tenant_id, "fp": fp, "now": now},
-            )
-            if inserted is not None:
-                return None
-            row = await tx.fetch_one(
-                "SELECT fingerprint, state, status, response_body, locked_at"
-                " FROM idempotency_keys WHERE api_key_id = :api_key_id AND key = :key",
-                ids,
-            )
-            assert row is not None
-            if row["fingerprint"] != fp:
-                raise Unprocessable(
-                    "This Idempotency-Key was already used with a different request (method, "
-                    "path or body). Use a new key for a new request.",
-                    code="idempotency_key_reused",
-                )
-            if row["state"] == "done":
-                return int(row["status"]), orjson.loads(row["response_body"])
-            if row["locked_at"] > now - self._lock_us:
-                raise Conflict(
-                    "A request with this Idempotency-Key is still being processed; retry "
-                    "after it finishes to receive its result.",
-                    headers={"Retry-After": "1"},
-                )
-            # The first attempt died before its transaction committed: nothing happened.
-            await tx.execute(
-                "UPDATE idempotency_keys SET locked_at = :now"
-                " WHERE api_key_id = :api_key_id AND key = :key",
-                {**ids, "now": now},
-            )
-            return None
+        def once(tx: SyncTransaction) -> tuple[Answer, bool]:
+            replay = claim_in(tx, claim, self.lock_us)
+            if replay is not None:
+                return replay, True
+            answer = execute(tx)
+            store_response(tx, claim.api_key_id, claim.key, *answer)
+            return answer, False
 
+        try:
+            (status, content), replayed = await self._db.run_sync(once)
+        except APIError as error:
+            if error.status in UNSTORED_STATUSES:
+                raise
+            status, content = await self.store_failure(claim, error)
+            replayed = False
+        except Exception:
+            status, content = await self.store_failure(claim, _failure())
+            replayed = False
+        if replayed:
+            return replay_response((status, content), request)
+        return JSONResponse(content, status_code=status)
 
-@dataclass(frozen=True)
-class Claim:
-    """A claimed key: the request's outcome is stored with `store` in the transaction that
-    makes its last change, or the key is released for a rejection that changed nothing."""
+    async def store_failure(self, claim: KeyClaim, error: APIError) -> Answer:
+        """Record a failure once execution had started: replays return it, as Stripe does."""
+        content = error.envelope(claim.request_id)
 
-    idempotency: Idempotency
-    ids: dict[str, str]
-    request_id: str
+        def store(tx: SyncTransaction) -> None:
+            claim_in(tx, claim, self.lock_us, take_over=True)
+            store_response(tx, claim.api_key_id, claim.key, error.status, content)
 
-    async def store(self, tx: Transaction, status: int, content: Any) -> None:
-        await store_response(tx, self.ids["api_key_id"], self.ids["key"], status, content)
-
-    async def store_failure(self, error: APIError) -> tuple[int, Any]:
-        content = error.envelope(self.request_id)
-        async with self.idempotency._db.transaction() as tx:
-            await self.store(tx, error.status, content)
+        await self._db.run_sync(store)
         return error.status, content
 
-    async def release(self) -> None:
-        async with self.idempotency._db.transaction() as tx:
-            await tx.execute(
-                "DELETE FROM idempotency_keys WHERE api_key_id = :api_key_id AND key = :key"
-                " AND state = 'running'",
-                self.ids,
-            )
+
+def _failure() -> APIError:
+    log.exception("idempotent request failed")
+    return InternalError("The request failed on our side; it made no changes.")
 
 
-async def store_response(
-    tx: Transaction, api_key_id: str, key: str, status: int, content: Any
-) -> None:
-    """Record the response a key replays (also used by whoever finishes an abandoned request)."""
-    await tx.execute(
-        "UPDATE idempotency_keys SET state = 'done', status = :status, response_body = :body"
+def claim_in(
+    tx: SyncTransaction, claim: KeyClaim, lock_us: int, *, take_over: bool = False
+) -> Answer | None:
+    """Claim the key inside `tx`; None when claimed, else the stored answer to replay."""
+    now = now_us()
+    ids = {"api_key_id": claim.api_key_id, "key": claim.key}
+    inserted = tx.fetch_one(
+        "INSERT INTO idempotency_keys (api_key_id, key, tenant_id, fingerprint, state,"
+        " created_at, locked_at) VALUES (:api_key_id, :key, :tenant_id, :fp, 'running',"
+        " :now, :now) ON CONFLICT (api_key_id, key) DO NOTHING RETURNING state",
+        {**ids, "tenant_id": claim.tenant_id, "fp": claim.fingerprint, "now": now},
+    )
+    if inserted is not None:
+        return None
+    row = tx.fetch_one(
+        "SELECT fingerprint, state, status, response_body, locked_at"
+        " FROM idempotency_keys WHERE api_key_id = :api_key_id AND key = :key",
+        ids,
+    )
+    assert row is not None
+    if row["fingerprint"] != claim.fingerprint:
+        raise Unprocessable(
+            "This Idempotency-Key was already used with a different request (method, "
+            "path or body). Use a new key for a new request.",
+            code="idempotency_key_reused",
+        )
+    if row["state"] == "done":
+        return int(row["status"]), orjson.loads(row["response_body"])
+    if row["locked_at"] > now - lock_us and not take_over:
+        raise Conflict(
+            "A request with this Idempotency-Key is still being processed; retry "
+            "after it finishes to receive its result.",
+            headers={"Retry-After": "1"},
+        )
+    # The first attempt died before its transaction committed: nothing happened.
+    tx.execute(
+        "UPDATE idempotency_keys SET locked_at = :now"
         " WHERE api_key_id = :api_key_id AND key = :key",
-        {"api_key_id": api_key_id, "key": key, "status": status,
-         "body": orjson.dumps(content).decode()},
-    )  # fmt: skip
+        {**ids, "now": now},
+    )
+    return None
+
+
+def fence_claim(tx: SyncTransaction, claim: KeyClaim, until_us: int) -> None:
+    """Make retries wait (409) until `until_us` instead of taking the key over: the request's
+    work has committed and something (its settlement or the sweep) will store the answer."""
+    tx.execute(
+        "UPDATE idempotency_keys SET locked_at = :until WHERE api_key_id = :k AND key = :key",
+        {"until": until_us, "k": claim.api_key_id, "key": claim.key},
+    )
+
+
+def release_claim(tx: SyncTransaction, claim: KeyClaim) -> None:
+    tx.execute(
+        "DELETE FROM idempotency_keys WHERE api_key_id = :api_key_id AND key = :key"
+        " AND state = 'running'",
+        {"api_key_id": claim.api_key_id, "key": claim.key},
+    )
+
+
+def _store_values(claim: KeyClaim, status: int, content: Any) -> dict[str, Any]:
+    return {"api_key_id": claim.api_key_id, "key": claim.key, "status": status,
+            "body": orjson.dumps(content).decode()}  # fmt: skip
+
+
+def store_response(
+    tx: SyncTransaction, api_key_id: str, key: str, status: int, content: Any
+) -> None:
+    """Record the answer a key replays (also used by whoever finishes an abandoned request)."""
+    tx.execute(_STORE, {"api_key_id": api_key_id, "key": key, "status": status,
+                        "body": orjson.dumps(content).decode()})  # fmt: skip
 
 
 async def prune_idempotency_keys(db: Database, older_than_us: int, chunk: int = 1000) -> int:

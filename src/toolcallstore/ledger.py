@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from toolcallstore.db import Row, Transaction
+from toolcallstore.db import Row, SyncTransaction
 from toolcallstore.events import record_event
 from toolcallstore.ids import new_id, now_us
 from toolcallstore.money import micros_to_usd
@@ -33,8 +33,8 @@ class Charge:
     estimated: bool = False
 
 
-async def write_receipt(
-    tx: Transaction, execution: Row, charge: Charge, period: str
+def write_receipt(
+    tx: SyncTransaction, execution: Row, charge: Charge, period: str
 ) -> dict[str, Any]:
     now = now_us()
     common = {
@@ -61,7 +61,7 @@ async def write_receipt(
         "estimated": int(charge.estimated),
     }
     columns = ", ".join(receipt)
-    await tx.execute(
+    tx.execute(
         f"INSERT INTO receipts ({columns}) VALUES ({', '.join(':' + c for c in receipt)})",
         receipt,
     )
@@ -71,7 +71,7 @@ async def write_receipt(
     if charge.provider_cost_micros:
         entries.append(("provider_cost", charge.provider_cost_micros, charge.provider))
     if entries:
-        await tx.insert_many(
+        tx.insert_many(
             "ledger_entries",
             ("id", "tenant_id", "project_id", "receipt_id", "kind", "amount_micros", "tool",
              "provider", "period", "livemode", "created_at"),
@@ -81,7 +81,7 @@ async def write_receipt(
                 for kind, amount, provider in entries
             ],
         )  # fmt: skip
-    await record_event(
+    record_event(
         tx,
         execution["tenant_id"],
         "receipt.created",

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from toolcallstore.auth import Principal
-from toolcallstore.db import Database, Row, Transaction
+from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import Gone, NotFound, StateConflict
 from toolcallstore.ids import new_id, now_us
 from toolcallstore.tools import Estimate, Tool
@@ -83,8 +83,8 @@ class Quote:
         )
 
 
-async def insert_quote(
-    tx: Transaction,
+def insert_quote(
+    tx: SyncTransaction,
     *,
     principal: Principal,
     project_id: str | None,
@@ -120,9 +120,7 @@ async def insert_quote(
         "created_at": now,
     }
     columns = ", ".join(row)
-    await tx.execute(
-        f"INSERT INTO quotes ({columns}) VALUES ({', '.join(':' + c for c in row)})", row
-    )
+    tx.execute(f"INSERT INTO quotes ({columns}) VALUES ({', '.join(':' + c for c in row)})", row)
     return Quote.from_row(row)
 
 
@@ -137,8 +135,7 @@ def visible_to(
     )
 
 
-async def get_quote(db: Database | Transaction, principal: Principal, quote_id: str) -> Quote:
-    row = await db.fetch_one("SELECT * FROM quotes WHERE id = :id", {"id": quote_id})
+def visible_quote(row: Row | None, principal: Principal) -> Quote:
     if row is None or not visible_to(
         row["tenant_id"], row["project_id"], bool(row["livemode"]), principal
     ):
@@ -146,10 +143,21 @@ async def get_quote(db: Database | Transaction, principal: Principal, quote_id: 
     return Quote.from_row(row)
 
 
-async def use_quote(tx: Transaction, principal: Principal, quote_id: str) -> Quote:
+_BY_ID = "SELECT * FROM quotes WHERE id = :id"
+
+
+async def get_quote(db: Database, principal: Principal, quote_id: str) -> Quote:
+    return visible_quote(await db.fetch_one(_BY_ID, {"id": quote_id}), principal)
+
+
+def get_quote_in(tx: SyncTransaction, principal: Principal, quote_id: str) -> Quote:
+    return visible_quote(tx.fetch_one(_BY_ID, {"id": quote_id}), principal)
+
+
+def use_quote(tx: SyncTransaction, principal: Principal, quote_id: str) -> Quote:
     """Mark the quote used, or say why it cannot be: 404 unknown, 409 used, 410 expired."""
     now = now_us()
-    row = await tx.fetch_one(
+    row = tx.fetch_one(
         "UPDATE quotes SET state = 'used', used_at = :now WHERE id = :id AND tenant_id = :tenant"
         " AND state = 'open' AND expires_at > :now RETURNING *",
         {"now": now, "id": quote_id, "tenant": principal.tenant_id},
@@ -158,7 +166,7 @@ async def use_quote(tx: Transaction, principal: Principal, quote_id: str) -> Quo
         row["tenant_id"], row["project_id"], bool(row["livemode"]), principal
     ):
         return Quote.from_row(row)
-    quote = await get_quote(tx, principal, quote_id)  # 404 for the invisible ones
+    quote = get_quote_in(tx, principal, quote_id)  # 404 for the invisible ones
     if quote.state == "used":
         raise StateConflict(
             "This quote was already used by an execution; quotes are single use. Create a new"

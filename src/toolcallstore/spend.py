@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from toolcallstore.db import Database, Row, Transaction
+from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import SpendCapExceeded
 from toolcallstore.ids import new_id, now_us
 from toolcallstore.money import micros_to_usd
@@ -49,16 +49,16 @@ class Hold:
         return [self.tenant_id] if self.project_id is None else [self.tenant_id, self.project_id]
 
 
-async def _locked_counter(tx: Transaction, owner_id: str, period: str, livemode: bool) -> Row:
+def _locked_counter(tx: SyncTransaction, owner_id: str, period: str, livemode: bool) -> Row:
     key = {"owner_id": owner_id, "period": period, "livemode": int(livemode)}
-    await tx.execute(
+    tx.execute(
         "INSERT INTO spend_counters (owner_id, period, livemode, spent_micros, held_micros)"
         " VALUES (:owner_id, :period, :livemode, 0, 0)"
         " ON CONFLICT (owner_id, period, livemode) DO NOTHING",
         key,
     )
     lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
-    row = await tx.fetch_one(
+    row = tx.fetch_one(
         "SELECT spent_micros, held_micros FROM spend_counters WHERE owner_id = :owner_id"
         f" AND period = :period AND livemode = :livemode{lock}",
         key,
@@ -67,16 +67,14 @@ async def _locked_counter(tx: Transaction, owner_id: str, period: str, livemode:
     return row
 
 
-async def _cap_of(tx: Transaction, owner_id: str) -> int | None:
+def _cap_of(tx: SyncTransaction, owner_id: str) -> int | None:
     table = "tenants" if owner_id.startswith("ten_") else "projects"
-    cap = await tx.fetch_val(
-        f"SELECT monthly_cap_micros FROM {table} WHERE id = :id", {"id": owner_id}
-    )
+    cap = tx.fetch_val(f"SELECT monthly_cap_micros FROM {table} WHERE id = :id", {"id": owner_id})
     return None if cap is None else int(cap)
 
 
-async def hold_spend(
-    tx: Transaction,
+def hold_spend(
+    tx: SyncTransaction,
     *,
     tenant_id: str,
     project_id: str | None,
@@ -89,17 +87,17 @@ async def hold_spend(
     now = now_us()
     hold = Hold(new_id("hold"), tenant_id, project_id, period_of(now), livemode, amount_micros)
     for owner_id in hold.owners:
-        counter = await _locked_counter(tx, owner_id, hold.period, livemode)
-        cap = await _cap_of(tx, owner_id)
+        counter = _locked_counter(tx, owner_id, hold.period, livemode)
+        cap = _cap_of(tx, owner_id)
         spent, held = int(counter["spent_micros"]), int(counter["held_micros"])
         if cap is not None and spent + held + amount_micros > cap:
             raise cap_exceeded(owner_id, cap, spent, held, amount_micros)
-    await tx.execute(
+    tx.execute(
         "UPDATE spend_counters SET held_micros = held_micros + :amount"
         f" WHERE owner_id IN ({_owner_marks(hold)}) AND period = :period AND livemode = :livemode",
         {"amount": amount_micros, **_counter_key(hold)},
     )
-    await tx.execute(
+    tx.execute(
         "INSERT INTO holds (id, tenant_id, project_id, period, livemode, amount_micros, state,"
         " execution_id, expires_at, created_at) VALUES (:id, :tenant_id, :project_id, :period,"
         " :livemode, :amount, 'open', :execution_id, :expires_at, :now)",
@@ -141,7 +139,7 @@ def cap_exceeded(owner_id: str, cap: int, spent: int, held: int, amount: int) ->
     )
 
 
-async def close_hold(tx: Transaction, hold_id: str, settled_micros: int) -> tuple[Hold, int] | None:
+def close_hold(tx: SyncTransaction, hold_id: str, settled_micros: int) -> tuple[Hold, int] | None:
     """Settle (`settled_micros` > 0) or release (0) an open hold; returns it with the amount
     settled, or None if it was already closed.
 
@@ -149,7 +147,7 @@ async def close_hold(tx: Transaction, hold_id: str, settled_micros: int) -> tupl
     """
     # One conditional UPDATE claims the hold, so two closers (a settle racing the sweep) can
     # never both move its money.
-    row = await tx.fetch_one(
+    row = tx.fetch_one(
         "UPDATE holds SET state = CASE WHEN amount_micros > 0 AND :actual > 0"
         " THEN 'settled' ELSE 'released' END,"
         " settled_micros = CASE WHEN :actual < amount_micros THEN :actual ELSE amount_micros END,"
@@ -161,8 +159,8 @@ async def close_hold(tx: Transaction, hold_id: str, settled_micros: int) -> tupl
     hold = Hold.from_row(row)
     actual = int(row["settled_micros"])
     for owner_id in hold.owners:  # the same lock order as hold_spend: tenant, then project
-        await _locked_counter(tx, owner_id, hold.period, hold.livemode)
-    await tx.execute(
+        _locked_counter(tx, owner_id, hold.period, hold.livemode)
+    tx.execute(
         "UPDATE spend_counters SET held_micros = held_micros - :amount,"
         f" spent_micros = spent_micros + :actual WHERE owner_id IN ({_owner_marks(hold)})"
         " AND period = :period AND livemode = :livemode",

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from toolcallstore.approvals import expire_approvals
-from toolcallstore.db import Database, Row
+from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import APIError
 from toolcallstore.executions import (
     JOB_TYPE,
@@ -66,11 +66,10 @@ async def run_tool_job(db: Database, tools: ToolRegistry, ctx: JobContext) -> di
         raise RuntimeError(result.message)  # the queue retries with backoff; the hold stays
     origin = Origin(execution["request_id"], execution["api_key_id"], None, "INTERNAL",
                     f"job:{JOB_TYPE}")  # fmt: skip
-    async with db.transaction() as tx:
-        if isinstance(result, APIError):
-            done = await close_execution(tx, execution, origin, error=result)
-        else:
-            done = await close_execution(tx, execution, origin, outcome=result)
+    if isinstance(result, APIError):
+        done = await db.run_sync(close_execution, execution, origin, error=result)
+    else:
+        done = await db.run_sync(close_execution, execution, origin, outcome=result)
     status = "already closed" if done is None else done["state"]
     return {"execution_id": execution_id, "status": status}
 
@@ -92,15 +91,16 @@ async def sweep_holds(db: Database, *, job_hold_seconds: int) -> dict[str, int]:
         elif await interrupt_execution(db, row):
             released += 1
             log.warning("released the hold of interrupted execution %s", row["id"])
-    async with db.transaction() as tx:
-        expired = await expire_approvals(tx)
+    expired = await db.run_sync(expire_approvals)
     return {"holds_released": released, "holds_extended": extended, "approvals_expired": expired}
 
 
 async def _extend(db: Database, execution: Row, until: int) -> int:
-    async with db.transaction() as tx:
-        rows = await tx.fetch_all(
+    def extend(tx: SyncTransaction) -> int:
+        rows = tx.fetch_all(
             "UPDATE holds SET expires_at = :until WHERE id = :id AND state = 'open' RETURNING id",
             {"until": until, "id": execution["hold_id"]},
         )
-    return len(rows)
+        return len(rows)
+
+    return await db.run_sync(extend)

@@ -12,11 +12,11 @@ from starlette.routing import Route
 from toolcallstore.approvals import decide_approval, get_approval, request_approval
 from toolcallstore.auth import Principal, authenticated, require_scope
 from toolcallstore.context import context_of
-from toolcallstore.db import Row, Transaction
+from toolcallstore.db import Row, SyncTransaction
 from toolcallstore.idempotency import idempotency_key, optional_idempotency_key
 from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
-from toolcallstore.quotes import get_quote
+from toolcallstore.quotes import Quote, get_quote, get_quote_in
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate
@@ -45,8 +45,7 @@ def approval_object(row: Row) -> dict[str, Any]:
     }
 
 
-async def _full(db: Any, principal: Principal, approval: Row) -> dict[str, Any]:
-    quote = await get_quote(db, principal, approval["quote_id"])
+def _full(quote: Quote, approval: Row) -> dict[str, Any]:
     return approval_object(
         {
             **approval,
@@ -70,14 +69,14 @@ async def create_approval(request: Request) -> Response:
     body = await read_json_object(request)
     fields = validate(body, {"quote_id": Field(str, required=True, max_length=64)})
 
-    async def execute(tx: Transaction) -> tuple[int, Any]:
-        quote = await get_quote(tx, principal, fields["quote_id"])
-        row = await request_approval(tx, principal, quote)
+    def execute(tx: SyncTransaction) -> tuple[int, Any]:
+        quote = get_quote_in(tx, principal, fields["quote_id"])
+        row = request_approval(tx, principal, quote)
         context_of(request).quote_id = quote.id
         context_of(request).approval_id = row["id"]
-        return 200, await _full(tx, principal, row)
+        return 200, _full(quote, row)
 
-    return await services(request).idempotency.run(request, principal, key, body, execute)
+    return await services(request).idempotency.run_sync(request, principal, key, body, execute)
 
 
 async def _decide(request: Request, *, grant: bool) -> Response:
@@ -88,17 +87,14 @@ async def _decide(request: Request, *, grant: bool) -> Response:
     approval_id = request.path_params["approval_id"]
     context_of(request).approval_id = approval_id
 
-    async def execute(tx: Transaction) -> tuple[int, Any]:
-        row = await decide_approval(
-            tx, principal, approval_id, grant=grant, note=fields.get("note")
-        )
-        return 200, await _full(tx, principal, row)
+    def execute(tx: SyncTransaction) -> tuple[int, Any]:
+        row = decide_approval(tx, principal, approval_id, grant=grant, note=fields.get("note"))
+        return 200, _full(get_quote_in(tx, principal, row["quote_id"]), row)
 
     svc = services(request)
     if key is not None:
-        return await svc.idempotency.run(request, principal, key, body, execute)
-    async with svc.db.transaction() as tx:
-        status, content = await execute(tx)
+        return await svc.idempotency.run_sync(request, principal, key, body, execute)
+    status, content = await svc.db.run_sync(execute)
     return JSONResponse(content, status_code=status)
 
 
@@ -114,7 +110,7 @@ async def retrieve_approval(request: Request) -> Response:
     principal = _reader(request)
     db = services(request).db
     row = await get_approval(db, principal, request.path_params["approval_id"])
-    return JSONResponse(await _full(db, principal, row))
+    return JSONResponse(_full(await get_quote(db, principal, row["quote_id"]), row))
 
 
 async def list_approvals(request: Request) -> Response:

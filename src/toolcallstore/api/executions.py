@@ -19,7 +19,7 @@ from toolcallstore.api.quotes import (
 from toolcallstore.approvals import use_approval
 from toolcallstore.auth import Principal, authenticated, require_scope
 from toolcallstore.context import context_of
-from toolcallstore.db import Row, Transaction
+from toolcallstore.db import Row, SyncTransaction
 from toolcallstore.errors import APIError, InternalError, NotFound, PermissionDenied, Unprocessable
 from toolcallstore.executions import (
     Origin,
@@ -29,14 +29,22 @@ from toolcallstore.executions import (
     outcome_response,
     run_tool,
 )
-from toolcallstore.idempotency import Claim, idempotency_key
+from toolcallstore.idempotency import (
+    Answer,
+    KeyClaim,
+    claim_in,
+    fence_claim,
+    idempotency_key,
+    replay_response,
+    store_response,
+)
 from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
 from toolcallstore.quotes import Quote, approval_reasons, get_quote, insert_quote, params_hash
 from toolcallstore.quotes import use_quote as take_quote
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import Services, services
-from toolcallstore.tools import Estimate, Tool, ToolCall
+from toolcallstore.tools import Estimate, Outcome, Tool, ToolCall
 from toolcallstore.validation import Field, invalid, read_json_object, validate
 
 EXECUTION_FIELDS = {
@@ -115,19 +123,23 @@ def quote_required(tool: Tool, estimate: Estimate, why: str) -> PermissionDenied
     )
 
 
-async def take_inline_quote(tx: Transaction, principal: Principal, plan: Plan) -> Quote:
+def take_inline_quote(tx: SyncTransaction, principal: Principal, plan: Plan) -> Quote:
     assert plan.estimate is not None
-    project_id = await project_for(tx, principal, plan.project_id)
-    reasons = approval_reasons(
-        plan.tool, plan.estimate, await approval_threshold(tx, principal.tenant_id)
-    )
-    if reasons:
-        raise quote_required(
-            plan.tool, plan.estimate, "It is above the tenant's approval threshold."
-        )
-    return await insert_quote(tx, principal=principal, project_id=project_id, tool=plan.tool,
-                              params=plan.params, estimate=plan.estimate, reasons=[], ttl_s=60,
-                              inline=True)  # fmt: skip
+    project_id = project_for(tx, principal, plan.project_id)
+    threshold = approval_threshold(tx, principal.tenant_id)
+    if approval_reasons(plan.tool, plan.estimate, threshold):
+        why = "It is above the tenant's approval threshold."
+        raise quote_required(plan.tool, plan.estimate, why)
+    return insert_quote(tx, principal=principal, project_id=project_id, tool=plan.tool,
+                        params=plan.params, estimate=plan.estimate, reasons=[], ttl_s=60,
+                        inline=True)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Opened:
+    quote: Quote
+    execution: Row
+    answer: dict[str, Any] | None  # a job tool's 202 body, stored already
 
 
 async def create_execution(request: Request) -> Response:
@@ -140,73 +152,77 @@ async def create_execution(request: Request) -> Response:
     else:
         plan = plan_inline(request, principal, fields)
     svc = services(request)
-    claim = await svc.idempotency.begin(request, principal, key, body)
-    if isinstance(claim, Response):
-        return claim
     ctx = context_of(request)
+    claim = svc.idempotency.claim_for(request, principal, key, body)
     origin = Origin(ctx.request_id, principal.key_id, ctx.ip, idempotency_key=key)
-    try:
-        quote, execution, answer = await _open(svc, principal, plan, origin, claim)
-    except BaseException:
-        await claim.release()  # refused or failed before anything ran: nothing to replay
-        raise
+    # A refusal raised in here rolls the whole transaction back, the key's claim included:
+    # nothing of a rejected request is stored, so the agent may fix it and retry the key.
+    opened = await svc.db.run_sync(_open, svc, principal, plan, origin, claim)
+    if not isinstance(opened, Opened):
+        return replay_response(opened, request)
+    quote, execution = opened.quote, opened.execution
     ctx.quote_id, ctx.approval_id = quote.id, execution["approval_id"]
     headers = {"ToolCall-Quote-Id": quote.id}
-    if answer is not None:  # a job tool: its job settles it; the caller polls the execution
+    if opened.answer is not None:  # a job tool: its job settles it; the caller polls
         svc.jobs.wake()
-        return JSONResponse(answer, status_code=202, headers=headers)
+        return JSONResponse(opened.answer, status_code=202, headers=headers)
     call = ToolCall(execution["id"], quote.tenant_id, quote.project_id, quote.livemode,
                     quote.params, quote.estimate)  # fmt: skip
     result = await run_tool(plan.tool, call)
-    async with svc.db.transaction() as tx:
-        if isinstance(result, APIError):
-            done = await close_execution(tx, execution, origin, error=result)
-        else:
-            done = await close_execution(tx, execution, origin, outcome=result)
-        if done is None:  # the sweep released it first and stored the answer
-            raise InternalError("The execution was interrupted.", code="execution_interrupted")
-        status, content = outcome_response(done)
-        await claim.store(tx, status, content)
+    closed = await svc.db.run_sync(_close, execution, origin, claim, result)
+    if closed is None:  # the sweep released it first and stored the answer
+        raise InternalError("The execution was interrupted.", code="execution_interrupted")
+    done, status, content = closed
     ctx.receipt_id, ctx.cost_micros = done["receipt_id"], done["price_micros"]
     headers["ToolCall-Receipt-Id"] = done["receipt_id"]
     return JSONResponse(content, status_code=status, headers=headers)
 
 
-async def _open(
-    svc: Services, principal: Principal, plan: Plan, origin: Origin, claim: Claim
-) -> tuple[Quote, Row, dict[str, Any] | None]:
-    """Phase one in one transaction: quote, approval, hold, execution (and job)."""
-    settings = svc.settings
+def _open(
+    tx: SyncTransaction, svc: Services, principal: Principal, plan: Plan, origin: Origin,
+    claim: KeyClaim,
+) -> Opened | Answer:  # fmt: skip
+    """Phase one, one transaction: key, quote, approval, hold, execution (and job)."""
+    replay = claim_in(tx, claim, svc.idempotency.lock_us)
+    if replay is not None:
+        return replay
     if plan.tool.mode == "job":
-        hold_s = float(settings.job_hold_seconds)
+        hold_s = float(svc.settings.job_hold_seconds)
     else:
-        hold_s = plan.tool.timeout_s + settings.hold_grace_seconds
-    async with svc.db.transaction() as tx:
-        if plan.quote_id is None:
-            quote = await take_inline_quote(tx, principal, plan)
-        else:
-            quote = await take_quote(tx, principal, plan.quote_id)
-        approval_id = None
-        if quote.requires_approval:
-            approval_id = await use_approval(tx, principal, plan.approval_id, quote)
-        execution = await open_execution(tx, quote=quote, tool=plan.tool, approval_id=approval_id,
-                                         origin=origin, hold_seconds=hold_s,
-                                         jobs=svc.job_store)  # fmt: skip
-        # Until the hold can have expired, a retry with this key waits (409) rather than taking
-        # the key over: the sweep stores the answer of an execution whose process died.
-        await tx.execute(
-            "UPDATE idempotency_keys SET locked_at = :until WHERE api_key_id = :k AND key = :key",
-            {"until": now_us() + int(hold_s * 1_000_000), **_claim_ids(claim)},
-        )
-        answer = None
-        if plan.tool.mode == "job":
-            answer = execution_object(execution)
-            await claim.store(tx, 202, answer)
-    return quote, execution, answer
+        hold_s = plan.tool.timeout_s + svc.settings.hold_grace_seconds
+    if plan.quote_id is None:
+        quote = take_inline_quote(tx, principal, plan)
+    else:
+        quote = take_quote(tx, principal, plan.quote_id)
+    approval_id = None
+    if quote.requires_approval:
+        approval_id = use_approval(tx, principal, plan.approval_id, quote)
+    execution = open_execution(tx, quote=quote, tool=plan.tool, approval_id=approval_id,
+                               origin=origin, hold_seconds=hold_s,
+                               jobs=svc.job_store)  # fmt: skip
+    # Until the hold can have expired, a retry with this key waits (409) rather than taking
+    # the key over: the sweep stores the answer of an execution whose process died.
+    fence_claim(tx, claim, now_us() + int(hold_s * 1_000_000))
+    answer = None
+    if plan.tool.mode == "job":
+        answer = execution_object(execution)
+        store_response(tx, claim.api_key_id, claim.key, 202, answer)
+    return Opened(quote, execution, answer)
 
 
-def _claim_ids(claim: Claim) -> dict[str, str]:
-    return {"k": claim.ids["api_key_id"], "key": claim.ids["key"]}
+def _close(
+    tx: SyncTransaction, execution: Row, origin: Origin, claim: KeyClaim, result: Outcome | APIError
+) -> tuple[Row, int, dict[str, Any]] | None:
+    """Phase three, one transaction: settle or release, receipt, ledger, stored answer."""
+    if isinstance(result, APIError):
+        done = close_execution(tx, execution, origin, error=result)
+    else:
+        done = close_execution(tx, execution, origin, outcome=result)
+    if done is None:
+        return None
+    status, content = outcome_response(done)
+    store_response(tx, claim.api_key_id, claim.key, status, content)
+    return done, status, content
 
 
 async def retrieve_execution(request: Request) -> Response:

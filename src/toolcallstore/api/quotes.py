@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from toolcallstore.auth import Principal, authenticated, require_scope
 from toolcallstore.context import context_of
-from toolcallstore.db import Transaction
+from toolcallstore.db import SyncTransaction
 from toolcallstore.errors import InvalidRequest, NotFound
 from toolcallstore.events import record_event
 from toolcallstore.idempotency import idempotency_key
@@ -49,7 +49,7 @@ def parse_tool_params(tool: Tool, params: dict[str, Any]) -> dict[str, Any]:
         raise
 
 
-async def project_for(tx: Transaction, principal: Principal, project_id: str | None) -> str | None:
+def project_for(tx: SyncTransaction, principal: Principal, project_id: str | None) -> str | None:
     """The project a call is billed to: the key's own, or one of its tenant's projects."""
     bound = principal.key.project_id
     if bound is not None:
@@ -57,7 +57,7 @@ async def project_for(tx: Transaction, principal: Principal, project_id: str | N
             raise NotFound("No such project.", param="project_id")
         return bound
     if project_id is not None:
-        found = await tx.fetch_val(
+        found = tx.fetch_val(
             "SELECT id FROM projects WHERE id = :id AND tenant_id = :t",
             {"id": project_id, "t": principal.tenant_id},
         )
@@ -66,8 +66,8 @@ async def project_for(tx: Transaction, principal: Principal, project_id: str | N
     return project_id
 
 
-async def approval_threshold(tx: Transaction, tenant_id: str) -> int | None:
-    value = await tx.fetch_val(
+def approval_threshold(tx: SyncTransaction, tenant_id: str) -> int | None:
+    value = tx.fetch_val(
         "SELECT approval_threshold_micros FROM tenants WHERE id = :id", {"id": tenant_id}
     )
     return None if value is None else int(value)
@@ -117,10 +117,10 @@ async def create_quote(request: Request) -> Response:
         raise invalid("expires_in", f"'expires_in' must be {MIN_TTL_S}-{MAX_TTL_S} seconds.")
     estimate = tool.price(params, services(request).tools.pricing)
 
-    async def execute(tx: Transaction) -> tuple[int, Any]:
-        project_id = await project_for(tx, principal, fields.get("project_id"))
-        threshold = await approval_threshold(tx, principal.tenant_id)
-        quote = await insert_quote(
+    def execute(tx: SyncTransaction) -> tuple[int, Any]:
+        project_id = project_for(tx, principal, fields.get("project_id"))
+        threshold = approval_threshold(tx, principal.tenant_id)
+        quote = insert_quote(
             tx,
             principal=principal,
             project_id=project_id,
@@ -136,10 +136,10 @@ async def create_quote(request: Request) -> Response:
             "tool": tool.name,
             "max_cost_micros": estimate.max_cost_micros,
         }
-        await record_event(tx, principal.tenant_id, "quote.created", data)
+        record_event(tx, principal.tenant_id, "quote.created", data)
         return 200, quote_object(quote, operator=principal.has("admin"))
 
-    return await services(request).idempotency.run(request, principal, key, body, execute)
+    return await services(request).idempotency.run_sync(request, principal, key, body, execute)
 
 
 async def retrieve_quote(request: Request) -> Response:

@@ -1,5 +1,5 @@
 """The data layer: one Database wrapper, numbered migrations, one repository module per table."""
 
-from toolcallstore.db.database import Database, Row, Transaction
+from toolcallstore.db.database import Database, Row, SyncTransaction, Transaction
 
-__all__ = ["Database", "Row", "Transaction"]
+__all__ = ["Database", "Row", "SyncTransaction", "Transaction"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from toolcallstore.db import Database, Transaction
+from toolcallstore.db import Database, SyncTransaction, Transaction
 from toolcallstore.ids import new_id, now_us
 from toolcallstore.queue.store import Job, NewJob, Outcome
 
@@ -109,15 +109,15 @@ class SqlJobStore:
                     return Job.from_row(row), False
         raise RuntimeError(f"could not enqueue job with unique key {job.unique_key!r}")
 
-    async def enqueue_in(self, tx: Transaction, job: NewJob) -> Job:
+    def enqueue_in(self, tx: SyncTransaction, job: NewJob) -> Job:
         """Insert an unkeyed job inside the caller's transaction, so that it exists exactly when
         the caller's change commits (a hold and the job that will settle it)."""
         if job.unique_key is not None:
             raise ValueError("jobs with a unique_key must go through enqueue()")
-        row = await tx.fetch_one(_INSERT, _insert_values(job))
+        row = tx.fetch_one(_INSERT, _insert_values(job))
         assert row is not None
         if tx.dialect == "postgresql":
-            await tx.execute(
+            tx.execute(
                 "SELECT pg_notify(:channel, :queue)",
                 {"channel": NOTIFY_CHANNEL, "queue": job.queue},
             )
