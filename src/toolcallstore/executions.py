@@ -22,7 +22,7 @@ import orjson
 from toolcallstore.audit import append_rows
 from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import APIError, InternalError, ProviderError
-from toolcallstore.events import record_event
+from toolcallstore.events import record_events
 from toolcallstore.idempotency import store_response
 from toolcallstore.ids import new_id, now_us
 from toolcallstore.ledger import Charge, write_receipt
@@ -177,10 +177,15 @@ def close_execution(
         {k: done[k] for k in ("state", "receipt_id", "price_micros", "result", "error",
                               "finished_at", "id")},
     )  # fmt: skip
-    record_event(
-        tx, execution["tenant_id"], f"execution.{state}", {"execution_id": execution["id"],
-        "receipt_id": receipt["id"], "tool": execution["tool"]},
-    )  # fmt: skip
+    ids = {"execution_id": execution["id"], "receipt_id": receipt["id"]}
+    record_events(
+        tx,
+        execution["tenant_id"],
+        [
+            (f"execution.{state}", {**ids, "tool": execution["tool"]}),
+            ("receipt.created", {**ids, "status": state, "amount_micros": settled}),
+        ],
+    )
     append_rows(
         tx,
         [

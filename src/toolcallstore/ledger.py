@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 
 from toolcallstore.db import Row, SyncTransaction
-from toolcallstore.events import record_event
 from toolcallstore.ids import new_id, now_us
 from toolcallstore.money import micros_to_usd
 
@@ -81,13 +80,6 @@ def write_receipt(
                 for kind, amount, provider in entries
             ],
         )  # fmt: skip
-    record_event(
-        tx,
-        execution["tenant_id"],
-        "receipt.created",
-        {"receipt_id": receipt["id"], "execution_id": execution["id"], "status": charge.status,
-         "amount_micros": charge.price_micros},
-    )  # fmt: skip
     return receipt
 
 

@@ -50,6 +50,8 @@ class Hold:
 
 
 def _locked_counter(tx: SyncTransaction, owner_id: str, period: str, livemode: bool) -> Row:
+    """The owner's counter row for the month (created at 0 if new) with its cap, locked on
+    Postgres; on SQLite the writer's BEGIN IMMEDIATE already excludes every other writer."""
     key = {"owner_id": owner_id, "period": period, "livemode": int(livemode)}
     tx.execute(
         "INSERT INTO spend_counters (owner_id, period, livemode, spent_micros, held_micros)"
@@ -57,20 +59,17 @@ def _locked_counter(tx: SyncTransaction, owner_id: str, period: str, livemode: b
         " ON CONFLICT (owner_id, period, livemode) DO NOTHING",
         key,
     )
-    lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+    table = "tenants" if owner_id.startswith("ten_") else "projects"
+    lock = " FOR UPDATE OF c" if tx.dialect == "postgresql" else ""
     row = tx.fetch_one(
-        "SELECT spent_micros, held_micros FROM spend_counters WHERE owner_id = :owner_id"
-        f" AND period = :period AND livemode = :livemode{lock}",
+        "SELECT c.spent_micros, c.held_micros, o.monthly_cap_micros AS cap"
+        f" FROM spend_counters c JOIN {table} o ON o.id = c.owner_id"
+        " WHERE c.owner_id = :owner_id AND c.period = :period AND c.livemode = :livemode"
+        f"{lock}",
         key,
     )
     assert row is not None
     return row
-
-
-def _cap_of(tx: SyncTransaction, owner_id: str) -> int | None:
-    table = "tenants" if owner_id.startswith("ten_") else "projects"
-    cap = tx.fetch_val(f"SELECT monthly_cap_micros FROM {table} WHERE id = :id", {"id": owner_id})
-    return None if cap is None else int(cap)
 
 
 def hold_spend(
@@ -88,7 +87,7 @@ def hold_spend(
     hold = Hold(new_id("hold"), tenant_id, project_id, period_of(now), livemode, amount_micros)
     for owner_id in hold.owners:
         counter = _locked_counter(tx, owner_id, hold.period, livemode)
-        cap = _cap_of(tx, owner_id)
+        cap = None if counter["cap"] is None else int(counter["cap"])
         spent, held = int(counter["spent_micros"]), int(counter["held_micros"])
         if cap is not None and spent + held + amount_micros > cap:
             raise cap_exceeded(owner_id, cap, spent, held, amount_micros)
@@ -158,8 +157,9 @@ def close_hold(tx: SyncTransaction, hold_id: str, settled_micros: int) -> tuple[
         return None
     hold = Hold.from_row(row)
     actual = int(row["settled_micros"])
-    for owner_id in hold.owners:  # the same lock order as hold_spend: tenant, then project
-        _locked_counter(tx, owner_id, hold.period, hold.livemode)
+    if tx.dialect == "postgresql":  # the same lock order as hold_spend: tenant, then project
+        for owner_id in hold.owners:
+            _locked_counter(tx, owner_id, hold.period, hold.livemode)
     tx.execute(
         "UPDATE spend_counters SET held_micros = held_micros - :amount,"
         f" spent_micros = spent_micros + :actual WHERE owner_id IN ({_owner_marks(hold)})"

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from toolcallstore.db import Database
+from toolcallstore.db import Database, SyncTransaction
 from toolcallstore.db.migrate import current_version, latest_version, load_migrations, migrate
 
 
@@ -91,3 +91,40 @@ async def test_an_unknown_database_scheme_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="mysql"):
         Database("mysql://localhost/x")
+
+
+async def test_run_sync_bodies_committed_together_fail_alone(db: Database) -> None:
+    # On SQLite concurrent bodies share one transaction (group commit); a failing body must
+    # undo only its own statements, and every other body's write must land exactly once.
+    def insert(tx: SyncTransaction, i: int) -> int:
+        tx.execute(
+            "INSERT INTO tenants (id, name, created_at) VALUES (:id, :name, 0)",
+            {"id": f"ten_{i}", "name": str(i)},
+        )
+        if i % 3 == 0:
+            raise ValueError(f"body {i} fails after writing")
+        return i
+
+    results = await asyncio.gather(
+        *(db.run_sync(insert, i) for i in range(60)), return_exceptions=True
+    )
+    failed = [r for r in results if isinstance(r, ValueError)]
+    assert len(failed) == 20 and [r for r in results if isinstance(r, int)] == [
+        i for i in range(60) if i % 3
+    ]
+    names = {r["name"] for r in await db.fetch_all("SELECT name FROM tenants")}
+    assert names == {str(i) for i in range(60) if i % 3}
+
+
+async def test_a_run_sync_body_sees_the_bodies_committed_before_it(db: Database) -> None:
+    await db.run_sync(
+        lambda tx: tx.execute("INSERT INTO tenants (id, name, created_at) VALUES ('t', '0', 0)")
+    )
+
+    def increment(tx: SyncTransaction) -> None:
+        lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""  # as the spend counters do
+        value = int(tx.fetch_val(f"SELECT name FROM tenants WHERE id = 't'{lock}"))
+        tx.execute("UPDATE tenants SET name = :v WHERE id = 't'", {"v": str(value + 1)})
+
+    await asyncio.gather(*(db.run_sync(increment) for _ in range(100)))
+    assert await db.fetch_val("SELECT name FROM tenants WHERE id = 't'") == "100"

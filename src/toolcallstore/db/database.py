@@ -17,6 +17,7 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -162,21 +163,41 @@ def _insert_sql(dialect: str, table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
-def _sqlite_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-    """Runs on the writer's own thread: BEGIN IMMEDIATE, the body, COMMIT, in one hop."""
-    conn.execute("BEGIN IMMEDIATE")
+@dataclass(eq=False)
+class _Pending:
+    body: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+
+
+def _sqlite_batch(
+    conn: sqlite3.Connection, work: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[tuple[bool, Any]]:
+    """Runs on the writer's own thread: BEGIN IMMEDIATE, each body in a SAVEPOINT, COMMIT.
+
+    Returns (True, result) or (False, exception) per body; a failing COMMIT fails them all.
+    """
     tx = SyncTransaction(
         lambda sql, values: _sqlite_rows(conn, sql, dict(values or {})),
         lambda sql, rows: conn.executemany(sql, rows).close(),
         "sqlite",
     )
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        result = fn(tx, *args)
+        for body, args in work:
+            conn.execute("SAVEPOINT body")
+            try:
+                outcomes.append((True, body(tx, *args)))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO body")
+                outcomes.append((False, exc))
+            conn.execute("RELEASE body")
+        conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
-    return result
+    return outcomes
 
 
 def _pg_transaction(raw: Any, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -224,6 +245,7 @@ class Database:
         self._readers: list[Connection] = []
         self._reader_cycle: itertools.cycle[Connection] | None = None
         self._write_lock = asyncio.Lock()
+        self._queued: list[_Pending] = []
 
     @property
     def is_postgres(self) -> bool:
@@ -299,10 +321,12 @@ class Database:
     ) -> T:
         """Run `fn(tx, ...)` as one write transaction of plain (non-async) statements.
 
-        On SQLite the whole transaction runs on the writer's thread in a single hop instead of
-        one event-loop round trip per statement, which is what bounds the single writer's rate
-        under load; on Postgres it runs in a greenlet on a pooled connection. Either way it
-        runs to its end (COMMIT or ROLLBACK) even if the caller is cancelled meanwhile.
+        On SQLite the body runs on the writer's thread instead of costing one event-loop round
+        trip per statement, and bodies that queue up while the writer is busy commit together
+        (group commit): each in its own SAVEPOINT, so one body's error undoes only its own
+        statements, and every caller is answered after the shared COMMIT. On Postgres it runs
+        in a greenlet on a pooled connection. Once started, a transaction runs to its end
+        (COMMIT or ROLLBACK) even if the caller is cancelled meanwhile.
         """
         body = partial(fn, **kwargs) if kwargs else fn
         if self.is_postgres:
@@ -312,10 +336,46 @@ class Database:
                 return result
         if self._writer is None:
             raise DatabaseError("database is not connected")
+        item = _Pending(body, args, asyncio.get_running_loop().create_future())
+        self._queued.append(item)
+        try:
+            async with self._write_lock:
+                if not item.future.done():
+                    await self._commit_queued()
+        except asyncio.CancelledError:
+            if item in self._queued:  # not started: it never will
+                self._queued.remove(item)
+            raise
+        outcome: T = await item.future
+        return outcome
+
+    async def _commit_queued(self) -> None:
+        """Run every queued body in one transaction; called with the write lock held."""
+        batch, self._queued = self._queued, []
+        assert self._writer is not None
         raw = self._writer.raw_connection
-        async with self._write_lock:
-            result = await _finish(raw._execute(_sqlite_transaction, raw._conn, body, args))
-            return result
+        work = [(p.body, p.args) for p in batch]
+        task = asyncio.ensure_future(raw._execute(_sqlite_batch, raw._conn, work))
+
+        def deliver(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+            error = None if done.cancelled() else done.exception()
+            for i, pending in enumerate(batch):
+                if pending.future.done():
+                    continue
+                if done.cancelled():
+                    pending.future.cancel()
+                elif error is not None:
+                    pending.future.set_exception(error)
+                else:
+                    ok, value = done.result()[i]
+                    if ok:
+                        pending.future.set_result(value)
+                    else:
+                        pending.future.set_exception(value)
+
+        task.add_done_callback(deliver)
+        with contextlib.suppress(Exception):  # delivered to each caller by `deliver`
+            await _finish(task)
 
     @asynccontextmanager
     async def _begin(self, conn: Connection, begin: str) -> AsyncIterator[Transaction]:
