@@ -1,0 +1,120 @@
+"""The production app plus one route that runs a sync tool with the money controls left out.
+
+    python bench/uncontrolled_app.py [--host 127.0.0.1] [--port 8080]
+
+Serves exactly like `toolcallstore serve` (migrate, bootstrap the admin key, uvicorn with
+uvloop and httptools, no uvicorn access log) with one extra route, `POST /bench/echo`, that
+takes the body of an inline `POST /v1/executions` (`{"tool", "params"}`), checks the tool's
+scope and params, prices the call and runs the tool, and answers with the result. It passes
+the same middleware as every route (request id, body limit, key lookup, audit row, access log,
+metrics), so against `POST /v1/executions` on the same process the difference is the controls
+alone: idempotency claim, stored quote, spend-cap hold, settlement, receipt, ledger, events and
+the two audit rows written inside the billable transactions. Nothing is stored, so it exists
+only here, never in the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from toolcallstore.api.quotes import find_tool, parse_tool_params
+from toolcallstore.app import create_app
+from toolcallstore.auth import require_scope
+from toolcallstore.errors import APIError
+from toolcallstore.executions import run_tool
+from toolcallstore.ids import new_id
+from toolcallstore.logs import configure_logging
+from toolcallstore.money import micros_to_usd
+from toolcallstore.responses import JSONResponse
+from toolcallstore.server import prepare
+from toolcallstore.services import services
+from toolcallstore.settings import Settings
+from toolcallstore.tools import ToolCall
+from toolcallstore.validation import Field, invalid, read_json_object, validate
+
+PATH = "/bench/echo"
+BODY_FIELDS = {
+    "tool": Field(str, required=True, max_length=100),
+    "params": Field(dict, required=True),
+}
+
+
+async def run_uncontrolled(request: Request) -> Response:
+    """What `POST /v1/executions` does for an inline call, minus every money control."""
+    body = await read_json_object(request)
+    fields = validate(body, BODY_FIELDS)
+    tool = find_tool(request, fields["tool"])
+    principal = require_scope(request, tool.scope)  # authorisation is not a money control
+    if tool.mode != "sync":
+        raise invalid("tool", "Only sync tools run here; job tools need the queue.")
+    params = parse_tool_params(tool, fields["params"])
+    estimate = tool.price(params, services(request).tools.pricing)
+    call = ToolCall(new_id("exe"), principal.tenant_id, principal.key.project_id,
+                    principal.livemode, params, estimate)  # fmt: skip
+    # run_tool is the controlled flow's own runner (timeout, errors as APIError), so the tool
+    # runs the same way on both sides.
+    outcome = await run_tool(tool, call)
+    if isinstance(outcome, APIError):
+        raise outcome
+    answer: dict[str, Any] = {
+        "id": call.execution_id,
+        "object": "execution",
+        "tool": tool.name,
+        "status": "succeeded",
+        "amount_usd": micros_to_usd(outcome.price_micros),
+        "result": outcome.result,
+        "livemode": principal.livemode,
+    }
+    return JSONResponse(answer)
+
+
+def create_bench_app(settings: Settings) -> Starlette:
+    app = create_app(settings)
+    # Appended to the router, so it sits behind the same middleware stack as the product.
+    app.router.routes.append(Route(PATH, run_uncontrolled, methods=["POST"]))
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """`toolcallstore.server.serve` with the bench app: same bootstrap, same uvicorn options."""
+    configure_logging(settings.log_level)
+    asyncio.run(prepare(settings))
+    print(f"bench app (with {PATH}) on http://{settings.host}:{settings.port}", flush=True)
+    uvicorn.run(
+        create_bench_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
+        access_log=False,
+        log_level=settings.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    if args.host:
+        settings = settings.with_(host=args.host)
+    if args.port:
+        settings = settings.with_(port=args.port)
+    serve(settings)
+
+
+if __name__ == "__main__":
+    main()
