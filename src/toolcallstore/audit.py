@@ -46,6 +46,7 @@ FIELDS = (
     "latency_us",
 )
 _COLUMNS = (*FIELDS, "prev_hash", "hash")
+_HEAD = "audit_head"  # SyncTransaction.state key: (seq, hash) of the chain's newest row
 
 
 def chain_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
@@ -58,11 +59,19 @@ def _digest(prev_hash: str, values: list[Any]) -> str:
 
 
 def append_rows(tx: SyncTransaction, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Chain and insert rows inside the caller's transaction; returns the new head seq."""
-    lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
-    head = tx.fetch_one(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")
-    assert head is not None, "audit_head row is missing: migrations not applied"
-    seq, prev = int(head["seq"]), str(head["hash"])
+    """Chain and insert rows inside the caller's transaction; returns the new head seq.
+
+    The head is read once per transaction (locked on Postgres) and written back once, just
+    before COMMIT, however many bodies of a group-committed batch append rows.
+    """
+    head = tx.state.get(_HEAD)
+    if head is None:
+        lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+        found = tx.fetch_one(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")
+        assert found is not None, "audit_head row is missing: migrations not applied"
+        head = (int(found["seq"]), str(found["hash"]))
+        tx.before_commit(_HEAD, _write_head)
+    seq, prev = head
     chained = []
     for row in rows:
         seq += 1
@@ -72,11 +81,14 @@ def append_rows(tx: SyncTransaction, rows: Iterable[Mapping[str, Any]]) -> int:
         prev = digest
     if chained:
         tx.insert_many("audit_log", _COLUMNS, chained)
-        tx.execute(
-            "UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1",
-            {"seq": seq, "hash": prev},
-        )
+    tx.state[_HEAD] = (seq, prev)
     return seq
+
+
+def _write_head(tx: SyncTransaction) -> None:
+    seq, digest = tx.state[_HEAD]
+    tx.execute("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1",
+               {"seq": seq, "hash": digest})  # fmt: skip
 
 
 class AuditWriter:

@@ -180,16 +180,33 @@ def _failure() -> APIError:
 
 
 def claim_in(
-    tx: SyncTransaction, claim: KeyClaim, lock_us: int, *, take_over: bool = False
+    tx: SyncTransaction,
+    claim: KeyClaim,
+    lock_us: int,
+    *,
+    take_over: bool = False,
+    fence_us: int = 0,
 ) -> Answer | None:
-    """Claim the key inside `tx`; None when claimed, else the stored answer to replay."""
+    """Claim the key inside `tx`; None when claimed, else the stored answer to replay.
+
+    `fence_us` makes retries wait (409) that much longer before they may take the key over:
+    for work that commits before its answer is stored (an execution's hold), whose answer the
+    settlement or the sweep will store.
+    """
     now = now_us()
+    locked_at = now + fence_us
     ids = {"api_key_id": claim.api_key_id, "key": claim.key}
     inserted = tx.fetch_one(
         "INSERT INTO idempotency_keys (api_key_id, key, tenant_id, fingerprint, state,"
         " created_at, locked_at) VALUES (:api_key_id, :key, :tenant_id, :fp, 'running',"
-        " :now, :now) ON CONFLICT (api_key_id, key) DO NOTHING RETURNING state",
-        {**ids, "tenant_id": claim.tenant_id, "fp": claim.fingerprint, "now": now},
+        " :now, :locked_at) ON CONFLICT (api_key_id, key) DO NOTHING RETURNING state",
+        {
+            **ids,
+            "tenant_id": claim.tenant_id,
+            "fp": claim.fingerprint,
+            "now": now,
+            "locked_at": locked_at,
+        },  # fmt: skip
     )
     if inserted is not None:
         return None
@@ -215,20 +232,11 @@ def claim_in(
         )
     # The first attempt died before its transaction committed: nothing happened.
     tx.execute(
-        "UPDATE idempotency_keys SET locked_at = :now"
+        "UPDATE idempotency_keys SET locked_at = :locked_at"
         " WHERE api_key_id = :api_key_id AND key = :key",
-        {**ids, "now": now},
+        {**ids, "locked_at": locked_at},
     )
     return None
-
-
-def fence_claim(tx: SyncTransaction, claim: KeyClaim, until_us: int) -> None:
-    """Make retries wait (409) until `until_us` instead of taking the key over: the request's
-    work has committed and something (its settlement or the sweep) will store the answer."""
-    tx.execute(
-        "UPDATE idempotency_keys SET locked_at = :until WHERE api_key_id = :k AND key = :key",
-        {"until": until_us, "k": claim.api_key_id, "key": claim.key},
-    )
 
 
 def release_claim(tx: SyncTransaction, claim: KeyClaim) -> None:

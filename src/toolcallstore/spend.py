@@ -85,17 +85,8 @@ def hold_spend(
     """Reserve `amount_micros` against every cap that applies, or raise 402 and change nothing."""
     now = now_us()
     hold = Hold(new_id("hold"), tenant_id, project_id, period_of(now), livemode, amount_micros)
-    for owner_id in hold.owners:
-        counter = _locked_counter(tx, owner_id, hold.period, livemode)
-        cap = None if counter["cap"] is None else int(counter["cap"])
-        spent, held = int(counter["spent_micros"]), int(counter["held_micros"])
-        if cap is not None and spent + held + amount_micros > cap:
-            raise cap_exceeded(owner_id, cap, spent, held, amount_micros)
-    tx.execute(
-        "UPDATE spend_counters SET held_micros = held_micros + :amount"
-        f" WHERE owner_id IN ({_owner_marks(hold)}) AND period = :period AND livemode = :livemode",
-        {"amount": amount_micros, **_counter_key(hold)},
-    )
+    for owner_id in hold.owners:  # tenant first, then project: the lock order on Postgres
+        _take(tx, owner_id, hold.period, livemode, amount_micros)
     tx.execute(
         "INSERT INTO holds (id, tenant_id, project_id, period, livemode, amount_micros, state,"
         " execution_id, expires_at, created_at) VALUES (:id, :tenant_id, :project_id, :period,"
@@ -113,6 +104,34 @@ def hold_spend(
         },
     )
     return hold
+
+
+def _take(tx: SyncTransaction, owner_id: str, period: str, livemode: bool, amount: int) -> None:
+    """Raise the owner's `held` by `amount` if its cap allows, else raise 402."""
+    table = "tenants" if owner_id.startswith("ten_") else "projects"
+    key = {"owner_id": owner_id, "period": period, "livemode": int(livemode), "amount": amount}
+    # The common case in one statement: the row exists and the amount fits. On Postgres the
+    # UPDATE waits for a concurrent holder's row lock and re-checks its WHERE on the new row.
+    taken = tx.fetch_one(
+        "UPDATE spend_counters SET held_micros = held_micros + :amount"
+        " WHERE owner_id = :owner_id AND period = :period AND livemode = :livemode"
+        " AND spent_micros + held_micros + :amount <= COALESCE("
+        f"(SELECT monthly_cap_micros FROM {table} WHERE id = :owner_id),"
+        " spent_micros + held_micros + :amount) RETURNING owner_id",
+        key,
+    )
+    if taken is not None:
+        return
+    counter = _locked_counter(tx, owner_id, period, livemode)  # new month, or over the cap
+    cap = None if counter["cap"] is None else int(counter["cap"])
+    spent, held = int(counter["spent_micros"]), int(counter["held_micros"])
+    if cap is not None and spent + held + amount > cap:
+        raise cap_exceeded(owner_id, cap, spent, held, amount)
+    tx.execute(
+        "UPDATE spend_counters SET held_micros = held_micros + :amount"
+        " WHERE owner_id = :owner_id AND period = :period AND livemode = :livemode",
+        key,
+    )
 
 
 def cap_exceeded(owner_id: str, cap: int, spent: int, held: int, amount: int) -> SpendCapExceeded:
@@ -157,25 +176,15 @@ def close_hold(tx: SyncTransaction, hold_id: str, settled_micros: int) -> tuple[
         return None
     hold = Hold.from_row(row)
     actual = int(row["settled_micros"])
-    if tx.dialect == "postgresql":  # the same lock order as hold_spend: tenant, then project
-        for owner_id in hold.owners:
-            _locked_counter(tx, owner_id, hold.period, hold.livemode)
-    tx.execute(
-        "UPDATE spend_counters SET held_micros = held_micros - :amount,"
-        f" spent_micros = spent_micros + :actual WHERE owner_id IN ({_owner_marks(hold)})"
-        " AND period = :period AND livemode = :livemode",
-        {"amount": hold.amount_micros, "actual": actual, **_counter_key(hold)},
-    )
+    for owner_id in hold.owners:  # the same lock order as hold_spend: tenant, then project
+        tx.execute(
+            "UPDATE spend_counters SET held_micros = held_micros - :amount,"
+            " spent_micros = spent_micros + :actual WHERE owner_id = :owner_id"
+            " AND period = :period AND livemode = :livemode",
+            {"amount": hold.amount_micros, "actual": actual, "owner_id": owner_id,
+             "period": hold.period, "livemode": int(hold.livemode)},
+        )  # fmt: skip
     return hold, actual
-
-
-def _owner_marks(hold: Hold) -> str:
-    return ", ".join(f":owner{i}" for i in range(len(hold.owners)))
-
-
-def _counter_key(hold: Hold) -> dict[str, object]:
-    owners = {f"owner{i}": owner for i, owner in enumerate(hold.owners)}
-    return {**owners, "period": hold.period, "livemode": int(hold.livemode)}
 
 
 async def counters(

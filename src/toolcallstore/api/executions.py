@@ -33,12 +33,10 @@ from toolcallstore.idempotency import (
     Answer,
     KeyClaim,
     claim_in,
-    fence_claim,
     idempotency_key,
     replay_response,
     store_response,
 )
-from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
 from toolcallstore.quotes import Quote, approval_reasons, get_quote, insert_quote, params_hash
 from toolcallstore.quotes import use_quote as take_quote
@@ -183,13 +181,16 @@ def _open(
     claim: KeyClaim,
 ) -> Opened | Answer:  # fmt: skip
     """Phase one, one transaction: key, quote, approval, hold, execution (and job)."""
-    replay = claim_in(tx, claim, svc.idempotency.lock_us)
-    if replay is not None:
-        return replay
     if plan.tool.mode == "job":
         hold_s = float(svc.settings.job_hold_seconds)
     else:
         hold_s = plan.tool.timeout_s + svc.settings.hold_grace_seconds
+    # Until the hold can have expired, a retry with this key waits (409) rather than taking
+    # the key over: the sweep stores the answer of an execution whose process died.
+    hold_us = int(hold_s * 1_000_000)
+    replay = claim_in(tx, claim, svc.idempotency.lock_us, fence_us=hold_us)
+    if replay is not None:
+        return replay
     if plan.quote_id is None:
         quote = take_inline_quote(tx, principal, plan)
     else:
@@ -200,9 +201,6 @@ def _open(
     execution = open_execution(tx, quote=quote, tool=plan.tool, approval_id=approval_id,
                                origin=origin, hold_seconds=hold_s,
                                jobs=svc.job_store)  # fmt: skip
-    # Until the hold can have expired, a retry with this key waits (409) rather than taking
-    # the key over: the sweep stores the answer of an execution whose process died.
-    fence_claim(tx, claim, now_us() + int(hold_s * 1_000_000))
     answer = None
     if plan.tool.mode == "job":
         answer = execution_object(execution)

@@ -11,52 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
-import re
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import databases
 from databases.core import Connection
-from sqlalchemy.util import await_only, greenlet_spawn
+from sqlalchemy.util import greenlet_spawn
 
+from toolcallstore.db.sync import (
+    Pending,
+    Row,
+    SyncTransaction,
+    Values,
+    insert_sql,
+    numbered,
+    pg_transaction,
+    sqlite_batch,
+    sqlite_rows,
+)
 from toolcallstore.errors import ConfigError, DatabaseError
 from toolcallstore.settings import sqlite_path
 
-Row = dict[str, Any]
-Values = Mapping[str, Any] | None
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
-
-
-@functools.lru_cache(maxsize=1024)
-def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
-    """`:name` placeholders -> Postgres `$n` (a repeated name reuses its number)."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    return _NAMED.sub(number, sql), tuple(names)
-
-
-def _sqlite_rows(conn: sqlite3.Connection, sql: str, values: Mapping[str, Any]) -> list[Row]:
-    cursor = conn.execute(sql, values)
-    try:
-        names = [d[0] for d in cursor.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    finally:
-        cursor.close()
 
 
 async def _run(conn: Connection, dialect: str, sql: str, values: Values) -> list[Row]:
@@ -68,13 +48,16 @@ async def _run(conn: Connection, dialect: str, sql: str, values: Values) -> list
     """
     raw = conn.raw_connection
     if dialect == "postgresql":
-        pg_sql, names = _numbered(sql)
+        pg_sql, names = numbered(sql)
         params = values or {}
         return [dict(r) for r in await raw.fetch(pg_sql, *(params[n] for n in names))]
     # aiosqlite's `_execute` runs a function on the connection's own thread: the one way to
     # execute, fetch and close in a single hop.
-    rows: list[Row] = await raw._execute(_sqlite_rows, raw._conn, sql, dict(values or {}))
+    rows: list[Row] = await raw._execute(sqlite_rows, raw._conn, sql, dict(values or {}))
     return rows
+
+
+__all__ = ["Database", "Row", "SyncTransaction", "Transaction", "Values"]
 
 
 class Transaction:
@@ -117,108 +100,8 @@ class Transaction:
         """Bulk insert through the driver's own executemany: `databases` compiles every row
         through SQLAlchemy, which caps a batch at a few thousand rows a second."""
         if rows:
-            sql = _insert_sql(self.dialect, table, columns)
+            sql = insert_sql(self.dialect, table, columns)
             await self._connection.raw_connection.executemany(sql, rows)
-
-
-class SyncTransaction:
-    """The same queries as `Transaction`, as plain calls: the body of `Database.run_sync`."""
-
-    def __init__(
-        self,
-        run: Callable[[str, Values], list[Row]],
-        run_many: Callable[[str, Sequence[Sequence[Any]]], None],
-        dialect: str,
-    ) -> None:
-        self._run = run
-        self._run_many = run_many
-        self.dialect = dialect
-
-    def fetch_one(self, sql: str, values: Values = None) -> Row | None:
-        rows = self._run(sql, values)
-        return rows[0] if rows else None
-
-    def fetch_all(self, sql: str, values: Values = None) -> list[Row]:
-        return self._run(sql, values)
-
-    def fetch_val(self, sql: str, values: Values = None) -> Any:
-        rows = self._run(sql, values)
-        return next(iter(rows[0].values())) if rows else None
-
-    def execute(self, sql: str, values: Values = None) -> None:
-        self._run(sql, values)
-
-    def insert_many(
-        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
-        if rows:
-            self._run_many(_insert_sql(self.dialect, table, columns), rows)
-
-
-def _insert_sql(dialect: str, table: str, columns: Sequence[str]) -> str:
-    if dialect == "postgresql":
-        marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    else:
-        marks = ", ".join("?" for _ in columns)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
-
-
-@dataclass(eq=False)
-class _Pending:
-    body: Callable[..., Any]
-    args: tuple[Any, ...]
-    future: asyncio.Future[Any]
-
-
-def _sqlite_batch(
-    conn: sqlite3.Connection, work: list[tuple[Callable[..., Any], tuple[Any, ...]]]
-) -> list[tuple[bool, Any]]:
-    """Runs on the writer's own thread: BEGIN IMMEDIATE, each body in a SAVEPOINT, COMMIT.
-
-    Returns (True, result) or (False, exception) per body; a failing COMMIT fails them all.
-    """
-    tx = SyncTransaction(
-        lambda sql, values: _sqlite_rows(conn, sql, dict(values or {})),
-        lambda sql, rows: conn.executemany(sql, rows).close(),
-        "sqlite",
-    )
-    outcomes: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for body, args in work:
-            conn.execute("SAVEPOINT body")
-            try:
-                outcomes.append((True, body(tx, *args)))
-            except Exception as exc:
-                conn.execute("ROLLBACK TO body")
-                outcomes.append((False, exc))
-            conn.execute("RELEASE body")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return outcomes
-
-
-def _pg_transaction(raw: Any, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-    """Runs in a greenlet: each statement awaits asyncpg through `await_only`."""
-
-    def run(sql: str, values: Values) -> list[Row]:
-        pg_sql, names = _numbered(sql)
-        params = values or {}
-        return [dict(r) for r in await_only(raw.fetch(pg_sql, *(params[n] for n in names)))]
-
-    await_only(raw.execute("BEGIN"))
-    tx = SyncTransaction(
-        run, lambda sql, rows: await_only(raw.executemany(sql, rows)), "postgresql"
-    )
-    try:
-        result = fn(tx, *args)
-    except BaseException:
-        await_only(raw.execute("ROLLBACK"))
-        raise
-    await_only(raw.execute("COMMIT"))
-    return result
 
 
 class Database:
@@ -245,7 +128,7 @@ class Database:
         self._readers: list[Connection] = []
         self._reader_cycle: itertools.cycle[Connection] | None = None
         self._write_lock = asyncio.Lock()
-        self._queued: list[_Pending] = []
+        self._queued: list[Pending] = []
 
     @property
     def is_postgres(self) -> bool:
@@ -332,11 +215,11 @@ class Database:
         if self.is_postgres:
             async with Connection(self._db, self._db._backend) as conn:
                 raw = conn.raw_connection
-                result: T = await _finish(greenlet_spawn(_pg_transaction, raw, body, args))
+                result: T = await _finish(greenlet_spawn(pg_transaction, raw, body, args))
                 return result
         if self._writer is None:
             raise DatabaseError("database is not connected")
-        item = _Pending(body, args, asyncio.get_running_loop().create_future())
+        item = Pending(body, args, asyncio.get_running_loop().create_future())
         self._queued.append(item)
         try:
             async with self._write_lock:
@@ -355,7 +238,7 @@ class Database:
         assert self._writer is not None
         raw = self._writer.raw_connection
         work = [(p.body, p.args) for p in batch]
-        task = asyncio.ensure_future(raw._execute(_sqlite_batch, raw._conn, work))
+        task = asyncio.ensure_future(raw._execute(sqlite_batch, raw._conn, work))
 
         def deliver(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
             error = None if done.cancelled() else done.exception()

@@ -1,0 +1,161 @@
+"""Write transactions as plain calls (`Database.run_sync`): on SQLite a batch of bodies runs
+on the writer's thread under one BEGIN IMMEDIATE ... COMMIT (group commit, a SAVEPOINT per
+body); on Postgres one body runs in a greenlet over asyncpg."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy.util import await_only
+
+Row = dict[str, Any]
+Values = Mapping[str, Any] | None
+T = TypeVar("T")
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@functools.lru_cache(maxsize=1024)
+def numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`:name` placeholders -> Postgres `$n` (a repeated name reuses its number)."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return _NAMED.sub(number, sql), tuple(names)
+
+
+def sqlite_rows(conn: sqlite3.Connection, sql: str, values: Mapping[str, Any]) -> list[Row]:
+    cursor = conn.execute(sql, values)
+    try:
+        names = [d[0] for d in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+class SyncTransaction:
+    """The same queries as `Transaction`, as plain calls: the body of `Database.run_sync`.
+
+    `state` is shared by the bodies of one transaction (a value cached by one body, such as
+    the audit chain's head, serves the next); `before_commit` registers, once per key, work to
+    do when all bodies have run, e.g. writing that head back once.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[str, Values], list[Row]],
+        run_many: Callable[[str, Sequence[Sequence[Any]]], None],
+        dialect: str,
+    ) -> None:
+        self._run = run
+        self._run_many = run_many
+        self.dialect = dialect
+        self.state: dict[str, Any] = {}
+        self._hooks: dict[str, Callable[[SyncTransaction], None]] = {}
+
+    def fetch_one(self, sql: str, values: Values = None) -> Row | None:
+        rows = self._run(sql, values)
+        return rows[0] if rows else None
+
+    def fetch_all(self, sql: str, values: Values = None) -> list[Row]:
+        return self._run(sql, values)
+
+    def fetch_val(self, sql: str, values: Values = None) -> Any:
+        rows = self._run(sql, values)
+        return next(iter(rows[0].values())) if rows else None
+
+    def execute(self, sql: str, values: Values = None) -> None:
+        self._run(sql, values)
+
+    def insert_many(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        if rows:
+            self._run_many(insert_sql(self.dialect, table, columns), rows)
+
+    def before_commit(self, key: str, hook: Callable[[SyncTransaction], None]) -> None:
+        self._hooks.setdefault(key, hook)
+
+    def run_hooks(self) -> None:
+        for hook in self._hooks.values():
+            hook(self)
+
+
+def insert_sql(dialect: str, table: str, columns: Sequence[str]) -> str:
+    if dialect == "postgresql":
+        marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    else:
+        marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+@dataclass(eq=False)
+class Pending:
+    body: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+
+
+def sqlite_batch(
+    conn: sqlite3.Connection, work: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[tuple[bool, Any]]:
+    """Runs on the writer's own thread: BEGIN IMMEDIATE, each body in a SAVEPOINT, COMMIT.
+
+    Returns (True, result) or (False, exception) per body; a failing COMMIT fails them all.
+    """
+    tx = SyncTransaction(
+        lambda sql, values: sqlite_rows(conn, sql, dict(values or {})),
+        lambda sql, rows: conn.executemany(sql, rows).close(),
+        "sqlite",
+    )
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for body, args in work:
+            conn.execute("SAVEPOINT body")
+            state = dict(tx.state)
+            try:
+                outcomes.append((True, body(tx, *args)))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO body")
+                tx.state = state  # what the failed body cached is rolled back with it
+                outcomes.append((False, exc))
+            conn.execute("RELEASE body")
+        tx.run_hooks()
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def pg_transaction(raw: Any, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    """Runs in a greenlet: each statement awaits asyncpg through `await_only`."""
+
+    def run(sql: str, values: Values) -> list[Row]:
+        pg_sql, names = numbered(sql)
+        params = values or {}
+        return [dict(r) for r in await_only(raw.fetch(pg_sql, *(params[n] for n in names)))]
+
+    await_only(raw.execute("BEGIN"))
+    tx = SyncTransaction(
+        run, lambda sql, rows: await_only(raw.executemany(sql, rows)), "postgresql"
+    )
+    try:
+        result = fn(tx, *args)
+        tx.run_hooks()
+    except BaseException:
+        await_only(raw.execute("ROLLBACK"))
+        raise
+    await_only(raw.execute("COMMIT"))
+    return result
