@@ -46,7 +46,7 @@ FIELDS = (
     "latency_us",
 )
 _COLUMNS = (*FIELDS, "prev_hash", "hash")
-_HEAD = "audit_head"  # SyncTransaction.state key: (seq, hash) of the chain's newest row
+_PENDING = "audit_rows"  # SyncTransaction.state key: rows to chain at COMMIT
 
 
 def chain_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
@@ -58,20 +58,26 @@ def _digest(prev_hash: str, values: list[Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + orjson.dumps(values)).hexdigest()
 
 
-def append_rows(tx: SyncTransaction, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Chain and insert rows inside the caller's transaction; returns the new head seq.
+def append_rows(tx: SyncTransaction, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Append rows to the chain in the caller's transaction.
 
-    The head is read once per transaction (locked on Postgres) and written back once, just
-    before COMMIT, however many bodies of a group-committed batch append rows.
+    They are chained and inserted just before COMMIT, by one hook per transaction: a
+    group-committed batch reads and writes the chain's head once, and on Postgres the head
+    row (which every audited write locks) stays locked only until that COMMIT. Rows of a body
+    that fails are dropped with its savepoint, as its other statements are.
     """
-    head = tx.state.get(_HEAD)
-    if head is None:
-        lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
-        found = tx.fetch_one(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")
-        assert found is not None, "audit_head row is missing: migrations not applied"
-        head = (int(found["seq"]), str(found["hash"]))
-        tx.before_commit(_HEAD, _write_head)
-    seq, prev = head
+    tx.state[_PENDING] = (*tx.state.get(_PENDING, ()), *rows)
+    tx.before_commit(_PENDING, _chain_pending)
+
+
+def _chain_pending(tx: SyncTransaction) -> None:
+    rows = tx.state.pop(_PENDING, ())
+    if not rows:
+        return
+    lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+    head = tx.fetch_one(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")
+    assert head is not None, "audit_head row is missing: migrations not applied"
+    seq, prev = int(head["seq"]), str(head["hash"])
     chained = []
     for row in rows:
         seq += 1
@@ -79,16 +85,9 @@ def append_rows(tx: SyncTransaction, rows: Iterable[Mapping[str, Any]]) -> int:
         digest = _digest(prev, values)
         chained.append((*values, prev, digest))
         prev = digest
-    if chained:
-        tx.insert_many("audit_log", _COLUMNS, chained)
-    tx.state[_HEAD] = (seq, prev)
-    return seq
-
-
-def _write_head(tx: SyncTransaction) -> None:
-    seq, digest = tx.state[_HEAD]
+    tx.insert_many("audit_log", _COLUMNS, chained)
     tx.execute("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1",
-               {"seq": seq, "hash": digest})  # fmt: skip
+               {"seq": seq, "hash": prev})  # fmt: skip
 
 
 class AuditWriter:

@@ -30,7 +30,7 @@ from toolcallstore.money import micros_to_usd
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import NewJob
 from toolcallstore.quotes import Quote
-from toolcallstore.spend import close_hold, hold_spend
+from toolcallstore.spend import close_hold, hold_spend, settle_counters
 from toolcallstore.tools import Outcome, Tool, ToolCall
 
 log = logging.getLogger("toolcallstore.executions")
@@ -86,17 +86,7 @@ def open_execution(
 ) -> Row:
     """Take the hold and record the running execution (its job too, for job tools)."""
     now = now_us()
-    execution_id = new_id("exe")
-    hold = hold_spend(
-        tx,
-        tenant_id=quote.tenant_id,
-        project_id=quote.project_id,
-        livemode=quote.livemode,
-        amount_micros=quote.estimate.max_cost_micros,
-        execution_id=execution_id,
-        expires_at=now + int(hold_seconds * 1_000_000),
-    )
-    hold_id = hold.id
+    execution_id, hold_id = new_id("exe"), new_id("hold")
     job_id = None
     if tool.mode == "job":
         job = NewJob(JOB_TYPE, {"execution_id": execution_id}, "tools", quote.tenant_id)
@@ -134,6 +124,18 @@ def open_execution(
                 approval_id=approval_id,
             )
         ],
+    )
+    # Last, so that on Postgres the month's counter rows (every call of the tenant waits on
+    # them) stay locked only until COMMIT.
+    hold_spend(
+        tx,
+        hold_id=hold_id,
+        tenant_id=quote.tenant_id,
+        project_id=quote.project_id,
+        livemode=quote.livemode,
+        amount_micros=quote.estimate.max_cost_micros,
+        execution_id=execution_id,
+        expires_at=now + int(hold_seconds * 1_000_000),
     )
     full = {**row, "receipt_id": None, "price_micros": None, "result": None, "error": None}
     return {**full, "finished_at": None}
@@ -201,6 +203,7 @@ def close_execution(
             )
         ],
     )
+    settle_counters(tx, hold, settled)  # last: the hot counter rows, locked until COMMIT
     return done
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import random
 import secrets
 import time
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+# Object ids are unique, not secret (every read checks the tenant): a PRNG seeded from the OS
+# spares a urandom syscall per id, eight per billable call. Secrets use `secrets`.
+_ids = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(128)))
 
 
 def now_us() -> int:
@@ -27,8 +35,7 @@ def _base62(number: int, width: int) -> str:
 
 def new_id(prefix: str) -> str:
     """`prefix_` + 8 chars of millisecond time + 14 random chars: sorts by creation time."""
-    # One randbits call, not 14 secrets.choice calls: ids are made on every billable write.
-    return f"{prefix}_{_base62(time.time_ns() // 1_000_000, 8)}{_base62(secrets.randbits(84), 14)}"
+    return f"{prefix}_{_base62(time.time_ns() // 1_000_000, 8)}{_base62(_ids.getrandbits(84), 14)}"
 
 
 def new_request_id() -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import SpendCapExceeded
-from toolcallstore.ids import new_id, now_us
+from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
 
 
@@ -75,6 +75,7 @@ def _locked_counter(tx: SyncTransaction, owner_id: str, period: str, livemode: b
 def hold_spend(
     tx: SyncTransaction,
     *,
+    hold_id: str,
     tenant_id: str,
     project_id: str | None,
     livemode: bool,
@@ -84,9 +85,7 @@ def hold_spend(
 ) -> Hold:
     """Reserve `amount_micros` against every cap that applies, or raise 402 and change nothing."""
     now = now_us()
-    hold = Hold(new_id("hold"), tenant_id, project_id, period_of(now), livemode, amount_micros)
-    for owner_id in hold.owners:  # tenant first, then project: the lock order on Postgres
-        _take(tx, owner_id, hold.period, livemode, amount_micros)
+    hold = Hold(hold_id, tenant_id, project_id, period_of(now), livemode, amount_micros)
     tx.execute(
         "INSERT INTO holds (id, tenant_id, project_id, period, livemode, amount_micros, state,"
         " execution_id, expires_at, created_at) VALUES (:id, :tenant_id, :project_id, :period,"
@@ -103,6 +102,8 @@ def hold_spend(
             "now": now,
         },
     )
+    for owner_id in hold.owners:  # tenant first, then project: the lock order on Postgres
+        _take(tx, owner_id, hold.period, livemode, amount_micros)
     return hold
 
 
@@ -176,6 +177,12 @@ def close_hold(tx: SyncTransaction, hold_id: str, settled_micros: int) -> tuple[
         return None
     hold = Hold.from_row(row)
     actual = int(row["settled_micros"])
+    return hold, actual
+
+
+def settle_counters(tx: SyncTransaction, hold: Hold, actual: int) -> None:
+    """Move a closed hold's amount out of `held` and its settled part into `spent`; callers
+    run it last in their transaction so that the counter rows stay locked only until COMMIT."""
     for owner_id in hold.owners:  # the same lock order as hold_spend: tenant, then project
         tx.execute(
             "UPDATE spend_counters SET held_micros = held_micros - :amount,"
@@ -184,7 +191,6 @@ def close_hold(tx: SyncTransaction, hold_id: str, settled_micros: int) -> tuple[
             {"amount": hold.amount_micros, "actual": actual, "owner_id": owner_id,
              "period": hold.period, "livemode": int(hold.livemode)},
         )  # fmt: skip
-    return hold, actual
 
 
 async def counters(

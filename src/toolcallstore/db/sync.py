@@ -46,9 +46,9 @@ def sqlite_rows(conn: sqlite3.Connection, sql: str, values: Mapping[str, Any]) -
 class SyncTransaction:
     """The same queries as `Transaction`, as plain calls: the body of `Database.run_sync`.
 
-    `state` is shared by the bodies of one transaction (a value cached by one body, such as
-    the audit chain's head, serves the next); `before_commit` registers, once per key, work to
-    do when all bodies have run, e.g. writing that head back once.
+    `state` is shared by the bodies of one transaction, and rolled back with a failed body's
+    savepoint; `before_commit` registers, once per key, work to do when all bodies have run
+    (the audit chain appends the rows the bodies left in `state`).
     """
 
     def __init__(
