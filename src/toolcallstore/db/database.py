@@ -206,8 +206,9 @@ class Database:
 
         On SQLite the body runs on the writer's thread instead of costing one event-loop round
         trip per statement, and bodies that queue up while the writer is busy commit together
-        (group commit): each in its own SAVEPOINT, so one body's error undoes only its own
-        statements, and every caller is answered after the shared COMMIT. On Postgres it runs
+        (group commit): one body's error undoes only its own statements (`sqlite_batch`), and
+        every caller is answered after the shared COMMIT. A body must not act outside its
+        transaction: in a batch it may run twice, only the committed run counts. On Postgres it runs
         in a greenlet on a pooled connection. Once started, a transaction runs to its end
         (COMMIT or ROLLBACK) even if the caller is cancelled meanwhile.
         """
