@@ -35,8 +35,9 @@ from toolcallstore.responses import JSONResponse
 log = logging.getLogger("toolcallstore.idempotency")
 
 MAX_KEY_LENGTH = 255
-# Rejections the agent can fix and retry with the same key: their transaction changed nothing.
-UNSTORED_STATUSES = frozenset({400, 401, 402, 403, 404, 422, 429})
+# Rejections before execution, which the agent can fix and retry with the same key: their
+# transaction changed nothing (409/410: the object's state refused it, or the key is in use).
+UNSTORED_STATUSES = frozenset({400, 401, 402, 403, 404, 409, 410, 422, 429})
 
 Execute = Callable[[Transaction], Awaitable[tuple[int, Any]]]
 ExecuteSync = Callable[[SyncTransaction], tuple[int, Any]]

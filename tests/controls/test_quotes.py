@@ -69,3 +69,21 @@ async def test_a_project_key_quotes_for_its_project_only(api: Api) -> None:
         api, bound, "sandbox.echo", {"message": "x"}, project_id=other.json()["id"]
     )
     assert refused.status_code == 404 and refused.json()["error"]["param"] == "project_id"
+
+
+async def test_concurrent_duplicates_of_a_quote_create_one_and_replay_it(api: Api) -> None:
+    import asyncio
+
+    agent = await make_key(api, ["quotes:create", "llm:chat"])
+    headers = {**api.auth(agent), "Idempotency-Key": "same-quote"}
+    body = {"tool": "sandbox.echo", "params": {"message": "x"}}
+    results = await asyncio.gather(
+        *(api.client.post("/v1/quotes", json=body, headers=headers) for _ in range(30))
+    )
+    ok = [r for r in results if r.status_code == 200]
+    assert ok and all(r.status_code in (200, 409) for r in results)
+    assert len({r.json()["id"] for r in ok}) == 1
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    assert await db.fetch_val("SELECT COUNT(*) FROM quotes") == 1
+    again = await api.client.post("/v1/quotes", json=body, headers=headers)
+    assert again.status_code == 200 and again.json()["id"] == ok[0].json()["id"]
