@@ -268,7 +268,9 @@ async def run_tool(tool: Tool, call: ToolCall) -> Outcome | APIError:
 
 
 async def _with_timeout(tool: Tool, call: ToolCall) -> Outcome:
-    return await asyncio.wait_for(tool.execute(call), tool.timeout_s)
+    # asyncio.timeout runs the tool in the caller's task; wait_for would start one per call.
+    async with asyncio.timeout(tool.timeout_s):
+        return await tool.execute(call)
 
 
 async def interrupt_execution(db: Database, execution: Row) -> bool:
