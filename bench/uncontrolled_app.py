@@ -16,10 +16,8 @@ only here, never in the product.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,10 +29,9 @@ from toolcallstore.auth import require_scope
 from toolcallstore.errors import APIError
 from toolcallstore.executions import run_tool
 from toolcallstore.ids import new_id
-from toolcallstore.logs import configure_logging
 from toolcallstore.money import micros_to_usd
 from toolcallstore.responses import JSONResponse
-from toolcallstore.server import prepare
+from toolcallstore.server import serve
 from toolcallstore.services import services
 from toolcallstore.settings import Settings
 from toolcallstore.tools import ToolCall
@@ -83,26 +80,6 @@ def create_bench_app(settings: Settings) -> Starlette:
     return app
 
 
-def serve(settings: Settings) -> None:
-    """`toolcallstore.server.serve` with the bench app: same bootstrap, same uvicorn options."""
-    configure_logging(settings.log_level)
-    asyncio.run(prepare(settings))
-    print(f"bench app (with {PATH}) on http://{settings.host}:{settings.port}", flush=True)
-    uvicorn.run(
-        create_bench_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        proxy_headers=True,
-        forwarded_allow_ips=settings.trusted_proxies,
-        access_log=False,
-        log_level=settings.log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host")
@@ -113,7 +90,7 @@ def main() -> None:
         settings = settings.with_(host=args.host)
     if args.port:
         settings = settings.with_(port=args.port)
-    serve(settings)
+    serve(settings, create_bench_app(settings))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import uvicorn
+from starlette.applications import Starlette
 
 from toolcallstore.app import create_app
 from toolcallstore.bootstrap import bootstrap
@@ -32,12 +33,14 @@ async def prepare(settings: Settings) -> None:
         )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, app: Starlette | None = None) -> None:
+    """Bootstrap, then serve `create_app(settings)` (or `app`, built from the same settings:
+    benchmarks add routes to it) with uvicorn."""
     configure_logging(settings.log_level)
     asyncio.run(prepare(settings))
     print(f"ToolCall Store listening on http://{settings.host}:{settings.port}", flush=True)
     uvicorn.run(
-        create_app(settings),
+        app or create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
