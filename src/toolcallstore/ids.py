@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import secrets
@@ -33,9 +34,17 @@ def _base62(number: int, width: int) -> str:
     return "".join(reversed(digits))
 
 
+@functools.lru_cache(maxsize=8)
+def _time_part(ms: int) -> str:
+    return _base62(ms, 8)
+
+
 def new_id(prefix: str) -> str:
     """`prefix_` + 8 chars of millisecond time + 14 random chars: sorts by creation time."""
-    return f"{prefix}_{_base62(time.time_ns() // 1_000_000, 8)}{_base62(_ids.getrandbits(84), 14)}"
+    # Eight ids per billable call, made on the writer's thread: the time part is encoded once
+    # per millisecond and the random part drawn in one call.
+    random_part = "".join(_ids.choices(ALPHABET, k=14))
+    return f"{prefix}_{_time_part(time.time_ns() // 1_000_000)}{random_part}"
 
 
 def new_request_id() -> str:
