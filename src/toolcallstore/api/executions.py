@@ -38,8 +38,14 @@ from toolcallstore.idempotency import (
     store_response,
 )
 from toolcallstore.money import micros_to_usd
-from toolcallstore.quotes import Quote, approval_reasons, get_quote, insert_quote, params_hash
-from toolcallstore.quotes import use_quote as take_quote
+from toolcallstore.quotes import (
+    Quote,
+    approval_reasons,
+    get_quote,
+    insert_quote,
+    params_hash,
+    use_quote,
+)
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import Services, services
 from toolcallstore.tools import Estimate, Outcome, Tool, ToolCall
@@ -194,7 +200,7 @@ def _open(
     if plan.quote_id is None:
         quote = take_inline_quote(tx, principal, plan)
     else:
-        quote = take_quote(tx, principal, plan.quote_id)
+        quote = use_quote(tx, principal, plan.quote_id)
     approval_id = None
     if quote.requires_approval:
         approval_id = use_approval(tx, principal, plan.approval_id, quote)
