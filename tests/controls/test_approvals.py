@@ -135,3 +135,30 @@ async def test_quotes_above_the_tenants_threshold_need_approval(api: Api) -> Non
     assert (await set_cap(api, approval_threshold_usd=None)).status_code == 200
     cheap = (await quote(api, agent, "sandbox.echo", {"message": "x"})).json()
     assert cheap["requires_approval"] is False
+
+
+async def test_a_cancelled_job_tool_gets_its_hold_released_by_the_sweep(api: Api) -> None:
+    svc = api.app.state.services  # type: ignore[attr-defined]
+    await svc.jobs.stop()  # no worker: the job stays queued until cancelled
+    agent = await make_key(api, AGENT_SCOPES)
+    human = await make_key(api, ["approvals:grant"])
+    q = (await quote(api, agent, "sandbox.irreversible", RISKY)).json()
+    approval = await _request(api, agent, q["id"])
+    await _decide(api, human, approval["id"])
+    started = (
+        await execute(api, agent, {"quote_id": q["id"], "approval_id": approval["id"]})
+    ).json()
+    cancel = await api.client.post(f"/v1/jobs/{started['job_id']}/cancel", headers=api.auth(agent))
+    assert cancel.status_code == 200 and cancel.json()["state"] == "cancelled"
+    from toolcallstore.sweeper import sweep_holds
+
+    swept = await sweep_holds(_db(api), job_hold_seconds=60)
+    assert swept["holds_released"] == 1  # at once: its job can no longer run, no expiry wait
+    done = (await api.client.get(f"/v1/executions/{started['id']}", headers=api.auth(agent))).json()
+    assert done["status"] == "failed" and done["amount_usd"] == "0.000000"
+    assert await _db(api).fetch_val("SELECT COUNT(*) FROM sandbox_effects") == 0
+    await ledger_agrees(api)
+    tenant = await api.client.post("/v1/tenants", json={"name": "t2"}, headers=api.idem())
+    stranger = await make_key(api, ["receipts:read"], tenant_id=tenant.json()["id"])
+    hidden = await api.client.get(f"/v1/executions/{started['id']}", headers=api.auth(stranger))
+    assert hidden.status_code == 404
