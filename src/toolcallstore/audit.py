@@ -70,9 +70,36 @@ def append_rows(tx: SyncTransaction, rows: Iterable[Mapping[str, Any]]) -> None:
     tx.before_commit(_PENDING, _chain_pending)
 
 
+_PG_TYPES = {"ts": "bigint", "status": "integer", "cost_micros": "bigint", "latency_us": "bigint"}
+# One row, one round trip on Postgres: read and lock the head, chain the row with the same
+# digest as `_digest` (sha256 of prev_hash || the JSON array of FIELDS, `rest` being that
+# array's text after the seq), insert it and move the head. The head row, which every audited
+# write locks, is then held for this statement and the COMMIT only.
+_PG_APPEND_ONE = f"""
+WITH head AS (SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE),
+next AS (
+    SELECT seq + 1 AS seq, hash AS prev_hash, encode(sha256(convert_to(
+        hash || '[' || (seq + 1)::text || ',' || :rest::text, 'UTF8')), 'hex') AS hash
+    FROM head
+),
+added AS (
+    INSERT INTO audit_log ({", ".join(_COLUMNS)})
+    SELECT next.seq, {", ".join(f":{f}::{_PG_TYPES.get(f, 'text')}" for f in FIELDS[1:])},
+        next.prev_hash, next.hash
+    FROM next
+)
+UPDATE audit_head SET seq = next.seq, hash = next.hash FROM next WHERE audit_head.id = 1
+"""
+
+
 def _chain_pending(tx: SyncTransaction) -> None:
     rows = tx.state.pop(_PENDING, ())
     if not rows:
+        return
+    if tx.dialect == "postgresql" and len(rows) == 1:
+        fields = {f: rows[0].get(f) for f in FIELDS[1:]}
+        rest = orjson.dumps(list(fields.values())).decode()[1:]
+        tx.execute(_PG_APPEND_ONE, {**fields, "rest": rest})
         return
     lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
     head = tx.fetch_one(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")

@@ -26,3 +26,22 @@ async def test_quote_execute_receipt_for_sandbox_echo(api: Api) -> None:
     report = await ledger_agrees(api)
     assert report["total"]["customer_price_usd"] == "0.001400"
     assert ECHO_PRICE_MICROS == 1400
+
+
+async def test_billable_transactions_write_their_audit_rows_into_an_intact_chain(api: Api) -> None:
+    from toolcallstore.audit import verify_chain
+
+    agent = await make_key(api, ["llm:chat"], auto_quote_max_usd="1")
+    body = {"tool": "sandbox.echo", "params": {"message": "ünïcödé ✓"}}
+    import asyncio
+
+    results = await asyncio.gather(*(execute(api, agent, body) for _ in range(20)))
+    assert all(r.status_code == 200 for r in results)
+    svc = api.app.state.services  # type: ignore[attr-defined]
+    await svc.audit.flush()
+    reasons = await svc.db.fetch_all(
+        "SELECT reason, COUNT(*) AS n FROM audit_log WHERE reason LIKE 'hold_%' GROUP BY reason"
+    )
+    assert {r["reason"]: r["n"] for r in reasons} == {"hold_taken": 20, "hold_settled": 20}
+    report = await verify_chain(svc.db)
+    assert report.ok, report
