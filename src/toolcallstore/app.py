@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -26,19 +27,23 @@ from toolcallstore.errors import APIError, MethodNotAllowed, NotFound
 from toolcallstore.executions import SWEEP_JOB_TYPE
 from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
 from toolcallstore.ids import now_us
+from toolcallstore.lanes.catalog import load_catalog
+from toolcallstore.lanes.sender import Sender
 from toolcallstore.logs import AccessLog
 from toolcallstore.metrics import Metrics
-from toolcallstore.middleware import BodyLimitMiddleware, ObserveMiddleware
+from toolcallstore.middleware import BodyLimitMiddleware, ObserveMiddleware, SandboxMount
 from toolcallstore.pricing import load_pricing
 from toolcallstore.queue.sandbox import register_sandbox_handlers
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import NewJob
 from toolcallstore.queue.worker import PoolConfig, Registry, WorkerPool
 from toolcallstore.responses import error_response
+from toolcallstore.sandbox import create_sandbox_app
 from toolcallstore.services import Services
 from toolcallstore.settings import Settings, parse_queue_limits
 from toolcallstore.sweeper import register_control_jobs
 from toolcallstore.tools import ToolRegistry
+from toolcallstore.tools.llm import register_llm_tool
 from toolcallstore.tools.sandbox import register_sandbox_tools
 
 log = logging.getLogger("toolcallstore.app")
@@ -49,8 +54,10 @@ STOP_GRACE_SECONDS = 10.0
 def create_app(settings: Settings) -> Starlette:
     db = Database(settings.database_url, readers=settings.db_readers)
     metrics = Metrics()
-    tools = ToolRegistry(load_pricing(settings.models_file or None))
+    pricing = load_pricing(settings.models_file or None)
+    tools = ToolRegistry(pricing)
     register_sandbox_tools(tools, db)
+    lanes = load_catalog(pricing, os.environ)
     registry = Registry()
     register_sandbox_handlers(registry, db)
     register_control_jobs(registry, db, tools, job_hold_seconds=settings.job_hold_seconds)
@@ -76,7 +83,14 @@ def create_app(settings: Settings) -> Starlette:
         jobs=WorkerPool(job_store, registry, pool_config, metrics),
         job_store=job_store,
         tools=tools,
+        lanes=lanes,
     )
+
+    def sender() -> Sender:
+        assert svc.sender is not None, "the lifespan opens the sender"
+        return svc.sender
+
+    register_llm_tool(tools, lanes, sender, settings.sandbox_base())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -85,6 +99,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await migrate(db)
             svc.http = httpx.AsyncClient(transport=AiohttpTransport(), timeout=30.0)
+            svc.sender = Sender(svc.http)
             svc.tasks["audit"] = asyncio.create_task(svc.audit.run(), name="audit-writer")
             svc.tasks["maintenance"] = asyncio.create_task(maintain(svc), name="maintenance")
             svc.tasks["sweeper"] = asyncio.create_task(schedule_sweeps(svc), name="sweeper")
@@ -109,6 +124,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = svc
+    app.add_middleware(SandboxMount, sandbox=create_sandbox_app())  # outermost: no auth, no audit
     return app
 
 
@@ -133,6 +149,7 @@ async def stop_services(svc: Services) -> None:
     if svc.http is not None:
         await svc.http.aclose()
         svc.http = None
+        svc.sender = None
     await svc.db.disconnect()
 
 

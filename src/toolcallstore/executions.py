@@ -148,27 +148,32 @@ def close_execution(
     *,
     outcome: Outcome | None = None,
     error: APIError | None = None,
+    receipt_id: str | None = None,
 ) -> Row | None:
     """Settle (outcome) or release (error) the hold, write the receipt and ledger entries, and
-    finish the execution; None if someone else (the sweep, another run) already closed it."""
-    price = 0 if outcome is None else outcome.price_micros
+    finish the execution; None if someone else (the sweep, another run) already closed it.
+
+    An error with an outcome is a failure that still cost the provider something (attempts
+    that ran): the hold is released and the receipt records those costs."""
+    price = 0 if outcome is None or error is not None else outcome.price_micros
     closed = close_hold(tx, execution["hold_id"], price)
     if closed is None:
         return None
     hold, settled = closed
     if outcome is not None:
-        charge = Charge("succeeded", settled, outcome.provider_cost_micros, outcome.provider,
-                        outcome.usage, outcome.attempts, outcome.estimated)  # fmt: skip
+        charge = Charge("failed" if error else "succeeded", settled,
+                        outcome.provider_cost_micros, outcome.provider, outcome.usage,
+                        outcome.attempts, outcome.estimated, outcome.provider_costs)  # fmt: skip
     else:
         charge = Charge("failed", 0, 0, None)
-    receipt = write_receipt(tx, execution, charge, hold.period)
+    receipt = write_receipt(tx, execution, charge, hold.period, receipt_id)
     state = charge.status
     done = {
         **execution,
         "state": state,
         "receipt_id": receipt["id"],
         "price_micros": settled,
-        "result": None if outcome is None else orjson.dumps(outcome.result).decode(),
+        "result": None if outcome is None or error else orjson.dumps(outcome.result).decode(),
         "error": None if error is None else orjson.dumps(error_summary(error)).decode(),
         "finished_at": now_us(),
     }

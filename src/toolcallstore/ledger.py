@@ -30,10 +30,12 @@ class Charge:
     usage: dict[str, Any] = field(default_factory=dict)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     estimated: bool = False
+    # Provider cost split by provider when attempts went to several; else all `provider`'s.
+    provider_costs: dict[str, int] = field(default_factory=dict)
 
 
 def write_receipt(
-    tx: SyncTransaction, execution: Row, charge: Charge, period: str
+    tx: SyncTransaction, execution: Row, charge: Charge, period: str, receipt_id: str | None = None
 ) -> dict[str, Any]:
     now = now_us()
     common = {
@@ -45,7 +47,7 @@ def write_receipt(
         "created_at": now,
     }
     receipt = {
-        "id": new_id("rcpt"),
+        "id": receipt_id or new_id("rcpt"),
         **common,
         "execution_id": execution["id"],
         "quote_id": execution["quote_id"],
@@ -54,7 +56,9 @@ def write_receipt(
         "price_micros": charge.price_micros,
         "provider_cost_micros": charge.provider_cost_micros,
         "margin_micros": charge.price_micros - charge.provider_cost_micros,
-        "providers": orjson.dumps([charge.provider] if charge.provider else []).decode(),
+        "providers": orjson.dumps(
+            list(charge.provider_costs) or ([charge.provider] if charge.provider else [])
+        ).decode(),
         "attempts": orjson.dumps(charge.attempts).decode(),
         "usage": orjson.dumps(charge.usage).decode(),
         "estimated": int(charge.estimated),
@@ -67,8 +71,10 @@ def write_receipt(
     entries = []
     if charge.price_micros:
         entries.append(("charge", charge.price_micros, charge.provider))
-    if charge.provider_cost_micros:
-        entries.append(("provider_cost", charge.provider_cost_micros, charge.provider))
+    costs = charge.provider_costs or {charge.provider or "": charge.provider_cost_micros}
+    for provider, amount in costs.items():
+        if amount:
+            entries.append(("provider_cost", amount, provider or None))
     if entries:
         tx.insert_many(
             "ledger_entries",

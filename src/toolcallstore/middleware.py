@@ -124,3 +124,23 @@ class BodyLimitMiddleware:
 
     def _too_large(self) -> RequestTooLarge:
         return RequestTooLarge(f"The request body exceeds the limit of {self.max_bytes} bytes.")
+
+
+class SandboxMount:
+    """Serves the sandbox providers under /sandbox/ ahead of every other middleware: they are
+    the fake upstreams of test mode (DESIGN §8), authenticated like the real providers, not by
+    our keys, and not requests of our customers to audit."""
+
+    PREFIX = "/sandbox"
+
+    def __init__(self, app: ASGIApp, sandbox: ASGIApp) -> None:
+        self.app = app
+        self.sandbox = sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(self.PREFIX + "/"):
+            root = scope.get("root_path", "") + self.PREFIX
+            await self.sandbox({**scope, "root_path": root}, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -12,6 +12,8 @@ from toolcallstore.audit import AuditWriter
 from toolcallstore.auth import KeyCache
 from toolcallstore.db import Database
 from toolcallstore.idempotency import Idempotency
+from toolcallstore.lanes.catalog import Catalog
+from toolcallstore.lanes.sender import Sender
 from toolcallstore.metrics import Metrics
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.worker import WorkerPool
@@ -30,7 +32,9 @@ class Services:
     jobs: WorkerPool
     job_store: SqlJobStore
     tools: ToolRegistry
+    lanes: Catalog
     http: httpx.AsyncClient | None = None
+    sender: Sender | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

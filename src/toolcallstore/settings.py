@@ -45,6 +45,9 @@ class Settings:
     # Holds of job-run tools are extended by this much while their job is still live.
     job_hold_seconds: int = 3600
     hold_sweep_seconds: int = 30
+    # Where the sandbox providers answer (test-mode LLM calls go there); empty means this
+    # server's own /sandbox mount.
+    sandbox_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -64,6 +67,13 @@ class Settings:
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def sandbox_base(self) -> str:
+        if self.sandbox_url:
+            return self.sandbox_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/sandbox"
 
     @property
     def is_sqlite(self) -> bool:

@@ -4,6 +4,7 @@ from starlette.routing import BaseRoute
 
 from toolcallstore.api import (
     approvals,
+    chat,
     executions,
     health,
     jobs,
@@ -18,6 +19,7 @@ from toolcallstore.api import (
 def routes() -> list[BaseRoute]:
     # Starlette tries routes in order, one regex each: the calls agents make all day first.
     return [
+        *chat.routes,
         *executions.routes,
         *quotes.routes,
         *jobs.routes,

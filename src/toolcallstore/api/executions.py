@@ -49,6 +49,7 @@ from toolcallstore.quotes import (
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import Services, services
 from toolcallstore.tools import Estimate, Outcome, Tool, ToolCall
+from toolcallstore.tools.registry import CostlyFailure
 from toolcallstore.validation import Field, invalid, read_json_object, validate
 
 EXECUTION_FIELDS = {
@@ -184,7 +185,7 @@ async def create_execution(request: Request) -> Response:
 
 def _open(
     tx: SyncTransaction, svc: Services, principal: Principal, plan: Plan, origin: Origin,
-    claim: KeyClaim,
+    claim: KeyClaim | None,
 ) -> Opened | Answer:  # fmt: skip
     """Phase one, one transaction: key, quote, approval, hold, execution (and job)."""
     if plan.tool.mode == "job":
@@ -194,7 +195,8 @@ def _open(
     # Until the hold can have expired, a retry with this key waits (409) rather than taking
     # the key over: the sweep stores the answer of an execution whose process died.
     hold_us = int(hold_s * 1_000_000)
-    replay = claim_in(tx, claim, svc.idempotency.lock_us, fence_us=hold_us)
+    replay = None if claim is None else claim_in(tx, claim, svc.idempotency.lock_us,
+                                                 fence_us=hold_us)  # fmt: skip
     if replay is not None:
         return replay
     if plan.quote_id is None:
@@ -209,6 +211,7 @@ def _open(
                                jobs=svc.job_store)  # fmt: skip
     answer = None
     if plan.tool.mode == "job":
+        assert claim is not None
         answer = execution_object(execution)
         store_response(tx, claim.api_key_id, claim.key, 202, answer)
     return Opened(quote, execution, answer)
@@ -219,7 +222,8 @@ def _close(
 ) -> tuple[Row, int, dict[str, Any]] | None:
     """Phase three, one transaction: settle or release, receipt, ledger, stored answer."""
     if isinstance(result, APIError):
-        done = close_execution(tx, execution, origin, error=result)
+        spent = result.outcome if isinstance(result, CostlyFailure) else None
+        done = close_execution(tx, execution, origin, error=result, outcome=spent)
     else:
         done = close_execution(tx, execution, origin, outcome=result)
     if done is None:

@@ -150,6 +150,10 @@ async def retrieve_quote(request: Request) -> Response:
 
 def tool_object(tool: Tool, request: Request) -> dict[str, Any]:
     pricing = services(request).tools.pricing
+    price = None
+    if tool.billable:
+        described = tool.describe_price
+        price = described() if described else pricing.for_tool(tool.name).describe()
     return {
         "name": tool.name,
         "object": "tool",
@@ -160,7 +164,7 @@ def tool_object(tool: Tool, request: Request) -> dict[str, Any]:
         "irreversible": tool.irreversible,
         "mode": tool.mode,
         "approval": "always" if tool.risk == "high" else "above_tenant_threshold",
-        "price": pricing.for_tool(tool.name).describe() if tool.billable else None,
+        "price": price,
         "params": tool.params_doc,
     }
 

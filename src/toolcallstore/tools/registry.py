@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from toolcallstore.errors import ProviderError
 from toolcallstore.pricing import Estimate, Pricing
 
 Risk = Literal["low", "high"]
@@ -38,6 +39,15 @@ class Outcome:
     usage: dict[str, Any] = field(default_factory=dict)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     estimated: bool = False
+    provider_costs: dict[str, int] = field(default_factory=dict)
+
+
+class CostlyFailure(ProviderError):
+    """A tool failed after its provider did (and billed) some work: the receipt records it."""
+
+    def __init__(self, message: str, outcome: Outcome, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.outcome = outcome
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,9 @@ class Tool:
     execute: Callable[[ToolCall], Awaitable[Outcome]]
     params_doc: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 60.0
+    # A tool priced by usage (tokens) describes its own price basis; others have a
+    # fixed-price entry under `tools` in models.json.
+    describe_price: Callable[[], dict[str, Any]] | None = None
 
 
 class ToolRegistry:
@@ -65,7 +78,7 @@ class ToolRegistry:
     def register(self, tool: Tool) -> None:
         if tool.name in self._tools:
             raise ValueError(f"tool {tool.name!r} is already registered")
-        if tool.billable:
+        if tool.billable and tool.describe_price is None:
             self.pricing.for_tool(tool.name)  # a billable tool without a price stops start-up
         self._tools[tool.name] = tool
 

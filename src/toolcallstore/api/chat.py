@@ -1,0 +1,191 @@
+"""`POST /v1/chat/completions` (OpenAI protocol, every control on) and `GET /v1/models`.
+
+The call is quoted (inline under the key's `auto_quote_max_usd`, or by `quote_id`), its worst
+case held, before any byte goes upstream; `ChatCall` (chat.py) runs and settles it.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from toolcallstore.api.executions import Opened, Plan, _open, quote_required
+from toolcallstore.api.quotes import find_tool
+from toolcallstore.auth import Principal, authenticated, require_scope
+from toolcallstore.chat import SSE_HEADERS, ChatCall
+from toolcallstore.context import context_of
+from toolcallstore.errors import Unprocessable
+from toolcallstore.executions import Origin
+from toolcallstore.idempotency import optional_idempotency_key, replay_response
+from toolcallstore.ids import new_id
+from toolcallstore.lanes.catalog import Catalog
+from toolcallstore.lanes.openai_out import replay_chunks
+from toolcallstore.lanes.plan import CallPlan, plan_call
+from toolcallstore.lanes.request import budget_of, parse_chat_params
+from toolcallstore.money import micros_to_usd
+from toolcallstore.quotes import get_quote, params_hash
+from toolcallstore.responses import JSONResponse
+from toolcallstore.services import services
+from toolcallstore.tools import Tool
+from toolcallstore.tools.llm import CHAT_TOOL
+from toolcallstore.validation import invalid, read_json_object
+
+PATH = "/v1/chat/completions"
+
+
+async def create_chat_completion(request: Request) -> Response:
+    principal = require_scope(request, "llm:chat")
+    key = optional_idempotency_key(request)
+    body = await read_json_object(request)
+    params = parse_chat_params(body)
+    stream = _stream_flag(body)
+    svc = services(request)
+    tool = find_tool(request, CHAT_TOOL)
+    if body.get("quote_id") is not None:
+        plan, call_plan = await _from_quote(request, principal, tool, params, body)
+    else:
+        plan, call_plan = _inline(principal, tool, params, body, svc.lanes)
+    ctx = context_of(request)
+    claim = None if key is None else svc.idempotency.claim_for(request, principal, key, body)
+    origin = Origin(ctx.request_id, principal.key_id, ctx.ip, path=PATH, idempotency_key=key)
+    opened = await svc.db.run_sync(_open, svc, principal, plan, origin, claim)
+    if not isinstance(opened, Opened):
+        return _replay(opened, request, stream)
+    ctx.quote_id, ctx.approval_id = opened.quote.id, opened.execution["approval_id"]
+    receipt_id = new_id("rcpt")
+    return ChatCall(
+        svc=svc,
+        execution=opened.execution,
+        plan=call_plan,
+        params=opened.quote.params,
+        stream=stream,
+        origin=origin,
+        claim=claim,
+        receipt_id=receipt_id,
+        ctx=ctx,
+        operator=principal.has("admin"),
+        headers_out={"ToolCall-Quote-Id": opened.quote.id, "ToolCall-Receipt-Id": receipt_id},
+    )
+
+
+def _stream_flag(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalid("stream", "'stream' must be true or false.")
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise invalid("stream_options", "'stream_options' is only allowed with stream: true.")
+        if not isinstance(options, dict) or any(
+            k not in ("include_usage", "include_obfuscation") or not isinstance(v, bool)
+            for k, v in options.items()
+        ):
+            raise invalid("stream_options", "'stream_options' takes include_usage (a boolean).")
+    return bool(stream)
+
+
+async def _from_quote(
+    request: Request, principal: Principal, tool: Tool, params: dict[str, Any],
+    body: dict[str, Any],
+) -> tuple[Plan, CallPlan]:  # fmt: skip
+    quote_id, approval_id = body["quote_id"], body.get("approval_id")
+    if not isinstance(quote_id, str) or len(quote_id) > 64:
+        raise invalid("quote_id", "'quote_id' must be a quote id (q_...).")
+    if approval_id is not None and (not isinstance(approval_id, str) or len(approval_id) > 64):
+        raise invalid("approval_id", "'approval_id' must be an approval id (appr_...).")
+    if body.get("project_id") is not None:
+        raise invalid("project_id", "'project_id' comes from the quote; leave it out here.")
+    svc = services(request)
+    quote = await get_quote(svc.db, principal, quote_id)
+    if quote.tool != tool.name or params_hash(tool.name, params) != quote.params_hash:
+        raise Unprocessable(
+            "This request differs from the one quoted (tool, model, messages, tools or limits);"
+            " create a new quote for it.",
+            code="quote_mismatch",
+            param="quote_id",
+        )
+    if approval_id is not None and not quote.requires_approval:
+        raise invalid("approval_id", "This quote needs no approval; leave 'approval_id' out.")
+    call_plan = plan_call(svc.lanes, quote.params, livemode=principal.livemode,
+                          budget_micros=budget_of(quote.params))  # fmt: skip
+    plan = Plan(tool, quote.id, approval_id, quote.params, quote.project_id, None)
+    return plan, call_plan
+
+
+def _inline(
+    principal: Principal, tool: Tool, params: dict[str, Any], body: dict[str, Any],
+    catalog: Catalog,
+) -> tuple[Plan, CallPlan]:  # fmt: skip
+    if body.get("approval_id") is not None:
+        raise invalid("approval_id", "An approval belongs to a quote; send its 'quote_id' too.")
+    project_id = body.get("project_id")
+    if project_id is not None and (not isinstance(project_id, str) or len(project_id) > 64):
+        raise invalid("project_id", "'project_id' must be a project id.")
+    limit = principal.key.auto_quote_max_micros
+    asked = budget_of(params)
+    budget = limit if asked is None else asked if limit is None else min(asked, limit)
+    call_plan = plan_call(catalog, params, livemode=principal.livemode, budget_micros=budget)
+    estimate = call_plan.estimate(call_plan.lane.id)
+    if limit is None:
+        raise quote_required(tool, estimate, "This key has no auto_quote_max_usd.")
+    if asked is not None and call_plan.hold_micros > limit:
+        raise quote_required(tool, estimate, f"It may cost {micros_to_usd(call_plan.hold_micros)}"
+                             f" USD, above this key's auto_quote_max_usd of"
+                             f" {micros_to_usd(limit)}.")  # fmt: skip
+    # The budget is part of the quoted params, so the quote alone fixes what the call may do.
+    assert budget is not None
+    quoted = {**params, "max_cost_usd": micros_to_usd(budget)}
+    return Plan(tool, None, None, quoted, project_id, estimate), call_plan
+
+
+def _replay(answer: tuple[int, Any], request: Request, stream: bool) -> Response:
+    status, content = answer
+    if not stream or status != 200:
+        return replay_response(answer, request)
+    context_of(request).reason = "idempotent_replay"
+    headers = {k.decode(): v.decode() for k, v in SSE_HEADERS}
+    headers["Idempotent-Replayed"] = "true"
+    return Response(b"".join(replay_chunks(content)), headers=headers)
+
+
+async def list_models(request: Request) -> Response:
+    authenticated(request)
+    catalog = services(request).lanes
+    data: list[dict[str, Any]] = []
+    for lane in catalog.lanes.values():
+        data.append({"id": lane.id, "object": "model", "created": 0, "owned_by": "toolcallstore",
+                     "kind": "lane", "description": lane.description,
+                     "targets": list(lane.targets),
+                     "policy": {"order": lane.order, "hedge_after_ms": lane.hedge_after_ms,
+                                "max_parallel": lane.max_parallel,
+                                "resume_mid_stream": lane.resume_mid_stream}})  # fmt: skip
+    for alias, goal in catalog.aliases.items():
+        data.append({"id": alias, "object": "model", "created": 0, "owned_by": "toolcallstore",
+                     "kind": "alias", "alias_of": goal})  # fmt: skip
+    for model in catalog.models.values():
+        data.append({"id": model.id, "object": "model", "created": 0,
+                     "owned_by": model.target.provider, "kind": "target",
+                     "context_tokens": model.context_tokens,
+                     "max_output_tokens": model.max_output_tokens,
+                     "supports_tools": model.supports_tools,
+                     "pricing": {"input_usd_per_mtok": _ours(model.input_per_mtok, catalog),
+                                 "output_usd_per_mtok": _ours(model.output_per_mtok, catalog),
+                                 "fee_usd_per_call": str(catalog.fee)}})  # fmt: skip
+    return JSONResponse({"object": "list", "data": data})
+
+
+def _ours(provider_price: Decimal, catalog: Catalog) -> str:
+    """Our list price per million tokens (the provider's price stays the operator's)."""
+    return f"{(provider_price * (1 + catalog.markup)).normalize():f}"
+
+
+routes = [
+    Route(PATH, create_chat_completion, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+]

@@ -1,0 +1,257 @@
+"""A chat call after its hold is taken: run the lane, stream or assemble the answer, settle.
+
+`ChatCall` is the ASGI response of `POST /v1/chat/completions`. It sends nothing until the lane
+has a first token, so a call that fails on every target is still a plain HTTP error (502
+`all_providers_failed`, its hold released). Once streaming, it settles before the last chunk,
+which carries the usage and the `toolcall` object (receipt, cost, target, attempts); a failure
+after the first token ends the stream with an in-band error chunk and settles what was
+delivered. A client that disconnects cancels the work: the upstream is closed at once and what
+was produced is settled all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from toolcallstore.context import RequestContext
+from toolcallstore.db import Row, SyncTransaction
+from toolcallstore.errors import APIError, InternalError, InvalidRequest, ProviderError
+from toolcallstore.executions import Origin, close_execution
+from toolcallstore.idempotency import KeyClaim, store_response
+from toolcallstore.lanes.base import StreamError
+from toolcallstore.lanes.openai_out import DONE, Assembly
+from toolcallstore.lanes.plan import CallPlan
+from toolcallstore.lanes.router import AllProvidersFailed, Attempt, LaneCall, Refused
+from toolcallstore.lanes.settlement import attempt_record, settlement_of
+from toolcallstore.services import Services
+from toolcallstore.tools import Outcome
+
+log = logging.getLogger("toolcallstore.chat")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # no proxy buffering (Caddy flushes SSE anyway)
+]
+
+
+@dataclass
+class Settlement:
+    outcome: Outcome
+    error: APIError | None
+    usage: dict[str, Any]
+    toolcall: dict[str, Any]
+
+
+@dataclass(eq=False)
+class ChatCall(Response):
+    svc: Services
+    execution: Row
+    plan: CallPlan
+    params: dict[str, Any]
+    stream: bool
+    origin: Origin
+    claim: KeyClaim | None
+    receipt_id: str
+    ctx: RequestContext
+    operator: bool
+    headers_out: dict[str, str] = field(default_factory=dict)
+    settled: Settlement | None = None
+    _call: LaneCall | None = None
+    _assembly: Assembly | None = None
+    _error: StreamError | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.svc.sender is not None
+        self._call = LaneCall(self.svc.sender, self.plan, self.params,
+                              bool(self.execution["livemode"]),
+                              self.svc.settings.sandbox_base())  # fmt: skip
+        self._assembly = Assembly(f"chatcmpl-{self.execution['id']}", int(time.time()))
+        work = asyncio.create_task(self._run(send))
+        watcher = asyncio.create_task(_watch_disconnect(receive, work))
+        try:
+            await asyncio.wait({work})
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            watcher.cancel()
+            if self.settled is None:  # disconnected, cancelled or failed mid-way
+                await asyncio.shield(self._settle_quietly())
+        if not work.cancelled() and work.exception() is not None:
+            log.error("chat call failed", exc_info=work.exception())
+
+    async def _run(self, send: Send) -> None:
+        assert self._call is not None and self._assembly is not None
+        events = self._call.events()
+        async with contextlib.aclosing(events):
+            try:
+                first = await anext(events)
+            except AllProvidersFailed as failed:
+                await self._refuse(send, _all_failed(failed.attempts, self.operator))
+                return
+            except Refused as refused:
+                await self._refuse(send, _refusal(refused))
+                return
+            winner = self._call.winner
+            assert winner is not None
+            self._assembly.model = winner.target
+            if self.stream:
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [*SSE_HEADERS, *self._extra_headers()]})  # fmt: skip
+            await self._emit(first, send)
+            async for event in events:
+                await self._emit(event, send)
+        await self._finish(send)
+
+    async def _emit(self, event: Any, send: Send) -> None:
+        assert self._assembly is not None
+        if isinstance(event, StreamError):
+            self._error = event
+            return
+        choice = self._assembly.add(event)
+        if choice is not None and self.stream:
+            body = self._assembly.chunk(choice)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def _finish(self, send: Send) -> None:
+        assert self._assembly is not None
+        error = None
+        if self._error is not None:
+            error = ProviderError(
+                f"The provider's stream failed after the first token ({self._error.code}):"
+                f" {self._error.message}",
+                code="stream_interrupted",
+            )
+        settled = await self._settle(error, charge_delivered=self.stream)
+        if settled is None:
+            return
+        assembly = self._assembly
+        if not self.stream:
+            if settled.error is not None:
+                await self._send_json(send, settled.error.status, self._envelope(settled))
+            else:
+                body = assembly.completion(settled.usage, settled.toolcall)
+                await self._send_json(send, 200, body)
+            return
+        if self._error is not None:
+            info = {"code": "stream_interrupted", "message": error.message if error else "",
+                    "type": "provider_error"}  # fmt: skip
+            tail = assembly.error_chunk(info, settled.usage, settled.toolcall)
+        else:
+            tail = assembly.final_chunk(settled.usage, settled.toolcall) + DONE
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _refuse(self, send: Send, error: APIError) -> None:
+        settled = await self._settle(error, charge_delivered=False)
+        if settled is not None:
+            await self._send_json(send, error.status, self._envelope(settled))
+
+    def _envelope(self, settled: Settlement) -> dict[str, Any]:
+        assert settled.error is not None
+        envelope = settled.error.envelope(self.ctx.request_id)
+        envelope["error"]["toolcall"] = settled.toolcall
+        return envelope
+
+    async def _send_json(self, send: Send, status: int, content: dict[str, Any]) -> None:
+        body = orjson.dumps(content)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *self._extra_headers(),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(k.lower().encode(), v.encode()) for k, v in self.headers_out.items()]
+
+    async def _settle_quietly(self) -> None:
+        assert self._call is not None
+        gone = APIError("The client closed the connection; what was delivered is charged.",
+                        status=499, code="client_disconnected")  # fmt: skip
+        try:
+            await self._settle(gone, charge_delivered=self._call.winner is not None)
+        except Exception:
+            log.exception("could not settle an interrupted chat call; the sweep will release it")
+
+    async def _settle(self, error: APIError | None, *, charge_delivered: bool) -> Settlement | None:
+        """Close the execution: what reached the client is charged when `charge_delivered`
+        (else nothing is), every attempt's provider cost is recorded, and the answer an
+        Idempotency-Key replays is stored: the completion, or the error that ended the call."""
+        assert self._call is not None and self._assembly is not None
+        if self.settled is not None:
+            return self.settled
+        outcome, usage, toolcall = settlement_of(
+            self._call,
+            self.plan,
+            self.svc.lanes,
+            self.receipt_id,
+            self.operator,
+            charge=charge_delivered or error is None,
+        )
+        settled = Settlement(outcome, None if charge_delivered else error, usage, toolcall)
+        if error is not None and charge_delivered:
+            settled.usage["incomplete"] = True
+        self.settled = settled
+        content: dict[str, Any]
+        if error is not None:
+            status, content = error.status, error.envelope(self.ctx.request_id)
+            content["error"]["toolcall"] = settled.toolcall
+        else:
+            status = 200
+            content = self._assembly.completion(settled.usage, settled.toolcall)
+        done = await self.svc.db.run_sync(_close, self.execution, self.origin, self.claim,
+                                          settled, self.receipt_id, status, content)  # fmt: skip
+        if done is None:
+            raise InternalError("The call was interrupted.", code="execution_interrupted")
+        self.ctx.receipt_id = self.receipt_id
+        self.ctx.cost_micros = settled.outcome.price_micros
+        return settled
+
+
+def _close(
+    tx: SyncTransaction, execution: Row, origin: Origin, claim: KeyClaim | None,
+    settled: Settlement, receipt_id: str, status: int, content: dict[str, Any],
+) -> Row | None:  # fmt: skip
+    done = close_execution(tx, execution, origin, outcome=settled.outcome, error=settled.error,
+                           receipt_id=receipt_id)  # fmt: skip
+    if done is not None and claim is not None:
+        store_response(tx, claim.api_key_id, claim.key, status, content)
+    return done
+
+
+def _all_failed(attempts: list[Attempt], operator: bool) -> APIError:
+    tried = ", ".join(f"{a.target} ({a.error.code if a.error else a.outcome})" for a in attempts)
+    if attempts and all(a.error and a.error.code == "context_length_exceeded" for a in attempts):
+        return InvalidRequest(f"The prompt is too long for every target tried: {tried}.",
+                              code="context_length_exceeded", param="messages")  # fmt: skip
+    return ProviderError(
+        f"Every target failed before its first token: {tried}. The hold was released.",
+        code="all_providers_failed",
+        attempts=[attempt_record(a, operator) for a in attempts],
+    )
+
+
+def _refusal(refused: Refused) -> APIError:
+    return InvalidRequest(
+        f"{refused.attempts[-1].target} refused the request: {refused.error.message}"[:500],
+        code="content_policy_violation",
+    )
+
+
+async def _watch_disconnect(receive: Receive, work: asyncio.Task[None]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            work.cancel()
+            return

@@ -1,0 +1,158 @@
+"""What a chat call may cost before it starts (DESIGN §7): the targets it may use, the
+`max_tokens` each gets, and the worst case held against the caps.
+
+Worst case of an attempt = estimated prompt tokens x input price + max_tokens x output price,
+marked up. No tokenizer can be downloaded here, so prompt tokens are estimated from bytes on the
+high side (a token is rarely shorter than 3 bytes of JSON); settlement uses the provider's
+reported usage and is clamped to the hold. When the caller sends no `max_tokens`, it is derived
+from the budget. Targets whose worst case cannot fit the budget are left out; if none fits, the
+call is refused with 422 `max_cost_too_low` naming the minimum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+import orjson
+
+from toolcallstore.errors import InvalidRequest, NotFound, Unavailable, Unprocessable
+from toolcallstore.lanes.catalog import MILLION, Catalog, Lane, Model
+from toolcallstore.money import micros_to_usd
+from toolcallstore.pricing import Estimate, to_micros_up
+
+BYTES_PER_TOKEN = 3
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_CALL = 8
+
+
+def estimate_prompt_tokens(params: dict[str, Any]) -> int:
+    """An upper estimate of the prompt's tokens from its JSON size."""
+    size = len(orjson.dumps(params["messages"]))
+    if params.get("tools"):
+        size += len(orjson.dumps(params["tools"]))
+    messages = len(params["messages"])
+    return math.ceil(size / BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE * messages + TOKENS_PER_CALL
+
+
+def estimate_output_tokens(text_bytes: int) -> int:
+    return math.ceil(text_bytes / BYTES_PER_TOKEN)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: Model
+    max_tokens: int
+    worst_cost: Decimal  # the provider's price of the worst case, USD
+    worst_price_micros: int  # the customer's
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    lane: Lane
+    prompt_tokens: int  # estimated
+    candidates: list[Candidate]
+
+    @property
+    def hold_micros(self) -> int:
+        """One attempt is charged: hold the dearest one that may run."""
+        return max(c.worst_price_micros for c in self.candidates)
+
+    def estimate(self, name: str) -> Estimate:
+        worst = max(self.candidates, key=lambda c: c.worst_price_micros)
+        lines = [
+            {
+                "description": f"{c.model.id}: up to {self.prompt_tokens} prompt +"
+                f" {c.max_tokens} completion tokens",
+                "target": c.model.id,
+                "max_tokens": c.max_tokens,
+                "input_usd_per_mtok": str(c.model.input_per_mtok),
+                "output_usd_per_mtok": str(c.model.output_per_mtok),
+                "amount_usd": micros_to_usd(c.worst_price_micros),
+            }
+            for c in self.candidates
+        ]
+        cost = to_micros_up(worst.worst_cost)
+        hold = self.hold_micros
+        return Estimate(hold, hold, cost, name, lines)
+
+
+def customer_price(catalog: Catalog, cost: Decimal) -> int:
+    return to_micros_up(cost * (1 + catalog.markup) + catalog.fee)
+
+
+def plan_call(
+    catalog: Catalog, params: dict[str, Any], *, livemode: bool, budget_micros: int | None
+) -> CallPlan:
+    """The candidates of a call under `budget_micros` (None: no budget but the model limits)."""
+    resolved = catalog.resolve(params["model"])
+    if resolved is None:
+        raise NotFound(f"No lane, alias or target '{params['model'][:200]}'; GET /v1/models"
+                       " lists them.", code="model_not_found", param="model")  # fmt: skip
+    lane, models = resolved
+    if livemode:
+        models = [m for m in models if m.api_key is not None and m.base_url_ready]
+        if not models:
+            raise Unavailable(
+                f"No target of '{params['model'][:200]}' has a provider key configured on this"
+                " server; test-mode keys use the sandbox.",
+                code="provider_not_configured",
+            )
+    prompt = estimate_prompt_tokens(params)
+    wanted = params.get("max_tokens")
+    candidates, cheapest = [], None
+    for model in models:
+        if params.get("tools") and not model.supports_tools:
+            continue
+        room = min(model.max_output_tokens, model.context_tokens - prompt)
+        if room < 1 or (wanted is not None and wanted > room):
+            continue
+        tokens = wanted if wanted is not None else room
+        least = customer_price(catalog, model.cost(prompt, min(tokens, wanted or 1)))
+        cheapest = least if cheapest is None else min(cheapest, least)
+        if budget_micros is not None:
+            tokens = min(tokens, _affordable(catalog, model, prompt, budget_micros))
+            if tokens < 1 or (wanted is not None and tokens < wanted):
+                continue
+        cost = model.cost(prompt, tokens)
+        candidates.append(Candidate(model, tokens, cost, customer_price(catalog, cost)))
+    if candidates:
+        return CallPlan(lane, prompt, candidates)
+    if cheapest is None:
+        raise InvalidRequest(
+            f"No target of '{params['model'][:200]}' can take this prompt (about {prompt} tokens"
+            + (f" plus max_tokens {wanted}" if wanted else "")
+            + (" with tools" if params.get("tools") else "")
+            + "): it exceeds their context or output limits.",
+            code="context_length_exceeded",
+            param="messages",
+        )
+    assert budget_micros is not None
+    raise Unprocessable(
+        f"max_cost_usd {micros_to_usd(budget_micros)} cannot pay for this call: its cheapest"
+        f" target needs at least {micros_to_usd(cheapest)} USD"
+        + (f" for max_tokens {wanted}." if wanted else " for one completion token."),
+        code="max_cost_too_low",
+        param="max_cost_usd",
+        minimum_usd=micros_to_usd(cheapest),
+    )
+
+
+def _affordable(catalog: Catalog, model: Model, prompt: int, budget_micros: int) -> int:
+    """The most completion tokens whose worst case the budget pays for (0 if none)."""
+    # One micro less than the budget: the price is rounded up to the micro afterwards.
+    budget = Decimal(budget_micros - 1) / MILLION
+    spendable = (budget - catalog.fee) / (1 + catalog.markup) - prompt * model.input_per_mtok / (
+        MILLION
+    )
+    if spendable <= 0:
+        return 0
+    if model.output_per_mtok == 0:
+        return model.max_output_tokens
+    tokens = int((spendable * MILLION / model.output_per_mtok).to_integral_value(ROUND_FLOOR))
+    tokens = min(tokens, model.max_output_tokens)
+    while tokens > 0 and customer_price(catalog, model.cost(prompt, tokens)) > budget_micros:
+        tokens -= 1  # not reached unless Decimal's precision rounded the division up
+    return tokens

@@ -1,0 +1,86 @@
+"""The one sender: every translator's request goes out through here, on the shared
+`httpx.AsyncClient` (DESIGN §9), and every transport failure comes back as an `UpstreamError`.
+
+Test-mode calls never leave the machine: a target whose base URL is not loopback is sent to the
+sandbox fake of its protocol instead (DESIGN §8), so a test key cannot spend real money.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+import httpx
+
+from toolcallstore.lanes.base import Target, Translator, UpstreamError, UpstreamRequest
+
+SANDBOX_PATHS = {"openai": "/openai/v1", "anthropic": "/anthropic/v1", "gemini": "/gemini/v1beta"}
+SANDBOX_KEY = "sandbox"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+MAX_ERROR_BODY = 64 * 1024
+
+
+class UpstreamFailed(Exception):
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def route_target(
+    target: Target, api_key: str | None, *, livemode: bool, sandbox_url: str
+) -> tuple[Target, str]:
+    """Where a call to `target` really goes, and with which key."""
+    base = target.base_url.replace("{sandbox}", sandbox_url.rstrip("/"))
+    if not livemode and urlsplit(base).hostname not in LOOPBACK_HOSTS:
+        base = sandbox_url.rstrip("/") + SANDBOX_PATHS[target.protocol]
+        return replace(target, base_url=base), SANDBOX_KEY
+    return replace(target, base_url=base), api_key or SANDBOX_KEY
+
+
+class Sender:
+    def __init__(self, http: httpx.AsyncClient, *, connect_timeout_s: float = 10.0) -> None:
+        self._http = http
+        self._timeout = httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=30.0)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, translator: Translator, request: UpstreamRequest
+    ) -> AsyncIterator[httpx.Response]:
+        """The open 2xx response of `request`; a non-2xx answer or a transport failure raises
+        UpstreamFailed. Leaving the block closes the connection (the upstream stops)."""
+        built = self._http.build_request(
+            request.method, request.url, headers=request.headers, json=request.body,
+            timeout=self._timeout,
+        )  # fmt: skip
+        try:
+            response = await self._http.send(built, stream=True)
+        except httpx.TransportError as exc:
+            raise UpstreamFailed(_transport_error(exc)) from None
+        try:
+            if response.status_code >= 300:
+                body = await _bounded_body(response)
+                raise UpstreamFailed(translator.error(response.status_code, response.headers, body))
+            yield response
+        finally:
+            await response.aclose()
+
+
+async def _bounded_body(response: httpx.Response) -> bytes:
+    chunks, size = [], 0
+    try:
+        async for chunk in response.aiter_raw():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= MAX_ERROR_BODY:
+                break
+    except httpx.TransportError:
+        pass  # the status says enough
+    return b"".join(chunks)[:MAX_ERROR_BODY]
+
+
+def _transport_error(exc: httpx.TransportError) -> UpstreamError:
+    kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error"
+    message = f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+    return UpstreamError(status=0, code=kind, message=message, retryable=True)

@@ -1,0 +1,96 @@
+"""`llm.chat`: a chat completion as a tool, so it can be quoted, approved and run through
+`/v1/executions` like any other; `/v1/chat/completions` uses the same params, price and quotes.
+Priced by tokens (lanes/plan.py) rather than by a fixed `tools` entry in models.json."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from toolcallstore.lanes.base import StreamError
+from toolcallstore.lanes.catalog import Catalog
+from toolcallstore.lanes.openai_out import Assembly
+from toolcallstore.lanes.plan import plan_call
+from toolcallstore.lanes.request import budget_of, parse_chat_params
+from toolcallstore.lanes.router import AllProvidersFailed, LaneCall, Refused
+from toolcallstore.lanes.sender import Sender
+from toolcallstore.lanes.settlement import settlement_of
+from toolcallstore.money import micros_to_usd
+from toolcallstore.pricing import Estimate, Pricing
+from toolcallstore.tools.registry import CostlyFailure, Outcome, Tool, ToolCall, ToolRegistry
+
+CHAT_TOOL = "llm.chat"
+TIMEOUT_S = 600.0
+
+
+def register_llm_tool(
+    tools: ToolRegistry, catalog: Catalog, sender: Callable[[], Sender], sandbox_url: str
+) -> None:
+    """Register `llm.chat`; `sender` gives the shared sender once the lifespan opened it."""
+
+    def price(params: dict[str, Any], pricing: Pricing) -> Estimate:
+        # Quoted over every target of the lane: a live call uses those with keys, a subset,
+        # so its worst case is never above the quote's.
+        plan = plan_call(catalog, params, livemode=False, budget_micros=budget_of(params))
+        return plan.estimate(plan.lane.id)
+
+    async def execute(call: ToolCall) -> Outcome:
+        plan = plan_call(catalog, call.params, livemode=call.livemode,
+                         budget_micros=budget_of(call.params))  # fmt: skip
+        lane_call = LaneCall(sender(), plan, call.params, call.livemode, sandbox_url)
+        assembly = Assembly(f"chatcmpl-{call.execution_id}", int(time.time()))
+        cut: StreamError | None = None
+        try:
+            async with contextlib.aclosing(lane_call.events()) as events:
+                async for event in events:
+                    if isinstance(event, StreamError):
+                        cut = event
+                    else:
+                        assembly.add(event)
+        except (AllProvidersFailed, Refused):
+            cut = StreamError("all_providers_failed", "Every target failed before its first token.")
+        outcome, usage, toolcall = settlement_of(lane_call, plan, catalog, None,
+                                                 charge=cut is None)  # fmt: skip
+        if cut is not None or lane_call.winner is None:
+            code = cut.code if cut else "all_providers_failed"
+            kind = code if code == "all_providers_failed" else "stream_interrupted"
+            raise CostlyFailure(f"The call failed ({code}); nothing was charged.", outcome,
+                                code=kind, attempts=toolcall["attempts"])  # fmt: skip
+        assembly.model = lane_call.winner.target
+        result = assembly.completion(usage, toolcall)
+        return Outcome(result, outcome.price_micros, outcome.provider_cost_micros,
+                       outcome.provider, outcome.usage, outcome.attempts, outcome.estimated,
+                       outcome.provider_costs)  # fmt: skip
+
+    def describe() -> dict[str, Any]:
+        return {
+            "basis": "per_token",
+            "description": "usage x the answering target's price per million tokens"
+            f" x (1 + {catalog.markup}) + {micros_to_usd(0)} fee; at most max_cost_usd",
+        }
+
+    tools.register(
+        Tool(
+            name=CHAT_TOOL,
+            description="A chat completion on a lane, an alias or one target (GET /v1/models).",
+            scope="llm:chat",
+            risk="low",
+            billable=True,
+            irreversible=False,
+            mode="sync",
+            parse_params=parse_chat_params,
+            price=price,
+            execute=execute,
+            params_doc={
+                "model": "a lane, alias or target",
+                "messages": "OpenAI chat messages",
+                "max_tokens": "optional; derived from max_cost_usd when absent",
+                "max_cost_usd": "optional cap on the price",
+                "tools": "optional OpenAI function tools",
+            },
+            timeout_s=TIMEOUT_S,
+            describe_price=describe,
+        )
+    )
