@@ -198,10 +198,9 @@ class ChatCall(Response):
             self.receipt_id,
             self.operator,
             charge=charge_delivered or error is None,
+            incomplete=error is not None and charge_delivered,
         )
         settled = Settlement(outcome, None if charge_delivered else error, usage, toolcall)
-        if error is not None and charge_delivered:
-            settled.usage["incomplete"] = True
         self.settled = settled
         content: dict[str, Any]
         if error is not None:

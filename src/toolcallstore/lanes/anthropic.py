@@ -112,6 +112,8 @@ def _error_code(status: int, message: str) -> str:
     lowered = message.lower()
     if "prompt is too long" in lowered or "exceed context limit" in lowered:
         return "context_length_exceeded"
+    if "content filtering policy" in lowered:  # a refusal: no other target is tried
+        return "content_policy"
     if "credit balance is too low" in lowered:  # a 400, but it is the account, not the request
         return "quota_exceeded"
     return code

@@ -105,6 +105,8 @@ def _error_code(status: int, error: dict[str, Any], message: str) -> str:
     lowered = message.lower()
     if "api key not valid" in lowered:  # Gemini answers a bad key with 400 INVALID_ARGUMENT
         return "authentication"
+    if "blockreason" in lowered or "usage policy" in lowered:  # a refusal, not a fault
+        return "content_policy"
     if "exceeds the maximum" in lowered or "token limit" in lowered:
         return "context_length_exceeded"
     return code

@@ -142,8 +142,9 @@ def plan_call(
 
 def _affordable(catalog: Catalog, model: Model, prompt: int, budget_micros: int) -> int:
     """The most completion tokens whose worst case the budget pays for (0 if none)."""
-    # One micro less than the budget: the price is rounded up to the micro afterwards.
-    budget = Decimal(budget_micros - 1) / MILLION
+    # An exact price within the budget stays within it once rounded up to the micro, as the
+    # budget is a whole number of micros.
+    budget = Decimal(budget_micros) / MILLION
     spendable = (budget - catalog.fee) / (1 + catalog.markup) - prompt * model.input_per_mtok / (
         MILLION
     )

@@ -23,9 +23,11 @@ def settlement_of(
     operator: bool = True,
     *,
     charge: bool = True,
+    incomplete: bool = False,
 ) -> tuple[Outcome, dict[str, Any], dict[str, Any]]:
     """The outcome to settle, the OpenAI `usage` and our `toolcall` object of a call; with
-    `charge` False the customer pays nothing (the answer never reached them)."""
+    `charge` False the customer pays nothing (the answer never reached them); `incomplete`
+    marks an answer that ended early (a cut stream, a client that hung up)."""
     winner = call.winner
     by_provider: dict[str, Decimal] = defaultdict(Decimal)
     for attempt in call.attempts:
@@ -39,6 +41,8 @@ def settlement_of(
                  "total_tokens": prompt + completion}  # fmt: skip
         if charge:
             price = min(customer_price(catalog, winner.cost), winner.worst_price_micros)
+    if incomplete:
+        usage["incomplete"] = True
     estimated = winner is not None and winner.estimated
     outcome = Outcome(
         result={"object": "chat.completion", "target": winner.target if winner else None,

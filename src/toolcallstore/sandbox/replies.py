@@ -165,8 +165,8 @@ def reply_words(conversation: Conversation, count: int) -> list[str]:
     else:
         words = ["Sandbox", "reply", "from", f"{conversation.model}:"]
     words += conversation.last_text.split()[: max(0, count - len(words))]
-    while len(words) < count:
-        words.append(FILLER[len(words) % len(FILLER)])
+    missing = max(0, count - len(words))
+    words += [FILLER[i % len(FILLER)] for i in range(missing)]
     return words[:count]
 
 

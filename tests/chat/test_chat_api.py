@@ -1,0 +1,233 @@
+"""`/v1/chat/completions` under the controls: quotes, executions of `llm.chat`, idempotent
+replays, refusals of bad input, `/v1/models`, and a client that hangs up mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from tests.chat.helpers import Live, live_server, models_file, price_micros, sse_payloads
+from tests.conftest import free_port
+from toolcallstore.money import micros_to_usd
+from toolcallstore.settings import Settings
+
+BODY = {"model": "lane", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30}
+
+
+@pytest.fixture
+async def live(settings: Settings, tmp_path: Path) -> AsyncIterator[Live]:
+    file = models_file(tmp_path, {"sb": ("openai", None)}, {"lane": ["sb"]})
+    async with live_server(settings.with_(models_file=str(file))) as server:
+        yield server
+
+
+async def post(live: Live, key: str, body: dict[str, Any], **headers: str) -> Any:
+    return await live.client.post(
+        "/v1/chat/completions", json=body, headers={**live.auth(key), **headers}
+    )
+
+
+async def test_a_quote_pays_for_exactly_the_quoted_call_once(live: Live) -> None:
+    key = await live.agent_key(auto_quote_max_usd=None)
+    r = await live.client.post("/v1/quotes", json={"tool": "llm.chat", "params": BODY},
+                               headers={**live.auth(key), "Idempotency-Key": "q1"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    quote = r.json()
+    assert quote["breakdown"]["lines"][0]["max_tokens"] == 30
+    r = await post(live, key, {**BODY, "messages": [{"role": "user", "content": "bye"}],
+                               "quote_id": quote["id"]})  # fmt: skip
+    assert r.status_code == 422 and r.json()["error"]["code"] == "quote_mismatch"
+    r = await post(live, key, {**BODY, "quote_id": quote["id"], "stream": True})
+    assert r.status_code == 200, r.text
+    assert r.headers["ToolCall-Quote-Id"] == quote["id"]
+    last = sse_payloads(r.content)[-2]
+    assert float(last["toolcall"]["cost_usd"]) <= float(quote["max_cost_usd"])
+    again = await post(live, key, {**BODY, "quote_id": quote["id"]})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "quote_already_used"
+    await live.balanced()
+
+
+async def test_without_auto_quote_a_key_must_quote_first(live: Live) -> None:
+    key = await live.agent_key(auto_quote_max_usd=None)
+    r = await post(live, key, BODY)
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "quote_required"
+
+
+async def test_llm_chat_runs_through_executions_like_any_tool(live: Live) -> None:
+    key = await live.agent_key()
+    r = await live.client.post("/v1/executions", json={"tool": "llm.chat", "params": BODY},
+                               headers={**live.auth(key), "Idempotency-Key": "e1"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    execution = r.json()
+    completion = execution["result"]
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"]["content"].startswith("Sandbox reply")
+    usage = completion["usage"]
+    charged = micros_to_usd(price_micros(usage["prompt_tokens"], usage["completion_tokens"]))
+    assert execution["amount_usd"] == charged
+    receipt = await live.receipt(execution["receipt_id"])
+    assert receipt["amount_usd"] == charged and receipt["tool"] == "llm.chat"
+    await live.balanced()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_idempotent_retry_replays_the_answer_and_charges_once(
+    live: Live, stream: bool
+) -> None:
+    key = await live.agent_key()
+    idem = secrets.token_hex(8)
+    first = await post(live, key, {**BODY, "stream": stream}, **{"Idempotency-Key": idem})
+    second = await post(live, key, {**BODY, "stream": stream}, **{"Idempotency-Key": idem})
+    assert first.status_code == second.status_code == 200
+    assert second.headers["Idempotent-Replayed"] == "true"
+    if stream:
+        text = [streamed_text(r.content) for r in (first, second)]
+        assert text[0] == text[1] != ""
+        assert sse_payloads(second.content)[-1] == "[DONE]"
+    else:
+        assert first.json() == second.json()
+    r = await live.client.get("/v1/receipts", headers=live.auth())
+    assert len(r.json()["data"]) == 1  # one call, one receipt
+    other = await post(live, key, {**BODY, "max_tokens": 31}, **{"Idempotency-Key": idem})
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    await live.balanced()
+
+
+def streamed_text(body: bytes) -> str:
+    chunks = [p for p in sse_payloads(body) if isinstance(p, dict) and p["choices"]]
+    return "".join(p["choices"][0]["delta"].get("content") or "" for p in chunks)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({**BODY, "temprature": 1}, 400, "temprature"),
+        ({**BODY, "messages": []}, 400, "messages"),
+        ({**BODY, "messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
+        ({**BODY, "max_tokens": 0}, 400, "max_tokens"),
+        ({**BODY, "max_cost_usd": "-1"}, 400, "max_cost_usd"),
+        ({**BODY, "tools": [{"type": "function"}]}, 400, "tools[0]"),
+        ({**BODY, "tool_choice": {"type": "function", "function": {"name": "x"}}}, 400,
+         "tool_choice"),
+        ({**BODY, "stream": "yes"}, 400, "stream"),
+        ({**BODY, "model": "no-such-model"}, 404, "model"),
+        ({**BODY, "max_tokens": 5000}, 400, "messages"),  # above the target's 1000 output
+    ],
+)  # fmt: skip
+async def test_bad_input_is_a_clear_error_naming_the_field_and_holds_nothing(
+    live: Live, body: dict[str, Any], status: int, param: str
+) -> None:
+    key = await live.agent_key()
+    r = await post(live, key, body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param
+    count = await live.app.state.services.db.fetch_val("SELECT COUNT(*) FROM holds")
+    assert count == 0
+
+
+async def test_a_key_without_llm_chat_is_refused(live: Live) -> None:
+    r = await live.client.post("/v1/keys", json={"scopes": ["receipts:read"]},
+                               headers={**live.auth(), "Idempotency-Key": "k"})  # fmt: skip
+    r = await post(live, r.json()["secret"], BODY)
+    assert r.status_code == 403 and r.json()["error"]["required_scope"] == "llm:chat"
+
+
+async def test_models_lists_lanes_aliases_and_targets_at_our_prices(live: Live) -> None:
+    key = await live.agent_key()
+    r = await live.client.get("/v1/models", headers=live.auth(key))
+    assert r.status_code == 200
+    models = {m["id"]: m for m in r.json()["data"]}
+    assert {"premium", "breadth", "low-cost", "lane"} <= set(models)
+    assert models["lane"]["targets"] == ["sb/sandbox-model"]
+    # $1 per million from the provider, marked up 20%: the customer's price, not the cost.
+    assert models["sb/sandbox-model"]["pricing"]["input_usd_per_mtok"] == "1.2"
+
+
+# --- a client that hangs up -------------------------------------------------------------------
+
+
+class SlowUpstream:
+    """An OpenAI-protocol upstream streaming one word every 50 ms for 30 s, which records how
+    much it sent and when its stream was closed."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.closed = asyncio.Event()
+
+    async def handle(self, request: Request) -> StreamingResponse:
+        async def words() -> AsyncIterator[bytes]:
+            try:
+                for _ in range(600):
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0,
+                             "model": "slow", "choices": [{"index": 0, "delta":
+                             {"content": "word "}, "finish_reason": None}]}  # fmt: skip
+                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    self.sent += 1
+                    await asyncio.sleep(0.05)
+            finally:
+                self.closed.set()
+
+        return StreamingResponse(words(), media_type="text/event-stream")
+
+
+async def test_a_client_disconnect_closes_the_upstream_and_settles_what_was_delivered(
+    settings: Settings, tmp_path: Path
+) -> None:
+    upstream = SlowUpstream()
+    port = free_port()
+    app = Starlette(routes=[Route("/v1/chat/completions", upstream.handle, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))  # fmt: skip
+    serving = asyncio.create_task(server.serve())
+    file = models_file(tmp_path, {"slow": ("openai", None)}, {"lane": ["slow"]})
+    data = orjson.loads(file.read_bytes())
+    data["providers"]["slow"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+    file.write_bytes(orjson.dumps(data))
+    try:
+        async with live_server(settings.with_(models_file=str(file))) as live:
+            key = await live.agent_key()
+            body = {**BODY, "stream": True, "max_tokens": 1000}
+            async with live.client.stream("POST", "/v1/chat/completions", json=body,
+                                          headers=live.auth(key)) as r:  # fmt: skip
+                assert r.status_code == 200
+                receipt_id = r.headers["ToolCall-Receipt-Id"]
+                seen = 0
+                async for line in r.aiter_lines():
+                    seen += line.startswith("data: ")
+                    if seen == 3:
+                        break
+            # Leaving the block hung up; the gateway must close its upstream stream.
+            await asyncio.wait_for(upstream.closed.wait(), 10)
+            assert upstream.sent < 100  # of 600: it was stopped, not drained
+            receipt = await wait_for_receipt(live, receipt_id)
+            (attempt,) = receipt["attempts"]
+            assert attempt["outcome"] == "cancelled"
+            assert receipt["usage"]["incomplete"] is True
+            assert receipt["amount_usd"] != "0.000000"  # the words delivered are charged
+            await live.balanced()
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def wait_for_receipt(live: Live, receipt_id: str) -> dict[str, Any]:
+    for _ in range(200):
+        r = await live.client.get(f"/v1/receipts/{receipt_id}", headers=live.auth())
+        if r.status_code == 200:
+            body: dict[str, Any] = r.json()
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"receipt {receipt_id} was never written")

@@ -1,0 +1,243 @@
+"""Each upstream fault ends in the outcome a caller must see (failover, in-band error, 402,
+422), with its hold settled or released and the ledger balanced: the whole app on a real
+socket, its sandbox providers injecting the faults."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.chat.helpers import (
+    Live,
+    live_server,
+    models_file,
+    price_micros,
+    sse_payloads,
+    target_id,
+)
+from toolcallstore.money import micros_to_usd
+from toolcallstore.settings import Settings
+
+PROVIDERS = {
+    "ok-openai": ("openai", None),
+    "ok-anthropic": ("anthropic", None),
+    "ok-gemini": ("gemini", None),
+    "down-500": ("openai", "status=500"),
+    "down-500b": ("gemini", "status=500"),
+    "overloaded": ("anthropic", "status=529"),
+    "limited": ("openai", "status=429,retry_after=30"),
+    "stalls": ("openai", "stall_ms=5000"),
+    "cuts": ("anthropic", "cut_after=3,words=20"),
+    "errs": ("openai", "error_after=2,words=20"),
+    "garbles": ("gemini", "malformed_at=2"),
+    "too-long": ("openai", "code=context_length_exceeded"),
+    "refuses": ("anthropic", "code=content_policy"),
+    "no-usage": ("openai", "no_usage=1"),
+}
+LANES = {
+    "fails-over-500": ["down-500", "ok-anthropic"],
+    "fails-over-529": ["overloaded", "ok-openai"],
+    "fails-over-429": ["limited", "ok-gemini"],
+    "fails-over-stall": ["stalls", "ok-openai"],
+    "cut": ["cuts", "ok-openai"],
+    "in-band": ["errs", "ok-openai"],
+    "malformed": ["garbles"],
+    "context": ["too-long", "ok-gemini"],
+    "refusal": ["refuses", "ok-openai"],
+    "all-down": ["down-500", "down-500b"],
+    "no-usage": ["no-usage"],
+}
+MESSAGES = [{"role": "user", "content": "tell me about the weather"}]
+
+
+@pytest.fixture
+async def live(settings: Settings, tmp_path: Path) -> AsyncIterator[Live]:
+    file = models_file(tmp_path, PROVIDERS, LANES, first_token_timeout_ms=400)
+    async with live_server(settings.with_(models_file=str(file))) as server:
+        yield server
+
+
+async def chat(live: Live, key: str, lane: str, **extra: Any) -> httpx.Response:
+    body = {"model": lane, "messages": MESSAGES, "max_tokens": 50, **extra}
+    return await live.client.post("/v1/chat/completions", json=body, headers=live.auth(key))
+
+
+def outcomes(toolcall: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(a["target"], a["outcome"]) for a in toolcall["attempts"]]
+
+
+@pytest.mark.parametrize(
+    ("lane", "failed", "winner"),
+    [
+        ("fails-over-500", ["down-500", "down-500"], "ok-anthropic"),  # one quick retry
+        ("fails-over-529", ["overloaded"], "ok-openai"),
+        ("fails-over-429", ["limited"], "ok-gemini"),  # Retry-After: not retried in this call
+        ("fails-over-stall", ["stalls"], "ok-openai"),  # no first token in time
+        ("context", ["too-long"], "ok-gemini"),
+    ],
+)
+async def test_a_failure_before_the_first_token_moves_to_the_next_target(
+    live: Live, lane: str, failed: list[str], winner: str
+) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, lane)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == target_id(winner)
+    assert body["choices"][0]["message"]["content"].startswith("Sandbox reply from sandbox-model")
+    toolcall = body["toolcall"]
+    expected = [(target_id(p), "failed") for p in failed] + [(target_id(winner), "succeeded")]
+    assert outcomes(toolcall) == expected
+    usage = body["usage"]
+    # Only the answer that reached the caller is charged.
+    charged = price_micros(usage["prompt_tokens"], usage["completion_tokens"])
+    assert toolcall["cost_usd"] == micros_to_usd(charged)
+    receipt = await live.receipt(toolcall["receipt_id"])
+    assert receipt["amount_usd"] == micros_to_usd(charged)
+    assert [a["outcome"] for a in receipt["attempts"]] == [o for _, o in expected]
+    await live.balanced()
+
+
+async def test_a_stalled_loser_is_cancelled_and_costed(live: Live) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, "fails-over-stall")
+    assert r.status_code == 200, r.text
+    receipt = await live.receipt(r.json()["toolcall"]["receipt_id"])
+    stalled, won = receipt["attempts"]
+    assert stalled["error"]["code"] == "first_token_timeout"
+    # The silent target may have read the prompt: its estimated prompt cost is ours, not the
+    # caller's (the operator sees it as provider cost beyond the winner's).
+    assert stalled["usage_estimated"] is True
+    assert float(stalled["provider_cost_usd"]) > 0
+    assert float(receipt["provider_cost_usd"]) > float(won["provider_cost_usd"])
+    await live.balanced()
+
+
+async def test_every_target_down_is_a_502_listing_attempts_and_releases_the_hold(
+    live: Live,
+) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, "all-down")
+    assert r.status_code == 502
+    error = r.json()["error"]
+    assert error["code"] == "all_providers_failed"
+    assert [a["target"] for a in error["attempts"]] == [target_id("down-500")] * 2 + [
+        target_id("down-500b")
+    ] * 2
+    assert all(a["error"]["status"] == 500 for a in error["attempts"])
+    assert "provider_cost_usd" not in error["attempts"][0]  # tenants never see provider cost
+    receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
+    assert receipt["status"] == "failed"
+    assert receipt["amount_usd"] == "0.000000"
+    await live.balanced()
+
+
+@pytest.mark.parametrize(("lane", "code"), [("cut", "stream_cut"), ("in-band", "server_error")])
+async def test_a_failure_after_the_first_token_ends_the_stream_in_band_and_settles_what_was_sent(
+    live: Live, lane: str, code: str
+) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, lane, stream=True)
+    assert r.status_code == 200
+    payloads = sse_payloads(r.content)
+    assert "[DONE]" not in payloads  # a cut stream is never a clean finish
+    last = payloads[-1]
+    assert last["choices"][0]["finish_reason"] == "error"
+    assert last["error"]["code"] == "stream_interrupted"
+    assert code in last["error"]["message"]
+    delivered = "".join(
+        p["choices"][0]["delta"].get("content") or "" for p in payloads[:-1] if p["choices"]
+    )
+    assert delivered.startswith("Sandbox reply")
+    assert outcomes(last["toolcall"]) == [(target_id(lane_first(lane)), "cut")]
+    assert last["usage"]["incomplete"] is True
+    receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
+    assert receipt["status"] == "succeeded"
+    # Charged for the delivered part only: above zero, below the full 20-word answer.
+    usage = last["usage"]
+    assert 0 < usage["completion_tokens"] < 20
+    assert receipt["amount_usd"] == last["toolcall"]["cost_usd"] != "0.000000"
+    await live.balanced()
+
+
+def lane_first(lane: str) -> str:
+    return LANES[lane][0]
+
+
+async def test_a_non_stream_call_cut_mid_answer_is_a_502_and_costs_the_caller_nothing(
+    live: Live,
+) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, "cut")
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "stream_interrupted"
+    receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
+    assert receipt["status"] == "failed" and receipt["amount_usd"] == "0.000000"
+    assert float(receipt["provider_cost_usd"]) > 0  # the provider's partial work is ours
+    await live.balanced()
+
+
+async def test_a_malformed_event_is_skipped_never_forwarded(live: Live) -> None:
+    key = await live.agent_key()
+    plain = await chat(live, key, "malformed")
+    streamed = await chat(live, key, "malformed", stream=True)
+    assert plain.status_code == streamed.status_code == 200
+    payloads = sse_payloads(streamed.content)
+    assert payloads[-1] == "[DONE]"
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads[:-1]
+                   if isinstance(p, dict) and p["choices"])  # fmt: skip
+    assert text == plain.json()["choices"][0]["message"]["content"]
+    assert text.startswith("Sandbox reply from sandbox-model")
+    await live.balanced()
+
+
+async def test_a_content_refusal_is_final_no_other_target_is_tried(live: Live) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, "refusal")
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "content_policy_violation"
+    assert [a["target"] for a in error["toolcall"]["attempts"]] == [target_id("refuses")]
+    await live.balanced()
+
+
+async def test_missing_usage_is_estimated_and_flagged_on_the_receipt(live: Live) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, "no-usage", stream=True)
+    assert r.status_code == 200
+    last = sse_payloads(r.content)[-2]
+    assert last["toolcall"]["usage_estimated"] is True
+    receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
+    assert receipt["estimated"] is True
+    assert receipt["amount_usd"] != "0.000000"
+    await live.balanced()
+
+
+async def test_a_spend_cap_refuses_with_402_before_any_upstream_call(live: Live) -> None:
+    key = await live.agent_key()
+    cap = {"monthly_cap_usd": "0.000010"}
+    r = await live.client.post("/v1/spend_caps", json=cap, headers=live.auth())
+    assert r.status_code == 200, r.text
+    r = await chat(live, key, "fails-over-500")
+    assert r.status_code == 402
+    error = r.json()["error"]
+    assert error["code"] == "spend_cap_exceeded" and error["limit_source"] == "tenant"
+    assert "Retry-After" not in r.headers  # nothing in flight could free room
+    await live.balanced()
+
+
+async def test_a_budget_too_small_for_any_target_is_a_422_naming_the_minimum(live: Live) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, "fails-over-500", max_cost_usd="0.000001")
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "max_cost_too_low" and error["param"] == "max_cost_usd"
+    minimum = error["minimum_usd"]
+    r = await chat(live, key, "fails-over-500", max_cost_usd=minimum)
+    assert r.status_code == 200, r.text
+    assert r.json()["toolcall"]["cost_usd"] <= minimum
+    await live.balanced()
