@@ -270,10 +270,18 @@ def test_build_sends_a_streaming_request_with_usage() -> None:
     assert upstream.body == {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "Hi"}],
-        "max_tokens": 256,
+        "max_completion_tokens": 256,  # OpenAI's reasoning models refuse max_tokens
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+def test_build_sends_max_tokens_to_openai_compatible_vendors() -> None:
+    request = ChatRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=256)
+    groq = Target("groq/gpt-oss-20b", "groq", "openai/gpt-oss-20b", "openai",
+                  "https://api.groq.com/openai/v1")  # fmt: skip
+    body = OPENAI.build(groq, request, "k").body
+    assert body["max_tokens"] == 256 and "max_completion_tokens" not in body
 
 
 def test_build_passes_every_option_that_was_set() -> None:
@@ -294,7 +302,7 @@ def test_build_passes_every_option_that_was_set() -> None:
     assert {k: v for k, v in body.items() if k != "stream_options"} == {
         "model": "gpt-4o-mini",
         "messages": CONVERSATION,  # already in OpenAI form: sent as it came
-        "max_tokens": 10,
+        "max_completion_tokens": 10,
         "stream": True,
         "tools": TOOLS,
         "tool_choice": "required",

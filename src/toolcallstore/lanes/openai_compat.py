@@ -232,10 +232,13 @@ class OpenAICompat:
     name = "openai"
 
     def build(self, target: Target, request: ChatRequest, api_key: str) -> UpstreamRequest:
+        # OpenAI's own reasoning models refuse `max_tokens`; compatible vendors mostly know
+        # only `max_tokens`.
+        limit = "max_completion_tokens" if target.provider == "openai" else "max_tokens"
         body: dict[str, Any] = {
             "model": target.model,
             "messages": request.messages,
-            "max_tokens": request.max_tokens,
+            limit: request.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
         }

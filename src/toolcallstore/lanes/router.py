@@ -106,8 +106,11 @@ class LaneCall:
     params: dict[str, Any]
     livemode: bool
     sandbox_url: str
+    # The whole call ends by then (loop time): its hold outlives it only by the grace period.
+    max_seconds: float = 600.0
     attempts: list[Attempt] = field(default_factory=list)
     winner: Attempt | None = None
+    _ends_at: float | None = None
 
     async def events(self) -> AsyncGenerator[Event, None]:
         """The winning attempt's events; raises AllProvidersFailed or Refused before any."""
@@ -144,7 +147,9 @@ class LaneCall:
         lane = self.plan.lane
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = started + lane.first_token_timeout_ms / 1000
+        if self._ends_at is None:
+            self._ends_at = started + self.max_seconds
+        deadline = min(started + lane.first_token_timeout_ms / 1000, self._ends_at)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 try:
@@ -167,7 +172,7 @@ class LaneCall:
                     if ended:
                         break
                     if attempt.first_token_ms is not None:
-                        deadline = loop.time() + lane.idle_timeout_ms / 1000
+                        deadline = min(loop.time() + lane.idle_timeout_ms / 1000, self._ends_at)
         except UpstreamFailed as failed:
             raise _Failed(failed.error) from None
         except (asyncio.CancelledError, GeneratorExit):
