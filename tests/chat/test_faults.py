@@ -37,6 +37,9 @@ PROVIDERS = {
     "too-long": ("openai", "code=context_length_exceeded"),
     "refuses": ("anthropic", "code=content_policy"),
     "no-usage": ("openai", "no_usage=1"),
+    "no-done": ("openai", "no_done=1"),
+    "pings": ("anthropic", "keepalive=1"),
+    "gemini-keepalive": ("gemini", "keepalive=1,no_done=1"),
 }
 LANES = {
     "fails-over-500": ["down-500", "ok-anthropic"],
@@ -50,6 +53,9 @@ LANES = {
     "refusal": ["refuses", "ok-openai"],
     "all-down": ["down-500", "down-500b"],
     "no-usage": ["no-usage"],
+    "no-done": ["no-done"],
+    "pings": ["pings"],
+    "gemini-keepalive": ["gemini-keepalive"],
 }
 MESSAGES = [{"role": "user", "content": "tell me about the weather"}]
 
@@ -240,4 +246,25 @@ async def test_a_budget_too_small_for_any_target_is_a_422_naming_the_minimum(liv
     r = await chat(live, key, "fails-over-500", max_cost_usd=minimum)
     assert r.status_code == 200, r.text
     assert r.json()["toolcall"]["cost_usd"] <= minimum
+    await live.balanced()
+
+
+@pytest.mark.parametrize("lane", ["no-done", "pings", "gemini-keepalive"])
+async def test_keep_alives_and_a_missing_end_marker_still_finish_cleanly_with_usage(
+    live: Live, lane: str
+) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, lane, stream=True)
+    assert r.status_code == 200
+    payloads = sse_payloads(r.content)
+    assert payloads[-1] == "[DONE]"
+    finish = [p["choices"][0]["finish_reason"] for p in payloads[:-2] if p["choices"]]
+    assert finish[-1] == "stop" and all(f is None for f in finish[:-1])
+    usage = payloads[-2]["usage"]
+    assert usage["completion_tokens"] == 12 and usage["prompt_tokens"] > 0
+    assert payloads[-2]["toolcall"]["usage_estimated"] is False
+    receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
+    assert receipt["amount_usd"] == micros_to_usd(
+        price_micros(usage["prompt_tokens"], usage["completion_tokens"])
+    )
     await live.balanced()
