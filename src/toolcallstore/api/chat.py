@@ -146,12 +146,19 @@ def _inline(
 
 def _replay(answer: tuple[int, Any], request: Request, stream: bool) -> Response:
     status, content = answer
+    toolcall = content.get("toolcall") or content.get("error", {}).get("toolcall") or {}
+    ids = {"ToolCall-Receipt-Id": toolcall.get("receipt_id")}
     if not stream or status != 200:
-        return replay_response(answer, request)
-    context_of(request).reason = "idempotent_replay"
-    headers = {k.decode(): v.decode() for k, v in SSE_HEADERS}
-    headers["Idempotent-Replayed"] = "true"
-    return Response(b"".join(replay_chunks(content)), headers=headers)
+        response = replay_response(answer, request)
+    else:
+        context_of(request).reason = "idempotent_replay"
+        headers = {k.decode(): v.decode() for k, v in SSE_HEADERS}
+        headers["Idempotent-Replayed"] = "true"
+        response = Response(b"".join(replay_chunks(content)), headers=headers)
+    for name, value in ids.items():
+        if value:
+            response.headers[name] = value
+    return response
 
 
 async def list_models(request: Request) -> Response:

@@ -1,8 +1,14 @@
 """Fault specs: the `{spec}` of `/fault/{spec}/<protocol>/...`, comma-separated `key=value`.
 
-Failure faults (status, code, retry_after, stall_ms, cut_after, error_after, malformed_at,
-no_usage, no_done) hit every request, or with `fail_first=N` only the first N requests carrying
-the same spec string; later ones keep only the shaping keys (words, latency_ms, keepalive).
+- `status` answers that error (a `code` alone means 400), after `latency_ms` once, with
+  `retry_after` as headers; stream or not.
+- `stall_ms`: 200 and headers at once, then nothing until the first frame; `latency_ms`: a delay
+  before every content chunk. A non-stream answer waits `stall_ms + latency_ms x chunks`.
+- Counted in content chunks (words, or tool-call argument fragments): `cut_after=N` ends the body
+  after N, `error_after=N` sends the in-band error after N, `malformed_at=N` puts an unparseable
+  frame before chunk N (from 1). These, `keepalive` and `no_done` apply to SSE streams only.
+- Failure faults (all but words, latency_ms, keepalive) hit every request, or with
+  `fail_first=N` only the first N requests with the same spec string, whatever the protocol.
 """
 
 from __future__ import annotations

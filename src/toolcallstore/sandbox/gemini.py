@@ -103,6 +103,8 @@ def _tools(body: Mapping[str, Any]) -> list[Tool]:
         raise bad_request("Invalid JSON payload received. 'tools' must be a list.")
     found = []
     for tool in tools:
+        if not isinstance(tool, Mapping):
+            raise bad_request("Invalid JSON payload received. 'tools' must hold objects.")
         declarations = _get(tool, "functionDeclarations", "function_declarations") or []
         for declaration in declarations if isinstance(declarations, list) else ():
             if not isinstance(declaration, Mapping) or not isinstance(declaration.get("name"), str):

@@ -69,7 +69,8 @@ def _content_text(content: Any) -> str:
 
 def _message_text(message: Mapping[str, Any]) -> str:
     text = _content_text(message.get("content"))
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, Mapping) else None
         if isinstance(function, Mapping):
             text += str(function.get("arguments", ""))

@@ -6,14 +6,17 @@ Token counting, relied on by tests and by the gateway's cost estimate:
 - Prompt tokens = sum over the messages, the system prompt counting as one message, of
   `count_tokens(message text) + 3`, plus `count_tokens(orjson.dumps(tools))` of the request's
   tool list as sent, when it is not empty. A message's text is its text parts, tool-call
-  arguments (JSON) and tool-result contents, joined with nothing between.
+  arguments and tool-result contents (compact JSON where the protocol sends objects), joined
+  with nothing between.
 - Completion tokens = the number of reply words (each word with its trailing space is one
   streamed chunk), or for a tool call `count_tokens(arguments JSON) + count_tokens(tool name)`.
 
 The reply is "Sandbox reply from <model>: <words of the last user message> lorem ipsum ...",
 exactly `min(words, max_tokens)` words. With tools offered and allowed and a user message last,
 the reply is one call to the named (or first) tool instead, unless it would exceed max_tokens.
-After a tool result the reply starts "Sandbox received the tool result:".
+Its arguments fill every schema property: strings "sandbox", integers 1, numbers 1.5, booleans
+true, arrays [], objects {}, enums their first value. After a tool result the reply starts
+"Sandbox received the tool result:".
 """
 
 from __future__ import annotations
