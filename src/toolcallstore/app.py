@@ -90,7 +90,7 @@ def create_app(settings: Settings) -> Starlette:
         assert svc.sender is not None, "the lifespan opens the sender"
         return svc.sender
 
-    register_llm_tool(tools, lanes, sender, settings.sandbox_base())
+    register_llm_tool(tools, lanes, sender, lambda: svc.health, settings.sandbox_base())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

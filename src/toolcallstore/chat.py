@@ -27,10 +27,11 @@ from toolcallstore.db import Row, SyncTransaction
 from toolcallstore.errors import APIError, InternalError, InvalidRequest, ProviderError
 from toolcallstore.executions import Origin, close_execution
 from toolcallstore.idempotency import KeyClaim, store_response
+from toolcallstore.lanes.attempt import Attempt
 from toolcallstore.lanes.base import StreamError
 from toolcallstore.lanes.openai_out import DONE, Assembly
 from toolcallstore.lanes.plan import CallPlan
-from toolcallstore.lanes.router import AllProvidersFailed, Attempt, LaneCall, Refused
+from toolcallstore.lanes.router import AllProvidersFailed, LaneCall, Refused
 from toolcallstore.lanes.settlement import attempt_record, settlement_of
 from toolcallstore.services import Services
 from toolcallstore.tools import Outcome
@@ -65,6 +66,7 @@ class ChatCall(Response):
     ctx: RequestContext
     operator: bool
     headers_out: dict[str, str] = field(default_factory=dict)
+    byok: dict[str, str] = field(default_factory=dict)  # provider -> the tenant's own key
     settled: Settlement | None = None
     _call: LaneCall | None = None
     _assembly: Assembly | None = None
@@ -74,7 +76,8 @@ class ChatCall(Response):
         assert self.svc.sender is not None
         self._call = LaneCall(self.svc.sender, self.plan, self.params,
                               bool(self.execution["livemode"]),
-                              self.svc.settings.sandbox_base())  # fmt: skip
+                              self.svc.settings.sandbox_base(), self.svc.health,
+                              self.byok)  # fmt: skip
         self._assembly = Assembly(f"chatcmpl-{self.execution['id']}", int(time.time()))
         work = asyncio.create_task(self._run(send))
         watcher = asyncio.create_task(_watch_disconnect(receive, work))
@@ -194,7 +197,6 @@ class ChatCall(Response):
         outcome, usage, toolcall = settlement_of(
             self._call,
             self.plan,
-            self.svc.lanes,
             self.receipt_id,
             self.operator,
             charge=charge_delivered or error is None,
@@ -230,6 +232,14 @@ def _close(
 
 
 def _all_failed(attempts: list[Attempt], operator: bool) -> APIError:
+    if not attempts:
+        return ProviderError(
+            "No target of this lane may be called now: each asked us to wait (Retry-After)."
+            " Nothing was charged.",
+            code="all_providers_failed",
+            attempts=[],
+            headers={"Retry-After": "1"},
+        )
     tried = ", ".join(f"{a.target} ({a.error.code if a.error else a.outcome})" for a in attempts)
     if attempts and all(a.error and a.error.code == "context_length_exceeded" for a in attempts):
         return InvalidRequest(f"The prompt is too long for every target tried: {tried}.",

@@ -13,6 +13,7 @@ from toolcallstore.auth import KeyCache
 from toolcallstore.db import Database
 from toolcallstore.idempotency import Idempotency
 from toolcallstore.lanes.catalog import Catalog
+from toolcallstore.lanes.health import ProviderHealth
 from toolcallstore.lanes.sender import Sender
 from toolcallstore.metrics import Metrics
 from toolcallstore.queue.sql import SqlJobStore
@@ -35,6 +36,7 @@ class Services:
     lanes: Catalog
     http: httpx.AsyncClient | None = None
     sender: Sender | None = None
+    health: ProviderHealth = field(default_factory=ProviderHealth)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

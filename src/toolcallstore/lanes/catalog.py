@@ -32,6 +32,7 @@ class Model:
     context_tokens: int
     max_output_tokens: int
     supports_tools: bool
+    supports_prefill: bool  # continues a partial assistant message (mid-stream resume)
     bills_on_cancel: bool
     api_key: str | None  # None: no key in the environment, live calls cannot use it
     base_url_ready: bool  # False: a ${VAR} in its base URL is unset
@@ -58,6 +59,7 @@ class Lane:
     resume_mid_stream: bool
     first_token_timeout_ms: int
     idle_timeout_ms: int
+    loser_costs: Literal["absorb", "pass"]  # who pays for hedges that lost: us, or the caller
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def load_catalog(pricing: Pricing, environ: Mapping[str, str]) -> Catalog:
         if goal not in lanes and goal not in models:
             raise ConfigError(f"{source}: aliases.{alias}: '{goal}' is no lane or model")
     default = Lane("default", "one target", (), "listed", 0, 1, False,
-                   DEFAULT_FIRST_TOKEN_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS)  # fmt: skip
+                   DEFAULT_FIRST_TOKEN_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, "absorb")  # fmt: skip
     return Catalog(
         models=models,
         lanes=lanes,
@@ -140,6 +142,7 @@ def _model(
         context_tokens=int(entry["context_tokens"]),
         max_output_tokens=int(entry["max_output_tokens"]),
         supports_tools=bool(entry.get("supports_tools", True)),
+        supports_prefill=bool(entry.get("supports_prefill", provider["protocol"] == "anthropic")),
         bills_on_cancel=bool(provider.get("bills_on_cancel", True)),
         api_key=environ.get(provider["api_key_env"]) or None,
         base_url_ready=ready,
@@ -162,6 +165,7 @@ def _lane(lane_id: str, entry: dict[str, Any], models: dict[str, Model], source:
             entry.get("first_token_timeout_ms", DEFAULT_FIRST_TOKEN_TIMEOUT_MS)
         ),
         idle_timeout_ms=int(entry.get("idle_timeout_ms", DEFAULT_IDLE_TIMEOUT_MS)),
+        loser_costs=cast(Literal["absorb", "pass"], entry.get("loser_costs", "absorb")),
     )
 
 

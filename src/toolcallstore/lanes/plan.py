@@ -54,11 +54,15 @@ class CallPlan:
     lane: Lane
     prompt_tokens: int  # estimated
     candidates: list[Candidate]
+    # What all attempts together may commit, in customer prices: the budget, or (without one)
+    # every candidate's worst case; it is what the call holds against the caps.
+    hold_micros: int
+    markup: Decimal
+    fee: Decimal
 
-    @property
-    def hold_micros(self) -> int:
-        """One attempt is charged: hold the dearest one that may run."""
-        return max(c.worst_price_micros for c in self.candidates)
+    def price_of(self, cost: Decimal) -> int:
+        """The customer's price of a provider cost."""
+        return to_micros_up(cost * (1 + self.markup) + self.fee)
 
     def estimate(self, name: str) -> Estimate:
         worst = max(self.candidates, key=lambda c: c.worst_price_micros)
@@ -119,7 +123,9 @@ def plan_call(
         cost = model.cost(prompt, tokens)
         candidates.append(Candidate(model, tokens, cost, customer_price(catalog, cost)))
     if candidates:
-        return CallPlan(lane, prompt, candidates)
+        every = sum(c.worst_price_micros for c in candidates)
+        hold = every if budget_micros is None else min(budget_micros, every)
+        return CallPlan(lane, prompt, candidates, hold, catalog.markup, catalog.fee)
     if cheapest is None:
         raise InvalidRequest(
             f"No target of '{params['model'][:200]}' can take this prompt (about {prompt} tokens"

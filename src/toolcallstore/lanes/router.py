@@ -1,81 +1,40 @@
-"""One chat call over its lane's targets, one attempt at a time (DESIGN §7; hedging later).
+"""One chat call over its lane: hedged attempts under the call's budget (DESIGN §7).
 
-`LaneCall.events()` yields the normalised events of the attempt that produced the first content
-token. Before that token, a failure moves to the next target: 5xx or a connection failure gets
-one quick retry on the same target, 429 and a silent target (no first token in time) are not
-retried in this call, `context_length_exceeded` moves to a larger target if any, a content
-refusal is final. If every target fails, `AllProvidersFailed` lists the attempts. After the
-first token, a failure (in-band error, cut stream, idle stall) ends the events with a
-`StreamError`: the caller ends its stream with an in-band error and settles what was delivered.
-Every attempt is recorded with its timing, outcome and provider cost.
+The first target starts at once. Another starts when an attempt fails before its first token,
+or when `hedge_after_ms` passes without a token (up to `max_parallel` at once), and only while
+what the call has committed stays within its hold: the cost of finished attempts plus the worst
+case of live ones, in customer prices. So the provider costs of all attempts together never
+exceed the budget. The first attempt to produce a content token wins; every other one is
+cancelled at once (its stream closed) and costed. Before that token: 5xx or a lost connection
+gets one quick retry, 429 and a silent target move on (and the breaker remembers), a larger
+target takes `context_length_exceeded`, a content refusal is final. If nothing is left:
+`AllProvidersFailed` with every attempt. After the first token a failure resumes on a target
+that accepts an assistant prefix (lanes with `resume_mid_stream`), else the events end with a
+`StreamError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncGenerator, AsyncIterator
+import math
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-import httpx
-
-from toolcallstore.lanes import TRANSLATORS
-from toolcallstore.lanes.base import (
-    Event,
-    Finish,
-    Malformed,
-    StreamError,
-    StreamParser,
-    TextDelta,
-    ToolCallDelta,
-    UpstreamError,
-    Usage,
-)
-from toolcallstore.lanes.plan import CallPlan, Candidate, estimate_output_tokens
-from toolcallstore.lanes.request import chat_request
-from toolcallstore.lanes.sender import Sender, UpstreamFailed, route_target
-from toolcallstore.money import micros_to_usd
-from toolcallstore.pricing import to_micros_up
+from toolcallstore.lanes.attempt import Attempt, AttemptFailed, Conditions, run_attempt
+from toolcallstore.lanes.base import Event, StreamError, TextDelta, ToolCallDelta, UpstreamError
+from toolcallstore.lanes.health import ProviderHealth
+from toolcallstore.lanes.plan import CallPlan, Candidate
+from toolcallstore.lanes.sender import Sender
 
 QUICK_RETRY_CODES = frozenset({"server_error", "connection_error"})
 FINAL_CODES = frozenset({"content_policy"})
-
-
-@dataclass
-class Attempt:
-    target: str
-    provider: str
-    started_us: int
-    bills_on_cancel: bool
-    worst_price_micros: int
-    first_token_ms: int | None = None
-    outcome: str = "running"  # succeeded | failed | cut | cancelled
-    error: UpstreamError | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    delivered_bytes: int = 0
-    malformed: int = 0
-    finish: str | None = None
-    cost: Decimal = Decimal(0)
-    estimated: bool = False
-
-    def record(self) -> dict[str, Any]:
-        """The attempt as the receipt shows it (provider cost is removed for tenants)."""
-        return {
-            "target": self.target,
-            "started": self.started_us // 1_000_000,
-            "first_token_ms": self.first_token_ms,
-            "outcome": self.outcome,
-            "error": None if self.error is None else {"code": self.error.code,
-                                                     "status": self.error.status},
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "usage_estimated": self.estimated,
-            "provider_cost_usd": micros_to_usd(to_micros_up(self.cost)),
-        }  # fmt: skip
+# Failures that say nothing about the target's health (the request, or our account).
+NOT_THE_TARGETS_FAULT = frozenset(
+    {"content_policy", "context_length_exceeded", "invalid_request", "quota_exceeded"}
+)
+QUEUE_SIZE = 256  # events buffered from the winner ahead of a slow client
 
 
 class AllProvidersFailed(Exception):
@@ -93,10 +52,9 @@ class Refused(Exception):
         self.attempts = attempts
 
 
-class _Failed(Exception):
-    def __init__(self, error: UpstreamError) -> None:
-        super().__init__(error.message)
-        self.error = error
+@dataclass(frozen=True)
+class _Ended:
+    error: UpstreamError | None
 
 
 @dataclass
@@ -106,195 +64,217 @@ class LaneCall:
     params: dict[str, Any]
     livemode: bool
     sandbox_url: str
-    # The whole call ends by then (loop time): its hold outlives it only by the grace period.
+    health: ProviderHealth = field(default_factory=ProviderHealth)
+    byok: Mapping[str, str] = field(default_factory=dict)
+    # The whole call ends by then: its hold outlives it only by the grace period.
     max_seconds: float = 600.0
     attempts: list[Attempt] = field(default_factory=list)
-    winner: Attempt | None = None
-    _ends_at: float | None = None
+    winner: Attempt | None = None  # the first attempt whose output reached the caller
 
     async def events(self) -> AsyncGenerator[Event, None]:
-        """The winning attempt's events; raises AllProvidersFailed or Refused before any."""
-        for candidate in self.plan.candidates:
-            for try_number in range(2):
-                attempt = self._start(candidate)
-                try:
-                    # aclosing: a consumer that stops early closes the upstream at once.
-                    async with contextlib.aclosing(self._attempt(candidate, attempt)) as stream:
-                        async for event in stream:
-                            yield event
-                    return
-                except _Failed as failed:
-                    self._fail(attempt, candidate, failed.error)
-                    if failed.error.code in FINAL_CODES:
-                        raise Refused(failed.error, self.attempts) from None
-                    if try_number or failed.error.code not in QUICK_RETRY_CODES:
-                        break
-        raise AllProvidersFailed(self.attempts)
-
-    def _start(self, candidate: Candidate) -> Attempt:
-        model = candidate.model
-        attempt = Attempt(model.id, model.target.provider, time.time_ns() // 1000,
-                          model.bills_on_cancel, candidate.worst_price_micros)  # fmt: skip
-        self.attempts.append(attempt)
-        return attempt
-
-    async def _attempt(self, candidate: Candidate, attempt: Attempt) -> AsyncGenerator[Event, None]:
-        model = candidate.model
-        target, key = route_target(model.target, model.api_key, livemode=self.livemode,
-                                   sandbox_url=self.sandbox_url)  # fmt: skip
-        translator = TRANSLATORS[target.protocol]
-        request = translator.build(target, chat_request(self.params, candidate.max_tokens), key)
-        lane = self.plan.lane
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        if self._ends_at is None:
-            self._ends_at = started + self.max_seconds
-        deadline = min(started + lane.first_token_timeout_ms / 1000, self._ends_at)
+        """The answer's events; raises AllProvidersFailed or Refused before any."""
+        race = _Race(self)
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        response = await stack.enter_async_context(
-                            self.sender.stream(translator, request)
-                        )
-                except TimeoutError:
-                    raise _Failed(_as_error(_stalled(True))) from None
-                parser = translator.parser()
-                chunks = response.aiter_raw()
-                pending: list[Event] = []  # events before the first token: not yet the winner's
-                while True:
-                    events, ended = await _next_events(
-                        chunks, parser, deadline, attempt.first_token_ms is None
-                    )
-                    for event in events:
-                        for out in self._take(event, attempt, pending, started, loop.time()):
-                            yield out
-                    if ended:
-                        break
-                    if attempt.first_token_ms is not None:
-                        deadline = min(loop.time() + lane.idle_timeout_ms / 1000, self._ends_at)
-        except UpstreamFailed as failed:
-            raise _Failed(failed.error) from None
-        except (asyncio.CancelledError, GeneratorExit):
-            if attempt.outcome == "running":
-                attempt.outcome = "cancelled"
-            self._price(attempt, candidate)
-            raise
-        if attempt.first_token_ms is None:
-            raise _Failed(_pending_failure(pending))
-        if attempt.outcome == "running":
-            attempt.outcome = "succeeded" if attempt.finish else "cut"
-        self._price(attempt, candidate)
+            async for event in race.run():
+                yield event
+        finally:
+            await race.stop_all()
 
-    def _take(
-        self, event: Event, attempt: Attempt, pending: list[Event], started: float, now: float
-    ) -> list[Event]:
-        """What of `event` reaches the caller: nothing before the first token (kept in
-        `pending`), then the pending events and each event after."""
-        out: list[Event] = []
-        if attempt.first_token_ms is None:
-            if not self._opens(event, attempt, started, now):
-                pending.append(event)
-                return out
-            self.winner = attempt
-            out.extend(pending)
-            pending.clear()
-        self._account(attempt, event)
-        if not isinstance(event, Malformed):
-            out.append(event)
-        return out
+    @property
+    def delivered(self) -> list[Attempt]:
+        """The attempts whose output reached the caller, in order (more than one if resumed)."""
+        return [a for a in self.attempts if a.delivered]
 
-    def _opens(self, event: Event, attempt: Attempt, started: float, now: float) -> bool:
-        """Whether `event` makes this attempt the winner: the first content (or a finish)."""
-        if isinstance(event, Usage | Malformed):
-            self._account(attempt, event)
-            return False
-        if isinstance(event, StreamError):
-            raise _Failed(_as_error(event))
-        if isinstance(event, TextDelta | ToolCallDelta | Finish):
-            attempt.first_token_ms = int((now - started) * 1000)
-            return True
+
+class _Race:
+    def __init__(self, call: LaneCall) -> None:
+        self.call = call
+        self.plan = call.plan
+        self.lane = call.plan.lane
+        self.loop = asyncio.get_running_loop()
+        self.conditions = Conditions(
+            sender=call.sender,
+            livemode=call.livemode,
+            sandbox_url=call.sandbox_url,
+            prompt_tokens=call.plan.prompt_tokens,
+            first_token_timeout_s=self.lane.first_token_timeout_ms / 1000,
+            idle_timeout_s=self.lane.idle_timeout_ms / 1000,
+            ends_at=self.loop.time() + call.max_seconds,
+            byok=call.byok,
+        )
+        self.queue: asyncio.Queue[tuple[Attempt, Event | _Ended]] = asyncio.Queue(QUEUE_SIZE)
+        self.live: dict[Attempt, asyncio.Task[None]] = {}
+        self.remaining: list[tuple[Candidate, str]] = [
+            (c, "primary" if i == 0 else "failover") for i, c in enumerate(self._ordered())
+        ]
+        self.candidate_of: dict[Attempt, Candidate] = {}
+        self.retried: set[str] = set()
+
+    def _ordered(self) -> list[Candidate]:
+        """The lane's order, by observed latency if asked; targets whose breaker is open go
+        last, and a target inside a provider's Retry-After is left out."""
+        health = self.call.health
+        candidates = list(self.plan.candidates)
+        if self.lane.order == "latency":
+            candidates.sort(key=lambda c: health.observed_first_token_ms(c.model.id))
+        now_ok = [c for c in candidates if health.breaker(c.model.id).available()]
+        degraded = [
+            c for c in candidates
+            if c not in now_ok and not health.breaker(c.model.id).blocked()
+        ]  # fmt: skip
+        return now_ok + degraded
+
+    # --- the race before the first token ------------------------------------------------------
+
+    async def run(self) -> AsyncGenerator[Event, None]:
+        hedge_s = self.lane.hedge_after_ms / 1000 if self.lane.hedge_after_ms > 0 else math.inf
+        self._start_next(force=True)
+        hedge_at = self.loop.time() + hedge_s
+        while self.call.winner is None:
+            if not self.live:
+                raise AllProvidersFailed(self.call.attempts)
+            try:
+                async with asyncio.timeout_at(hedge_at if hedge_at != math.inf else None):
+                    attempt, item = await self.queue.get()
+            except TimeoutError:
+                if len(self.live) < max(1, self.lane.max_parallel):
+                    self._start_next(role="hedge")
+                hedge_at = self.loop.time() + hedge_s
+                continue
+            if isinstance(item, _Ended):
+                self._ended(attempt, item)
+                continue
+            self.call.winner = attempt
+            attempt.delivered = True
+            await self._cancel_others(attempt)
+            yield item
+        async for event in self._stream(self.call.winner):
+            yield event
+
+    def _start_next(self, *, force: bool = False, role: str | None = None) -> bool:
+        """Start the first remaining candidate the budget still pays for."""
+        for i, (candidate, planned_role) in enumerate(self.remaining):
+            if force or self._fits(candidate):
+                del self.remaining[i]
+                self._start(candidate, role or planned_role)
+                return True
         return False
 
-    def _account(self, attempt: Attempt, event: Event) -> None:
-        if isinstance(event, TextDelta):
-            attempt.delivered_bytes += len(event.text.encode())
-        elif isinstance(event, ToolCallDelta):
-            attempt.delivered_bytes += len(event.arguments) + len(event.name or "")
-        elif isinstance(event, Usage):
-            if event.input_tokens is not None:
-                attempt.input_tokens = event.input_tokens
-            if event.output_tokens is not None:
-                attempt.output_tokens = event.output_tokens
-        elif isinstance(event, Finish):
-            attempt.finish = event.reason
-        elif isinstance(event, StreamError):
-            attempt.outcome = "cut"
-            attempt.error = UpstreamError(200, event.code, event.message)
-        elif isinstance(event, Malformed):
-            attempt.malformed += 1
+    def _fits(self, candidate: Candidate) -> bool:
+        committed = sum(
+            a.worst_price_micros if a in self.live else self.plan.price_of(a.cost)
+            for a in self.call.attempts
+            if a in self.live or a.cost
+        )
+        return committed + candidate.worst_price_micros <= self.plan.hold_micros
 
-    def _fail(self, attempt: Attempt, candidate: Candidate, error: UpstreamError) -> None:
-        attempt.outcome = "failed"
-        attempt.error = error
-        self._price(attempt, candidate)
+    def _start(
+        self, candidate: Candidate, role: str, params: dict[str, Any] | None = None
+    ) -> Attempt:
+        attempt = Attempt.of(candidate, role)
+        self.call.attempts.append(attempt)
+        self.candidate_of[attempt] = candidate
+        self.call.health.breaker(candidate.model.id).started()
+        task = asyncio.create_task(self._pump(candidate, attempt, params or self.call.params))
+        self.live[attempt] = task
+        return attempt
 
-    def _price(self, attempt: Attempt, candidate: Candidate) -> None:
-        """The provider's cost of an attempt: its reported usage, else an estimate (flagged).
-        An attempt refused with an HTTP error cost nothing; one cancelled or failed after the
-        provider started work costs its prompt, or its whole worst case where the provider
-        bills cancelled streams in full."""
-        model = candidate.model
-        if attempt.outcome == "failed" and attempt.error is not None:
-            if attempt.error.status != 200:
-                return  # refused before any work (an HTTP error, no connection)
-        finished_early = attempt.outcome in ("failed", "cancelled") and not attempt.first_token_ms
-        if finished_early and attempt.bills_on_cancel:
-            attempt.cost, attempt.estimated = candidate.worst_cost, True
+    async def _pump(self, candidate: Candidate, attempt: Attempt, params: dict[str, Any]) -> None:
+        started = self.loop.time()
+        try:
+            stream = run_attempt(self.conditions, candidate, attempt, params)
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    await self.queue.put((attempt, event))
+        except AttemptFailed as failed:
+            self._observe(attempt, started, failed.error)
+            await self.queue.put((attempt, _Ended(failed.error)))
             return
-        estimated = attempt.input_tokens is None or attempt.output_tokens is None
-        prompt = self.plan.prompt_tokens if attempt.input_tokens is None else attempt.input_tokens
-        output = attempt.output_tokens
-        if output is None:
-            output = estimate_output_tokens(attempt.delivered_bytes)
-        if attempt.outcome == "cancelled" and not attempt.first_token_ms:
-            output = 0
-        attempt.input_tokens, attempt.output_tokens = prompt, output
-        attempt.cost, attempt.estimated = model.cost(prompt, output), estimated
+        self._observe(attempt, started, attempt.error if attempt.outcome == "cut" else None)
+        await self.queue.put((attempt, _Ended(None)))
 
+    def _observe(self, attempt: Attempt, started: float, error: UpstreamError | None) -> None:
+        if error is not None and error.code in NOT_THE_TARGETS_FAULT:
+            return
+        breaker = self.call.health.breaker(attempt.target)
+        elapsed_ms = (self.loop.time() - started) * 1000
+        breaker.record(error is None, elapsed_ms if error is None else None,
+                       attempt.first_token_ms,
+                       error.retry_after_s if error is not None else None)  # fmt: skip
 
-async def _next_events(
-    chunks: AsyncIterator[bytes], parser: StreamParser, deadline: float, before_first: bool
-) -> tuple[list[Event], bool]:
-    """The events of the next chunk of the body, and whether the body ended (or failed)."""
-    try:
-        async with asyncio.timeout_at(deadline):
-            chunk = await anext(chunks)
-    except StopAsyncIteration:
-        return parser.close(), True
-    except TimeoutError:
-        return [_stalled(before_first)], True
-    except httpx.TransportError as exc:
-        return [_lost(exc)], True
-    return parser.feed(chunk), False
+    def _ended(self, attempt: Attempt, ended: _Ended) -> None:
+        """An attempt failed before its first token: retry, fail over, or give up."""
+        self.live.pop(attempt, None)
+        error = ended.error
+        assert error is not None
+        if error.code in FINAL_CODES:
+            raise Refused(error, self.call.attempts)
+        candidate = self.candidate_of[attempt]
+        if error.code in QUICK_RETRY_CODES and candidate.model.id not in self.retried:
+            self.retried.add(candidate.model.id)
+            self.remaining.insert(0, (candidate, "retry"))
+        self._start_next()
 
+    async def _cancel_others(self, winner: Attempt) -> None:
+        losers = [t for a, t in self.live.items() if a is not winner]
+        for task in losers:
+            task.cancel()
+        if losers:
+            await asyncio.gather(*losers, return_exceptions=True)
+        self.live = {a: t for a, t in self.live.items() if a is winner}
 
-def _stalled(before_first_token: bool) -> StreamError:
-    if before_first_token:
-        return StreamError("first_token_timeout", "No first token within the target's timeout.")
-    return StreamError("stream_stalled", "The provider stopped sending mid-stream.")
+    # --- after the first token --------------------------------------------------------------
 
+    async def _stream(self, attempt: Attempt) -> AsyncGenerator[Event, None]:
+        """The winner's events to the end; a failure resumes on another target if allowed."""
+        text: list[str] = []
+        tools = False
+        cut: StreamError | None = None  # the failure a resumption is trying to hide
+        while True:
+            source, item = await self.queue.get()
+            if source is not attempt:
+                continue  # a late event of a cancelled loser or of the cut attempt
+            if isinstance(item, _Ended):
+                self.live.pop(attempt, None)
+                if item.error is None or cut is None:
+                    return
+                item = cut  # the resumption failed before its first token: try another
+            if isinstance(item, StreamError):
+                resumed = None if tools else self._resume("".join(text))
+                if resumed is None:
+                    yield cut or item  # the original failure, never a prefill refusal
+                    return
+                cut = cut or item
+                self.live.pop(attempt, None)
+                attempt = resumed
+                continue
+            if isinstance(item, TextDelta):
+                text.append(item.text)
+            elif isinstance(item, ToolCallDelta):
+                tools = True
+            attempt.delivered = True
+            cut = None
+            yield item
 
-def _lost(exc: httpx.TransportError) -> StreamError:
-    return StreamError("connection_lost", f"{type(exc).__name__}: {exc}"[:300])
+    def _resume(self, prefix: str) -> Attempt | None:
+        """Continue the answer on a target that accepts an assistant prefix, if the lane
+        allows it and the budget still pays for it."""
+        if not self.lane.resume_mid_stream or not prefix:
+            return None
+        for i, (candidate, _) in enumerate(self.remaining):
+            if candidate.model.supports_prefill and self._fits(candidate):
+                del self.remaining[i]
+                messages = [*self.call.params["messages"],
+                            {"role": "assistant", "content": prefix}]  # fmt: skip
+                params = {**self.call.params, "messages": messages}
+                return self._start(candidate, "resume", params)
+        return None
 
-
-def _as_error(event: StreamError) -> UpstreamError:
-    return UpstreamError(200, event.code, event.message, retryable=event.retryable)
-
-
-def _pending_failure(pending: list[Event]) -> UpstreamError:
-    for event in pending:
-        if isinstance(event, StreamError):
-            return _as_error(event)
-    return UpstreamError(200, "empty_stream", "The provider ended the stream without content.")
+    async def stop_all(self) -> None:
+        """Cancel whatever still runs (a caller that stopped reading, or a failure)."""
+        tasks = list(self.live.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.live.clear()

@@ -7,9 +7,9 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from toolcallstore.lanes.catalog import Catalog
-from toolcallstore.lanes.plan import CallPlan, customer_price
-from toolcallstore.lanes.router import Attempt, LaneCall
+from toolcallstore.lanes.attempt import Attempt
+from toolcallstore.lanes.plan import CallPlan
+from toolcallstore.lanes.router import LaneCall
 from toolcallstore.money import micros_to_usd
 from toolcallstore.pricing import to_micros_up
 from toolcallstore.tools.registry import Outcome
@@ -18,7 +18,6 @@ from toolcallstore.tools.registry import Outcome
 def settlement_of(
     call: LaneCall,
     plan: CallPlan,
-    catalog: Catalog,
     receipt_id: str | None,
     operator: bool = True,
     *,
@@ -28,22 +27,24 @@ def settlement_of(
     """The outcome to settle, the OpenAI `usage` and our `toolcall` object of a call; with
     `charge` False the customer pays nothing (the answer never reached them); `incomplete`
     marks an answer that ended early (a cut stream, a client that hung up)."""
-    winner = call.winner
+    delivered = call.delivered
     by_provider: dict[str, Decimal] = defaultdict(Decimal)
     for attempt in call.attempts:
         by_provider[attempt.provider] += attempt.cost
     costs = {p: to_micros_up(c) for p, c in by_provider.items()}
     price = 0
     usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    if winner is not None:
-        prompt, completion = winner.input_tokens or 0, winner.output_tokens or 0
+    if delivered:
+        prompt = delivered[0].input_tokens or 0
+        completion = sum(a.output_tokens or 0 for a in delivered)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": prompt + completion}  # fmt: skip
         if charge:
-            price = min(customer_price(catalog, winner.cost), winner.worst_price_micros)
+            price = _price(call, plan, delivered)
     if incomplete:
         usage["incomplete"] = True
-    estimated = winner is not None and winner.estimated
+    winner = delivered[-1] if delivered else None
+    estimated = any(a.estimated for a in delivered)
     outcome = Outcome(
         result={"object": "chat.completion", "target": winner.target if winner else None,
                 "finish_reason": winner.finish if winner else None, "usage": usage},
@@ -64,6 +65,18 @@ def settlement_of(
         "attempts": [attempt_record(a, operator) for a in call.attempts],
     }
     return outcome, usage, toolcall
+
+
+def _price(call: LaneCall, plan: CallPlan, delivered: list[Attempt]) -> int:
+    """The answer's price (a resumed answer's parts together), plus the attempts that lost
+    when the lane passes them on; never above the hold, as every attempt was admitted within
+    it. A BYOK attempt is billed to the tenant by its provider: we charge only the fee."""
+    cost = sum((a.cost for a in delivered), Decimal(0))
+    if plan.lane.loser_costs == "pass":
+        cost += sum((a.cost for a in call.attempts if not a.delivered), Decimal(0))
+    if all(a.byok for a in delivered) and not cost:
+        return to_micros_up(plan.fee)
+    return min(plan.price_of(cost), plan.hold_micros)
 
 
 def attempt_record(attempt: Attempt, operator: bool) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from toolcallstore.lanes.base import StreamError
 from toolcallstore.lanes.catalog import Catalog
+from toolcallstore.lanes.health import ProviderHealth
 from toolcallstore.lanes.openai_out import Assembly
 from toolcallstore.lanes.plan import plan_call
 from toolcallstore.lanes.request import budget_of, parse_chat_params
@@ -26,7 +27,11 @@ TIMEOUT_S = 600.0
 
 
 def register_llm_tool(
-    tools: ToolRegistry, catalog: Catalog, sender: Callable[[], Sender], sandbox_url: str
+    tools: ToolRegistry,
+    catalog: Catalog,
+    sender: Callable[[], Sender],
+    health: Callable[[], ProviderHealth],
+    sandbox_url: str,
 ) -> None:
     """Register `llm.chat`; `sender` gives the shared sender once the lifespan opened it."""
 
@@ -39,7 +44,7 @@ def register_llm_tool(
     async def execute(call: ToolCall) -> Outcome:
         plan = plan_call(catalog, call.params, livemode=call.livemode,
                          budget_micros=budget_of(call.params))  # fmt: skip
-        lane_call = LaneCall(sender(), plan, call.params, call.livemode, sandbox_url)
+        lane_call = LaneCall(sender(), plan, call.params, call.livemode, sandbox_url, health())
         assembly = Assembly(f"chatcmpl-{call.execution_id}", int(time.time()))
         cut: StreamError | None = None
         try:
@@ -51,8 +56,7 @@ def register_llm_tool(
                         assembly.add(event)
         except (AllProvidersFailed, Refused):
             cut = StreamError("all_providers_failed", "Every target failed before its first token.")
-        outcome, usage, toolcall = settlement_of(lane_call, plan, catalog, None,
-                                                 charge=cut is None)  # fmt: skip
+        outcome, usage, toolcall = settlement_of(lane_call, plan, None, charge=cut is None)
         if cut is not None or lane_call.winner is None:
             code = cut.code if cut else "all_providers_failed"
             kind = code if code == "all_providers_failed" else "stream_interrupted"

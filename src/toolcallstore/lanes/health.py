@@ -1,0 +1,147 @@
+"""Per-target circuit breakers and the latency figures `GET /v1/health/providers` shows.
+
+Each target keeps its recent outcomes (a rolling window by count and age). The breaker opens
+when the window's error rate reaches the threshold over enough calls, or when the provider said
+`Retry-After`; after the cooldown one probe call is let through (half-open), whose success
+closes it again and whose failure reopens it. Open targets are tried last, and only when
+nothing healthy is left. State is per process: each process learns on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+State = Literal["closed", "open", "half_open"]
+
+WINDOW = 50  # outcomes kept per target
+WINDOW_SECONDS = 300.0  # and none older than this
+MIN_CALLS = 5  # no verdict on fewer outcomes
+ERROR_RATE_TO_OPEN = 0.5
+COOLDOWN_SECONDS = 30.0
+
+
+@dataclass
+class Sample:
+    at: float
+    ok: bool
+    latency_ms: float | None
+    first_token_ms: float | None
+
+
+@dataclass
+class Breaker:
+    clock: Callable[[], float]
+    samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    state: State = "closed"
+    opened_at: float = 0.0
+    blocked_until: float = 0.0  # Retry-After
+    probing: bool = False
+
+    def _recent(self) -> list[Sample]:
+        horizon = self.clock() - WINDOW_SECONDS
+        return [s for s in self.samples if s.at >= horizon]
+
+    def error_rate(self) -> float:
+        recent = self._recent()
+        return 0.0 if not recent else sum(not s.ok for s in recent) / len(recent)
+
+    def blocked(self) -> bool:
+        """Inside a provider's Retry-After: not to be called at all."""
+        return self.clock() < self.blocked_until
+
+    def available(self) -> bool:
+        """Whether a call may go to this target now (a half-open breaker admits one probe)."""
+        now = self.clock()
+        if now < self.blocked_until:
+            return False
+        if self.state == "open" and now - self.opened_at >= COOLDOWN_SECONDS:
+            self.state = "half_open"
+            self.probing = False
+        if self.state == "half_open":
+            return not self.probing
+        return self.state == "closed"
+
+    def started(self) -> None:
+        if self.state == "half_open":
+            self.probing = True
+
+    def record(
+        self,
+        ok: bool,
+        latency_ms: float | None = None,
+        first_token_ms: float | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        now = self.clock()
+        self.samples.append(Sample(now, ok, latency_ms, first_token_ms))
+        if retry_after_s:
+            self.blocked_until = max(self.blocked_until, now + retry_after_s)
+        if self.state == "half_open":
+            self.probing = False
+            self._move("closed" if ok else "open", now)
+            return
+        recent = self._recent()
+        failures = sum(not s.ok for s in recent)
+        if len(recent) >= MIN_CALLS and failures / len(recent) >= ERROR_RATE_TO_OPEN:
+            self._move("open", now)
+
+    def _move(self, state: State, now: float) -> None:
+        if state == "open" and self.state != "open":
+            self.opened_at = now
+        if state == "closed":
+            # A fresh start: the failures that opened it no longer count against it.
+            self.samples = deque((s for s in self.samples if s.ok), maxlen=WINDOW)
+        self.state = state
+
+    def p(self, pct: float, kind: Literal["latency_ms", "first_token_ms"]) -> float | None:
+        values: list[float] = sorted(
+            v for s in self._recent() if s.ok and (v := getattr(s, kind)) is not None
+        )
+        if not values:
+            return None
+        return values[min(len(values) - 1, math.ceil(pct / 100 * len(values)) - 1)]
+
+
+class ProviderHealth:
+    """The breakers of every target this process has called."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._breakers: dict[str, Breaker] = {}
+
+    def breaker(self, target: str) -> Breaker:
+        found = self._breakers.get(target)
+        if found is None:
+            found = self._breakers[target] = Breaker(self._clock)
+        return found
+
+    def observed_first_token_ms(self, target: str) -> float:
+        """The target's median time to first token, or infinity if unknown (tried last
+        among equals when ordering by latency)."""
+        value = self.breaker(target).p(50, "first_token_ms")
+        return math.inf if value is None else value
+
+    def report(self, targets: list[str]) -> list[dict[str, Any]]:
+        now = self._clock()
+        out = []
+        for target in targets:
+            b = self.breaker(target)
+            available = b.available()
+            recent = b._recent()
+            out.append({
+                "target": target,
+                "state": b.state,
+                "available": available,
+                "retry_after_s": max(0.0, round(b.blocked_until - now, 3)) or None,
+                "calls": len(recent),
+                "error_rate": round(b.error_rate(), 4),
+                "latency_ms": {"p50": b.p(50, "latency_ms"), "p95": b.p(95, "latency_ms")},
+                "first_token_ms": {"p50": b.p(50, "first_token_ms"),
+                                   "p95": b.p(95, "first_token_ms")},
+            })  # fmt: skip
+        return out
