@@ -76,6 +76,9 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         audit_flush_ms=10,
         access_log=False,
         job_lease_seconds=3.0,
+        # In-process apps have no socket for their own sandbox: tests that refresh prices
+        # set this themselves.
+        price_refresh_seconds=0,
     )
 
 

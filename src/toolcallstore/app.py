@@ -20,6 +20,7 @@ from starlette.routing import Route
 from toolcallstore import api
 from toolcallstore.audit import AuditWriter
 from toolcallstore.auth import AuthMiddleware, KeyCache
+from toolcallstore.byok import Keyring
 from toolcallstore.context import context_of
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
@@ -28,10 +29,12 @@ from toolcallstore.executions import SWEEP_JOB_TYPE
 from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
 from toolcallstore.ids import now_us
 from toolcallstore.lanes.catalog import load_catalog
+from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.sender import Sender
 from toolcallstore.logs import AccessLog
 from toolcallstore.metrics import Metrics
 from toolcallstore.middleware import BodyLimitMiddleware, ObserveMiddleware, SandboxMount
+from toolcallstore.price_jobs import register_price_job, schedule_price_refresh
 from toolcallstore.pricing import load_pricing
 from toolcallstore.queue.sandbox import register_sandbox_handlers
 from toolcallstore.queue.sql import SqlJobStore
@@ -84,13 +87,18 @@ def create_app(settings: Settings) -> Starlette:
         job_store=job_store,
         tools=tools,
         lanes=lanes,
+        prices=LivePrices(settings.price_max_age_seconds),
     )
+    register_price_job(registry, svc)
+    if settings.master_key:  # parsed here so a bad key stops start-up (ConfigError)
+        svc.keyring = Keyring.parse(settings.master_key, cache_seconds=settings.key_cache_seconds)
 
     def sender() -> Sender:
         assert svc.sender is not None, "the lifespan opens the sender"
         return svc.sender
 
-    register_llm_tool(tools, lanes, sender, lambda: svc.health, settings.sandbox_base())
+    register_llm_tool(tools, lanes, sender, lambda: svc.health, svc.prices,
+                      settings.sandbox_base())  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -98,11 +106,13 @@ def create_app(settings: Settings) -> Starlette:
         await db.connect()
         try:
             await migrate(db)
+            await svc.prices.load(db)
             svc.http = httpx.AsyncClient(transport=AiohttpTransport(), timeout=30.0)
             svc.sender = Sender(svc.http)
             svc.tasks["audit"] = asyncio.create_task(svc.audit.run(), name="audit-writer")
             svc.tasks["maintenance"] = asyncio.create_task(maintain(svc), name="maintenance")
             svc.tasks["sweeper"] = asyncio.create_task(schedule_sweeps(svc), name="sweeper")
+            svc.tasks["prices"] = asyncio.create_task(schedule_price_refresh(svc), name="prices")
             if settings.workers > 0:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
@@ -135,7 +145,7 @@ async def stop_services(svc: Services) -> None:
     await svc.jobs.stop()
     for name in ("workers", "heartbeat", "rescuer", "completer"):
         svc.tasks.pop(name, None)
-    for name in ("maintenance", "sweeper"):
+    for name in ("maintenance", "sweeper", "prices"):
         task = svc.tasks.pop(name, None)
         if task is not None and not task.done():
             try:

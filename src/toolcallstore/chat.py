@@ -71,6 +71,8 @@ class ChatCall(Response):
     _call: LaneCall | None = None
     _assembly: Assembly | None = None
     _error: StreamError | None = None
+    _closing: asyncio.Future[Settlement] | None = None
+    _out: list[bytes] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.svc.sender is not None
@@ -114,6 +116,7 @@ class ChatCall(Response):
             await self._emit(first, send)
             async for event in events:
                 await self._emit(event, send)
+        await self._flush(send)
         await self._finish(send)
 
     async def _emit(self, event: Any, send: Send) -> None:
@@ -123,7 +126,15 @@ class ChatCall(Response):
             return
         choice = self._assembly.add(event)
         if choice is not None and self.stream:
-            body = self._assembly.chunk(choice)
+            self._out.append(self._assembly.chunk(choice))
+        # The events of one upstream read go out in one write.
+        if self._out and not (self._call is not None and self._call.more_ready()):
+            await self._flush(send)
+
+    async def _flush(self, send: Send) -> None:
+        if self._out:
+            body = b"".join(self._out)
+            self._out.clear()
             await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def _finish(self, send: Send) -> None:
@@ -194,6 +205,18 @@ class ChatCall(Response):
         assert self._call is not None and self._assembly is not None
         if self.settled is not None:
             return self.settled
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(error, charge_delivered))
+        # Shielded: a client that hangs up now cannot cancel the write that closes the call
+        # (a cancelled write would leave its hold open until the sweep).
+        settled = await asyncio.shield(self._closing)
+        self.settled = settled
+        self.ctx.receipt_id = self.receipt_id
+        self.ctx.cost_micros = settled.outcome.price_micros
+        return settled
+
+    async def _close(self, error: APIError | None, charge_delivered: bool) -> Settlement:
+        assert self._call is not None and self._assembly is not None
         outcome, usage, toolcall = settlement_of(
             self._call,
             self.plan,
@@ -203,7 +226,6 @@ class ChatCall(Response):
             incomplete=error is not None and charge_delivered,
         )
         settled = Settlement(outcome, None if charge_delivered else error, usage, toolcall)
-        self.settled = settled
         content: dict[str, Any]
         if error is not None:
             status, content = error.status, error.envelope(self.ctx.request_id)
@@ -215,8 +237,6 @@ class ChatCall(Response):
                                           settled, self.receipt_id, status, content)  # fmt: skip
         if done is None:
             raise InternalError("The call was interrupted.", code="execution_interrupted")
-        self.ctx.receipt_id = self.receipt_id
-        self.ctx.cost_micros = settled.outcome.price_micros
         return settled
 
 

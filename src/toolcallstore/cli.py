@@ -1,4 +1,4 @@
-"""`toolcallstore serve|migrate|tenants|keys|jobs|audit`: the operator's command line."""
+"""`toolcallstore serve|migrate|tenants|keys|jobs|audit|byok`: the operator's command line."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from toolcallstore.api.jobs import job_object
 from toolcallstore.api.objects import key_object, tenant_object
 from toolcallstore.audit import verify_chain
 from toolcallstore.auth import SCOPES
+from toolcallstore.byok import ENV_NAME, Keyring, rotate
 from toolcallstore.db import Database
 from toolcallstore.db import keys as key_repo
 from toolcallstore.db import tenants as tenant_repo
@@ -96,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
         required=True, metavar="ACTION"
     )
     audit.add_parser("verify", help="verify the hash chain").set_defaults(run=_sync(_audit_verify))
+
+    byok = sub.add_parser("byok", help="manage tenants' stored provider keys").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    byok.add_parser(
+        "rotate", help=f"re-encrypt stored keys under the first key of {ENV_NAME}"
+    ).set_defaults(run=_byok_rotate)
     return parser
 
 
@@ -211,6 +219,22 @@ async def _audit_verify(db: Database, args: argparse.Namespace) -> int:
         f"({report.rows_checked} rows verified before it)"
     )
     return 1
+
+
+def _byok_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.master_key:
+        raise ConfigError(
+            f"{ENV_NAME} is not set: put the new key first and the old ones after it, e.g. "
+            f"{ENV_NAME}=k2:<new base64>,k1:<old base64>"
+        )
+    keyring = Keyring.parse(settings.master_key)
+
+    async def run(db: Database, args: argparse.Namespace) -> int:
+        count = await rotate(db, keyring)
+        print(f"re-encrypted {count} BYOK key(s) under master key id '{keyring.current_kid}'")
+        return 0
+
+    return _sync(run)(settings, args)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

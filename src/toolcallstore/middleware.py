@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from toolcallstore.audit import AuditWriter
@@ -20,6 +21,8 @@ from toolcallstore.responses import send_error
 
 error_log = logging.getLogger("toolcallstore.errors")
 
+# nginx's "client closed request": the client left before it could be answered.
+CLIENT_CLOSED = 499
 # Probes are not actions: they are measured but neither audited nor access-logged.
 UNAUDITED_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -54,6 +57,10 @@ class ObserveMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+            if not response_started:
+                status = CLIENT_CLOSED  # the app had no one left to answer
+        except ClientDisconnect:
+            status = CLIENT_CLOSED
         except Exception:
             error_log.exception("unhandled error", extra={"request_id": ctx.request_id})
             if not response_started:

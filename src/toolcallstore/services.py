@@ -10,10 +10,12 @@ from starlette.requests import Request
 
 from toolcallstore.audit import AuditWriter
 from toolcallstore.auth import KeyCache
+from toolcallstore.byok import Keyring
 from toolcallstore.db import Database
 from toolcallstore.idempotency import Idempotency
 from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.health import ProviderHealth
+from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.sender import Sender
 from toolcallstore.metrics import Metrics
 from toolcallstore.queue.sql import SqlJobStore
@@ -34,8 +36,10 @@ class Services:
     job_store: SqlJobStore
     tools: ToolRegistry
     lanes: Catalog
+    prices: LivePrices  # live LLM prices; quotes fall back to `lanes` past their max age
     http: httpx.AsyncClient | None = None
     sender: Sender | None = None
+    keyring: Keyring | None = None  # None: no TOOLCALLSTORE_MASTER_KEY, BYOK is off
     health: ProviderHealth = field(default_factory=ProviderHealth)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from toolcallstore.errors import ConfigError
@@ -48,6 +48,16 @@ class Settings:
     # Where the sandbox providers answer (test-mode LLM calls go there); empty means this
     # server's own /sandbox mount.
     sandbox_url: str = ""
+    # Live LLM prices: refreshed this often (0: never), trusted for this long before quotes fall
+    # back to config/models.json. An empty source means the sandbox's stored OpenRouter list;
+    # production sets https://openrouter.ai/api/v1/models.
+    price_refresh_seconds: int = 3600
+    price_max_age_seconds: int = 86_400
+    price_source_url: str = ""
+    # BYOK encryption keys, "kid:base64[,kid:base64...]" (32-byte AES-256-GCM keys, the first
+    # encrypts, the rest only decrypt until `toolcallstore byok rotate`); empty disables BYOK.
+    # Kept out of repr so that printing the settings never prints it.
+    master_key: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -74,6 +84,9 @@ class Settings:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/sandbox"
+
+    def price_source(self) -> str:
+        return self.price_source_url or self.sandbox_base() + "/openrouter/api/v1/models"
 
     @property
     def is_sqlite(self) -> bool:

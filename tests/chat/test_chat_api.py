@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from tests.chat.helpers import Live, live_server, models_file, price_micros, sse_payloads
 from tests.conftest import free_port
+from toolcallstore.lanes.prices import refresh_prices
 from toolcallstore.money import micros_to_usd
 from toolcallstore.settings import Settings
 
@@ -232,3 +233,59 @@ async def wait_for_receipt(live: Live, receipt_id: str) -> dict[str, Any]:
             return body
         await asyncio.sleep(0.05)
     raise AssertionError(f"receipt {receipt_id} was never written")
+
+
+async def test_quotes_use_a_fresh_live_price_and_say_so_else_models_json(live: Live) -> None:
+    svc = live.app.state.services
+    key = await live.agent_key()
+    body = {**BODY, "model": "openrouter/google/gemini-3.8-flash"}
+
+    async def quoted() -> dict[str, Any]:
+        headers = {**live.auth(key), "Idempotency-Key": secrets.token_hex(8)}
+        quote = {"tool": "llm.chat", "params": body}
+        r = await live.client.post("/v1/quotes", json=quote, headers=headers)
+        assert r.status_code == 200, r.text
+        breakdown: dict[str, Any] = r.json()["breakdown"]
+        return breakdown
+
+    before = await quoted()
+    assert before["price_source"] == "models.json"
+    assert before["lines"][0]["input_usd_per_mtok"] == "0.75"
+    assert await refresh_prices(svc.db, svc.http, svc.settings.price_source(), svc.lanes) >= 1
+    await svc.prices.load(svc.db)
+    fresh = await quoted()
+    assert fresh["price_source"].startswith("openrouter@")
+    assert fresh["lines"][0]["input_usd_per_mtok"] == "0.7"  # the snapshot's 0.0000007/token
+    r = await post(live, key, body)  # the call itself is priced the same way
+    assert r.status_code == 200, r.text
+    async with svc.db.transaction() as tx:
+        await tx.execute("UPDATE provider_prices SET fetched_at = 0")
+    await svc.prices.load(svc.db)
+    assert (await quoted())["price_source"] == "models.json"  # too old: the fallback
+    await live.balanced()
+
+
+async def test_clients_hanging_up_around_settlement_leave_no_call_open(live: Live) -> None:
+    key = await live.agent_key()
+    body = {**BODY, "stream": True, "max_tokens": 3}
+
+    async def hang_up(after: int) -> None:
+        async with live.client.stream("POST", "/v1/chat/completions", json=body,
+                                      headers=live.auth(key)) as r:  # fmt: skip
+            assert r.status_code == 200
+            seen = 0
+            async for line in r.aiter_lines():
+                seen += line.startswith("data: ")
+                if seen >= after:
+                    break
+
+    await asyncio.gather(*(hang_up(after) for after in [1, 2, 3, 4, 5] * 8))
+    db = live.app.state.services.db
+    for _ in range(100):
+        running = await db.fetch_val("SELECT COUNT(*) FROM executions WHERE state = 'running'")
+        if running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert running == 0
+    assert await db.fetch_val("SELECT COUNT(*) FROM receipts") == 40
+    await live.balanced()

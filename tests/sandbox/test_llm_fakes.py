@@ -595,3 +595,15 @@ async def test_a_client_disconnect_stops_the_stream(
     sends = mounted.body_sends
     await asyncio.sleep(0.2)
     assert mounted.body_sends == sends  # a running stream would have sent ~20 more chunks
+
+
+async def test_every_applies_the_failure_faults_to_every_nth_request_only(
+    client: httpx.AsyncClient,
+) -> None:
+    url = "/fault/status=500,every=3/openai/v1/chat/completions"
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    statuses = [
+        (await client.post(url, json=body, headers={"Authorization": "Bearer k"})).status_code
+        for _ in range(7)
+    ]
+    assert statuses == [200, 200, 500, 200, 200, 500, 200]

@@ -4,6 +4,7 @@ from starlette.routing import BaseRoute
 
 from toolcallstore.api import (
     approvals,
+    byok,
     chat,
     executions,
     health,
@@ -29,4 +30,5 @@ def routes() -> list[BaseRoute]:
         *spend_caps.routes,
         *keys.routes,
         *tenants.routes,
+        *byok.routes,
     ]

@@ -25,6 +25,7 @@ from toolcallstore.ids import new_id
 from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.openai_out import replay_chunks
 from toolcallstore.lanes.plan import CallPlan, plan_call
+from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.request import budget_of, parse_chat_params
 from toolcallstore.money import micros_to_usd
 from toolcallstore.quotes import get_quote, params_hash
@@ -48,7 +49,7 @@ async def create_chat_completion(request: Request) -> Response:
     if body.get("quote_id") is not None:
         plan, call_plan = await _from_quote(request, principal, tool, params, body)
     else:
-        plan, call_plan = _inline(principal, tool, params, body, svc.lanes)
+        plan, call_plan = _inline(principal, tool, params, body, svc.lanes, svc.prices)
     ctx = context_of(request)
     claim = None if key is None else svc.idempotency.claim_for(request, principal, key, body)
     origin = Origin(ctx.request_id, principal.key_id, ctx.ip, path=PATH, idempotency_key=key)
@@ -113,14 +114,14 @@ async def _from_quote(
     if approval_id is not None and not quote.requires_approval:
         raise invalid("approval_id", "This quote needs no approval; leave 'approval_id' out.")
     call_plan = plan_call(svc.lanes, quote.params, livemode=principal.livemode,
-                          budget_micros=budget_of(quote.params))  # fmt: skip
+                          budget_micros=budget_of(quote.params), prices=svc.prices)  # fmt: skip
     plan = Plan(tool, quote.id, approval_id, quote.params, quote.project_id, None)
     return plan, call_plan
 
 
 def _inline(
     principal: Principal, tool: Tool, params: dict[str, Any], body: dict[str, Any],
-    catalog: Catalog,
+    catalog: Catalog, prices: LivePrices,
 ) -> tuple[Plan, CallPlan]:  # fmt: skip
     if body.get("approval_id") is not None:
         raise invalid("approval_id", "An approval belongs to a quote; send its 'quote_id' too.")
@@ -130,7 +131,8 @@ def _inline(
     limit = principal.key.auto_quote_max_micros
     asked = budget_of(params)
     budget = limit if asked is None else asked if limit is None else min(asked, limit)
-    call_plan = plan_call(catalog, params, livemode=principal.livemode, budget_micros=budget)
+    call_plan = plan_call(catalog, params, livemode=principal.livemode, budget_micros=budget,
+                          prices=prices)  # fmt: skip
     estimate = call_plan.estimate(call_plan.lane.id)
     if limit is None:
         raise quote_required(tool, estimate, "This key has no auto_quote_max_usd.")

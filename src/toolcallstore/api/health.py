@@ -8,9 +8,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from toolcallstore.auth import authenticated
 from toolcallstore.context import context_of
 from toolcallstore.db.migrate import current_version, latest_version
 from toolcallstore.errors import PermissionDenied, Unavailable
+from toolcallstore.lanes.health import WINDOW_SECONDS
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 
@@ -68,7 +70,24 @@ async def metrics(request: Request) -> Response:
     return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+async def provider_health(request: Request) -> Response:
+    """Every target's breaker, error rate and latency as this process has seen them."""
+    authenticated(request)
+    svc = services(request)
+    lanes = {lane.id: list(lane.targets) for lane in svc.lanes.lanes.values()}
+    targets = list(svc.lanes.models)
+    return JSONResponse(
+        {
+            "object": "provider_health",
+            "window_seconds": WINDOW_SECONDS,
+            "targets": svc.health.report(targets),
+            "lanes": lanes,
+        }
+    )
+
+
 routes = [
+    Route("/v1/health/providers", provider_health, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -74,7 +74,9 @@ def approval_threshold(tx: SyncTransaction, tenant_id: str) -> int | None:
 
 
 def estimate_object(estimate: Estimate, *, operator: bool) -> dict[str, Any]:
-    breakdown: dict[str, Any] = {"lines": estimate.breakdown, "price_source": "models.json"}
+    sources = {line.get("price_source", "models.json") for line in estimate.breakdown}
+    source = sources.pop() if len(sources) == 1 else "mixed"
+    breakdown: dict[str, Any] = {"lines": estimate.breakdown, "price_source": source}
     if operator:
         breakdown["provider"] = estimate.provider
         breakdown["provider_cost_usd"] = micros_to_usd(estimate.provider_cost_micros)

@@ -12,14 +12,16 @@ call is refused with 422 `max_cost_too_low` naming the minimum.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import orjson
 
 from toolcallstore.errors import InvalidRequest, NotFound, Unavailable, Unprocessable
+from toolcallstore.ids import now_us
 from toolcallstore.lanes.catalog import MILLION, Catalog, Lane, Model
+from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.money import micros_to_usd
 from toolcallstore.pricing import Estimate, to_micros_up
 
@@ -43,10 +45,11 @@ def estimate_output_tokens(text_bytes: int) -> int:
 
 @dataclass(frozen=True)
 class Candidate:
-    model: Model
+    model: Model  # with the prices this call uses (live ones when fresh)
     max_tokens: int
     worst_cost: Decimal  # the provider's price of the worst case, USD
     worst_price_micros: int  # the customer's
+    price_source: str = "models.json"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class CallPlan:
                 "input_usd_per_mtok": str(c.model.input_per_mtok),
                 "output_usd_per_mtok": str(c.model.output_per_mtok),
                 "amount_usd": micros_to_usd(c.worst_price_micros),
+                "price_source": c.price_source,
             }
             for c in self.candidates
         ]
@@ -88,9 +92,15 @@ def customer_price(catalog: Catalog, cost: Decimal) -> int:
 
 
 def plan_call(
-    catalog: Catalog, params: dict[str, Any], *, livemode: bool, budget_micros: int | None
+    catalog: Catalog,
+    params: dict[str, Any],
+    *,
+    livemode: bool,
+    budget_micros: int | None,
+    prices: LivePrices | None = None,
 ) -> CallPlan:
-    """The candidates of a call under `budget_micros` (None: no budget but the model limits)."""
+    """The candidates of a call under `budget_micros` (None: no budget but the model limits),
+    priced from `prices` where a fresh live price exists, else from models.json."""
     resolved = catalog.resolve(params["model"])
     if resolved is None:
         raise NotFound(f"No lane, alias or target '{params['model'][:200]}'; GET /v1/models"
@@ -107,7 +117,9 @@ def plan_call(
     prompt = estimate_prompt_tokens(params)
     wanted = params.get("max_tokens")
     candidates, cheapest = [], None
-    for model in models:
+    now = now_us()
+    for listed in models:
+        model, source = _priced(listed, prices, now)
         if params.get("tools") and not model.supports_tools:
             continue
         room = min(model.max_output_tokens, model.context_tokens - prompt)
@@ -121,7 +133,7 @@ def plan_call(
             if tokens < 1 or (wanted is not None and tokens < wanted):
                 continue
         cost = model.cost(prompt, tokens)
-        candidates.append(Candidate(model, tokens, cost, customer_price(catalog, cost)))
+        candidates.append(Candidate(model, tokens, cost, customer_price(catalog, cost), source))
     if candidates:
         every = sum(c.worst_price_micros for c in candidates)
         hold = every if budget_micros is None else min(budget_micros, every)
@@ -144,6 +156,15 @@ def plan_call(
         param="max_cost_usd",
         minimum_usd=micros_to_usd(cheapest),
     )
+
+
+def _priced(model: Model, prices: LivePrices | None, now: int) -> tuple[Model, str]:
+    live = None if prices is None else prices.lookup(model.id, now)
+    if live is None:
+        return model, "models.json"
+    fresh = replace(model, input_per_mtok=live.input_per_mtok,
+                    output_per_mtok=live.output_per_mtok)  # fmt: skip
+    return fresh, f"{live.source}@{live.fetched_at // 1_000_000}"
 
 
 def _affordable(catalog: Catalog, model: Model, prompt: int, budget_micros: int) -> int:

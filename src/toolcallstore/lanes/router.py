@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolcallstore.lanes.attempt import Attempt, AttemptFailed, Conditions, run_attempt
+from toolcallstore.lanes.attempt import Attempt, AttemptFailed, Conditions, fail, run_attempt
 from toolcallstore.lanes.base import Event, StreamError, TextDelta, ToolCallDelta, UpstreamError
 from toolcallstore.lanes.health import ProviderHealth
 from toolcallstore.lanes.plan import CallPlan, Candidate
 from toolcallstore.lanes.sender import Sender
+
+log = logging.getLogger("toolcallstore.lanes")
 
 QUICK_RETRY_CODES = frozenset({"server_error", "connection_error"})
 FINAL_CODES = frozenset({"content_policy"})
@@ -70,10 +73,15 @@ class LaneCall:
     max_seconds: float = 600.0
     attempts: list[Attempt] = field(default_factory=list)
     winner: Attempt | None = None  # the first attempt whose output reached the caller
+    _race: _Race | None = None
+
+    def more_ready(self) -> bool:
+        """Whether the next event is already here (the caller may batch its writes)."""
+        return self._race is not None and not self._race.queue.empty()
 
     async def events(self) -> AsyncGenerator[Event, None]:
         """The answer's events; raises AllProvidersFailed or Refused before any."""
-        race = _Race(self)
+        race = self._race = _Race(self)
         try:
             async for event in race.run():
                 yield event
@@ -189,6 +197,16 @@ class _Race:
         except AttemptFailed as failed:
             self._observe(attempt, started, failed.error)
             await self.queue.put((attempt, _Ended(failed.error)))
+            return
+        except asyncio.CancelledError:
+            if attempt.outcome == "running":  # cancelled before its request went out
+                attempt.outcome = "cancelled"
+            raise
+        except Exception as exc:  # a bug here must fail the attempt, not hang the call
+            log.exception("attempt on %s failed unexpectedly", attempt.target)
+            error = UpstreamError(0, "internal_error", f"{type(exc).__name__}: {exc}"[:300])
+            fail(attempt, candidate, error, self.conditions.prompt_tokens)
+            await self.queue.put((attempt, _Ended(error)))
             return
         self._observe(attempt, started, attempt.error if attempt.outcome == "cut" else None)
         await self.queue.put((attempt, _Ended(None)))

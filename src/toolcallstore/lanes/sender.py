@@ -75,6 +75,8 @@ async def _bounded_body(response: httpx.Response) -> bytes:
             size += len(chunk)
             if size >= MAX_ERROR_BODY:
                 break
+    except httpx.StreamConsumed:
+        return response.content[:MAX_ERROR_BODY]  # a transport that read it already
     except httpx.TransportError:
         pass  # the status says enough
     return b"".join(chunks)[:MAX_ERROR_BODY]

@@ -8,6 +8,7 @@ Paths, relative to where the app is mounted:
     POST [/fault/{spec}]/anthropic/v1/messages
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:generateContent
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:streamGenerateContent[?alt=sse]
+    GET  [/fault/{spec}]/openrouter/api/v1/models   (a stored price list, `openrouter.py`)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from toolcallstore.sandbox.anthropic import AnthropicDialect
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
 from toolcallstore.sandbox.gemini import GeminiDialect
 from toolcallstore.sandbox.openai import OpenAIDialect
+from toolcallstore.sandbox.openrouter import OpenRouterModels
 
 __all__ = ["create_sandbox_app"]
 
@@ -31,9 +33,13 @@ def create_sandbox_app() -> Starlette:
         ("/gemini/v1beta/models/{model}:generateContent", GeminiDialect()),
         ("/gemini/v1beta/models/{model}:streamGenerateContent", GeminiDialect()),
     ]
+    price_list = OpenRouterModels(state)
     routes = []
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
             handle = Endpoint(dialect, state).handle
             routes.append(Route(prefix + path, handle, methods=["POST"]))
+        routes.append(
+            Route(prefix + "/openrouter/api/v1/models", price_list.handle, methods=["GET"])
+        )
     return Starlette(routes=routes)

@@ -113,7 +113,7 @@ def _last(messages: list[Mapping[str, Any]]) -> tuple[LastKind, str]:
     last = messages[-1]
     if last["role"] == "user" and _is_tool_result(last):
         return "tool_result", _blocks_text(last["content"])
-    kind: LastKind = "user" if last["role"] == "user" else "other"
+    kind: LastKind = "user" if last["role"] == "user" else "prefill"
     users = [m for m in messages if m["role"] == "user"]
     return kind, _blocks_text(users[-1].get("content")) if users else ""
 

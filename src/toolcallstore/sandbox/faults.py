@@ -8,7 +8,8 @@
   after N, `error_after=N` sends the in-band error after N, `malformed_at=N` puts an unparseable
   frame before chunk N (from 1). These, `keepalive` and `no_done` apply to SSE streams only.
 - Failure faults (all but words, latency_ms, keepalive) hit every request, or with
-  `fail_first=N` only the first N requests with the same spec string, whatever the protocol.
+  `fail_first=N` only the first N requests with the same spec string, whatever the protocol,
+  or with `every=N` only every Nth of them (a fault rate for benchmarks).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Faults:
     keepalive: bool = False
     words: int = 12
     fail_first: int = 0
+    every: int = 0  # failure faults on every Nth request of this spec only (benchmarks)
 
     @property
     def error_status(self) -> int | None:
@@ -100,6 +102,7 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "keepalive": (_flag, "1 or 0"),
     "words": (_int_in(1, MAX_WORDS), f"a word count 1-{MAX_WORDS}"),
     "fail_first": (_int_in(0, 1_000_000), "a request count >= 0"),
+    "every": (_int_in(0, 1_000_000), "a request count >= 0"),
 }
 assert set(_PARSERS) == {f.name for f in fields(Faults)}
 
@@ -134,13 +137,15 @@ class FailFirst:
 
     def admit(self, spec: str, faults: Faults) -> Faults:
         """All the faults for the first N requests of a spec; after that only the shaping ones."""
-        if faults.fail_first == 0:
+        if faults.fail_first == 0 and faults.every == 0:
             return faults
         count = self._seen.pop(spec, 0) + 1
         if len(self._seen) >= MAX_COUNTED_SPECS:
             del self._seen[next(iter(self._seen))]
         self._seen[spec] = count  # re-inserted last, so the dict stays ordered by recent use
-        if count <= faults.fail_first:
+        if faults.every and count % faults.every == 0:
+            return faults
+        if not faults.every and count <= faults.fail_first:
             return faults
         return replace(
             Faults(), words=faults.words, latency_ms=faults.latency_ms, keepalive=faults.keepalive

@@ -16,7 +16,8 @@ exactly `min(words, max_tokens)` words. With tools offered and allowed and a use
 the reply is one call to the named (or first) tool instead, unless it would exceed max_tokens.
 Its arguments fill every schema property: strings "sandbox", integers 1, numbers 1.5, booleans
 true, arrays [], objects {}, enums their first value. After a tool result the reply starts
-"Sandbox received the tool result:".
+"Sandbox received the tool result:". A request ending with an assistant message (Anthropic's
+prefill) is continued with filler words only.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import orjson
 from toolcallstore.sandbox.faults import Faults
 
 FinishReason = Literal["stop", "length", "tool_calls"]
-LastKind = Literal["user", "tool_result", "other"]
+# "prefill": the request ends with a partial assistant message to continue (Anthropic).
+LastKind = Literal["user", "tool_result", "prefill", "other"]
 
 TOKENS_PER_MESSAGE = 3
 FRAGMENT_CHARS = 8  # tool-call arguments are streamed in pieces of at most this many characters
@@ -163,6 +165,8 @@ def choose_tool(conversation: Conversation) -> Tool | None:
 
 
 def reply_words(conversation: Conversation, count: int) -> list[str]:
+    if conversation.last_kind == "prefill":
+        return [FILLER[i % len(FILLER)] for i in range(count)]  # carries on where it stopped
     if conversation.last_kind == "tool_result":
         words = ["Sandbox", "received", "the", "tool", "result:"]
     else:

@@ -14,6 +14,7 @@ from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.health import ProviderHealth
 from toolcallstore.lanes.openai_out import Assembly
 from toolcallstore.lanes.plan import plan_call
+from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.request import budget_of, parse_chat_params
 from toolcallstore.lanes.router import AllProvidersFailed, LaneCall, Refused
 from toolcallstore.lanes.sender import Sender
@@ -31,6 +32,7 @@ def register_llm_tool(
     catalog: Catalog,
     sender: Callable[[], Sender],
     health: Callable[[], ProviderHealth],
+    prices: LivePrices,
     sandbox_url: str,
 ) -> None:
     """Register `llm.chat`; `sender` gives the shared sender once the lifespan opened it."""
@@ -38,12 +40,13 @@ def register_llm_tool(
     def price(params: dict[str, Any], pricing: Pricing) -> Estimate:
         # Quoted over every target of the lane: a live call uses those with keys, a subset,
         # so its worst case is never above the quote's.
-        plan = plan_call(catalog, params, livemode=False, budget_micros=budget_of(params))
+        plan = plan_call(catalog, params, livemode=False, budget_micros=budget_of(params),
+                         prices=prices)  # fmt: skip
         return plan.estimate(plan.lane.id)
 
     async def execute(call: ToolCall) -> Outcome:
         plan = plan_call(catalog, call.params, livemode=call.livemode,
-                         budget_micros=budget_of(call.params))  # fmt: skip
+                         budget_micros=budget_of(call.params), prices=prices)  # fmt: skip
         lane_call = LaneCall(sender(), plan, call.params, call.livemode, sandbox_url, health())
         assembly = Assembly(f"chatcmpl-{call.execution_id}", int(time.time()))
         cut: StreamError | None = None
