@@ -16,6 +16,7 @@ from starlette.routing import Route
 from toolcallstore.api.executions import Opened, Plan, _open, quote_required
 from toolcallstore.api.quotes import find_tool
 from toolcallstore.auth import Principal, authenticated, require_scope
+from toolcallstore.byok import tenant_keys
 from toolcallstore.chat import SSE_HEADERS, ChatCall
 from toolcallstore.context import context_of
 from toolcallstore.errors import Unprocessable
@@ -46,10 +47,12 @@ async def create_chat_completion(request: Request) -> Response:
     stream = _stream_flag(body)
     svc = services(request)
     tool = find_tool(request, CHAT_TOOL)
+    # Live calls to a provider the tenant brought its own key for go out with that key.
+    byok = await tenant_keys(svc.db, svc.keyring, principal.tenant_id) if principal.livemode else {}
     if body.get("quote_id") is not None:
-        plan, call_plan = await _from_quote(request, principal, tool, params, body)
+        plan, call_plan = await _from_quote(request, principal, tool, params, body, byok)
     else:
-        plan, call_plan = _inline(principal, tool, params, body, svc.lanes, svc.prices)
+        plan, call_plan = _inline(principal, tool, params, body, svc.lanes, svc.prices, byok)
     ctx = context_of(request)
     claim = None if key is None else svc.idempotency.claim_for(request, principal, key, body)
     origin = Origin(ctx.request_id, principal.key_id, ctx.ip, path=PATH, idempotency_key=key)
@@ -70,6 +73,7 @@ async def create_chat_completion(request: Request) -> Response:
         ctx=ctx,
         operator=principal.has("admin"),
         headers_out={"ToolCall-Quote-Id": opened.quote.id, "ToolCall-Receipt-Id": receipt_id},
+        byok=byok,
     )
 
 
@@ -93,7 +97,7 @@ def _stream_flag(body: dict[str, Any]) -> bool:
 
 async def _from_quote(
     request: Request, principal: Principal, tool: Tool, params: dict[str, Any],
-    body: dict[str, Any],
+    body: dict[str, Any], byok: dict[str, str],
 ) -> tuple[Plan, CallPlan]:  # fmt: skip
     quote_id, approval_id = body["quote_id"], body.get("approval_id")
     if not isinstance(quote_id, str) or len(quote_id) > 64:
@@ -114,14 +118,15 @@ async def _from_quote(
     if approval_id is not None and not quote.requires_approval:
         raise invalid("approval_id", "This quote needs no approval; leave 'approval_id' out.")
     call_plan = plan_call(svc.lanes, quote.params, livemode=principal.livemode,
-                          budget_micros=budget_of(quote.params), prices=svc.prices)  # fmt: skip
+                          budget_micros=budget_of(quote.params), prices=svc.prices,
+                          byok_providers=frozenset(byok))  # fmt: skip
     plan = Plan(tool, quote.id, approval_id, quote.params, quote.project_id, None)
     return plan, call_plan
 
 
 def _inline(
     principal: Principal, tool: Tool, params: dict[str, Any], body: dict[str, Any],
-    catalog: Catalog, prices: LivePrices,
+    catalog: Catalog, prices: LivePrices, byok: dict[str, str],
 ) -> tuple[Plan, CallPlan]:  # fmt: skip
     if body.get("approval_id") is not None:
         raise invalid("approval_id", "An approval belongs to a quote; send its 'quote_id' too.")
@@ -132,7 +137,7 @@ def _inline(
     asked = budget_of(params)
     budget = limit if asked is None else asked if limit is None else min(asked, limit)
     call_plan = plan_call(catalog, params, livemode=principal.livemode, budget_micros=budget,
-                          prices=prices)  # fmt: skip
+                          prices=prices, byok_providers=frozenset(byok))  # fmt: skip
     estimate = call_plan.estimate(call_plan.lane.id)
     if limit is None:
         raise quote_required(tool, estimate, "This key has no auto_quote_max_usd.")

@@ -51,7 +51,11 @@ async def retrieve_receipt(request: Request) -> Response:
         "SELECT * FROM receipts WHERE id = :id AND tenant_id = :t",
         {"id": request.path_params["receipt_id"], "t": principal.tenant_id},
     )
-    if row is None or principal.key.project_id not in (None, row["project_id"]):
+    if (
+        row is None
+        or bool(row["livemode"]) != principal.livemode  # test and live data stay apart
+        or principal.key.project_id not in (None, row["project_id"])
+    ):
         raise NotFound("No such receipt.", param="receipt_id")
     return JSONResponse(receipt_object(row, operator=principal.has("admin")))
 

@@ -98,6 +98,7 @@ def plan_call(
     livemode: bool,
     budget_micros: int | None,
     prices: LivePrices | None = None,
+    byok_providers: frozenset[str] = frozenset(),
 ) -> CallPlan:
     """The candidates of a call under `budget_micros` (None: no budget but the model limits),
     priced from `prices` where a fresh live price exists, else from models.json."""
@@ -107,7 +108,10 @@ def plan_call(
                        " lists them.", code="model_not_found", param="model")  # fmt: skip
     lane, models = resolved
     if livemode:
-        models = [m for m in models if m.api_key is not None and m.base_url_ready]
+        models = [
+            m for m in models
+            if (m.api_key is not None or m.target.provider in byok_providers) and m.base_url_ready
+        ]  # fmt: skip
         if not models:
             raise Unavailable(
                 f"No target of '{params['model'][:200]}' has a provider key configured on this"
