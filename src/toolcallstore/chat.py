@@ -66,7 +66,8 @@ class ChatCall(Response):
     ctx: RequestContext
     operator: bool
     headers_out: dict[str, str] = field(default_factory=dict)
-    byok: dict[str, str] = field(default_factory=dict)  # provider -> the tenant's own key
+    # provider -> the tenant's own key; repr=False keeps it out of any log line or traceback
+    byok: dict[str, str] = field(default_factory=dict, repr=False)
     settled: Settlement | None = None
     _call: LaneCall | None = None
     _assembly: Assembly | None = None

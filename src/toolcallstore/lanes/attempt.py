@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -104,7 +104,7 @@ class Conditions:
     first_token_timeout_s: float
     idle_timeout_s: float
     ends_at: float  # loop time
-    byok: Mapping[str, str]  # provider -> the tenant's own key (live mode)
+    byok: Mapping[str, str] = field(repr=False)  # provider -> the tenant's own key (live mode)
 
 
 async def run_attempt(

@@ -68,7 +68,7 @@ class LaneCall:
     livemode: bool
     sandbox_url: str
     health: ProviderHealth = field(default_factory=ProviderHealth)
-    byok: Mapping[str, str] = field(default_factory=dict)
+    byok: Mapping[str, str] = field(default_factory=dict, repr=False)  # tenants' own keys
     # The whole call ends by then: its hold outlives it only by the grace period.
     max_seconds: float = 600.0
     attempts: list[Attempt] = field(default_factory=list)
