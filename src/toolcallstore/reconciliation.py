@@ -3,7 +3,10 @@ and every receipt or spend counter whose numbers do not add up against the ledge
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from toolcallstore.db import Database
 from toolcallstore.money import micros_to_usd
@@ -33,6 +36,32 @@ SELECT c.owner_id, c.spent_micros, c.held_micros,
 FROM spend_counters c WHERE c.period = :period AND c.livemode = :livemode
 ORDER BY c.owner_id
 """
+
+
+async def _losing_attempts(db: Database, values: dict[str, Any]) -> dict[str, Any]:
+    """LLM attempts that did not answer (hedges that lost, failed or cancelled attempts): how
+    many, what providers billed for them, and how much of it the lanes passed to customers."""
+    count, cost, passed = 0, Decimal(0), Decimal(0)
+    rows = await db.fetch_all(
+        "SELECT attempts FROM receipts WHERE period = :period AND livemode = :livemode"
+        " AND tool = 'llm.chat'",
+        values,
+    )
+    for row in rows:
+        for attempt in orjson.loads(row["attempts"]):
+            if "cost_paid_by" not in attempt:
+                continue
+            count += 1
+            amount = Decimal(attempt["provider_cost_usd"])
+            cost += amount
+            if attempt["cost_paid_by"] == "customer":
+                passed += amount
+    return {
+        "attempts": count,
+        "provider_cost_usd": f"{cost:.6f}",
+        "passed_to_customers_usd": f"{passed:.6f}",
+        "absorbed_usd": f"{cost - passed:.6f}",
+    }
 
 
 def _amounts(price: int, cost: int) -> dict[str, str]:
@@ -85,6 +114,7 @@ async def reconcile(db: Database, period: str, livemode: bool) -> dict[str, Any]
             )  # fmt: skip
     return {
         "object": "reconciliation",
+        "losing_attempts": await _losing_attempts(db, values),
         "period": period,
         "livemode": livemode,
         "providers": providers,

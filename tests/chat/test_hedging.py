@@ -112,7 +112,11 @@ async def test_a_lane_that_passes_loser_costs_charges_them_within_the_budget(liv
     expected = to_micros_up((loser_cost + winner_cost) * Decimal("1.20"))
     # Within a micro: each attempt's cost was rounded up to the micro on the receipt.
     assert abs(int(Decimal(receipt["amount_usd"]) * 1_000_000) - expected) <= 2
-    await live.balanced()
+    report = await live.balanced()
+    losers = report["losing_attempts"]  # one stalled loser per call: one absorbed, one passed
+    assert losers["attempts"] == 2
+    assert Decimal(losers["passed_to_customers_usd"]) == loser_cost
+    assert Decimal(losers["provider_cost_usd"]) > loser_cost  # plus the absorbed one
 
 
 async def test_a_budget_that_fits_only_one_attempt_starts_no_hedge(live: Live) -> None:

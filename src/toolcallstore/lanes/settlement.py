@@ -52,7 +52,7 @@ def settlement_of(
         provider_cost_micros=sum(costs.values()),
         provider=winner.provider if winner else plan.lane.id,
         usage={**usage, "estimated": estimated},
-        attempts=[a.record() for a in call.attempts],
+        attempts=[_with_payer(a, plan) for a in call.attempts],
         estimated=estimated,
         provider_costs=costs,
     )  # fmt: skip
@@ -77,6 +77,15 @@ def _price(call: LaneCall, plan: CallPlan, delivered: list[Attempt]) -> int:
     if all(a.byok for a in delivered) and not cost:
         return to_micros_up(plan.fee)
     return min(plan.price_of(cost), plan.hold_micros)
+
+
+def _with_payer(attempt: Attempt, plan: CallPlan) -> dict[str, Any]:
+    """The receipt's record of an attempt; one that lost says who paid for it (reconciliation
+    sums them)."""
+    record = attempt.record()
+    if not attempt.delivered:
+        record["cost_paid_by"] = "customer" if plan.lane.loser_costs == "pass" else "margin"
+    return record
 
 
 def attempt_record(attempt: Attempt, operator: bool) -> dict[str, Any]:
