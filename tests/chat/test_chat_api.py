@@ -289,3 +289,13 @@ async def test_clients_hanging_up_around_settlement_leave_no_call_open(live: Liv
     assert running == 0
     assert await db.fetch_val("SELECT COUNT(*) FROM receipts") == 40
     await live.balanced()
+
+
+async def test_the_catalog_lists_llm_chat_priced_by_tokens(live: Live) -> None:
+    key = await live.agent_key()
+    r = await live.client.get("/v1/tools", headers=live.auth(key))
+    assert r.status_code == 200
+    tool = next(t for t in r.json()["data"] if t["name"] == "llm.chat")
+    assert tool["scope"] == "llm:chat" and tool["risk"] == "low" and tool["mode"] == "sync"
+    assert tool["price"]["basis"] == "per_token"
+    assert "(1 + 0.20)" in tool["price"]["description"]

@@ -19,7 +19,6 @@ from toolcallstore.lanes.request import budget_of, parse_chat_params
 from toolcallstore.lanes.router import AllProvidersFailed, LaneCall, Refused
 from toolcallstore.lanes.sender import Sender
 from toolcallstore.lanes.settlement import settlement_of
-from toolcallstore.money import micros_to_usd
 from toolcallstore.pricing import Estimate, Pricing
 from toolcallstore.tools.registry import CostlyFailure, Outcome, Tool, ToolCall, ToolRegistry
 
@@ -75,7 +74,7 @@ def register_llm_tool(
         return {
             "basis": "per_token",
             "description": "usage x the answering target's price per million tokens"
-            f" x (1 + {catalog.markup}) + {micros_to_usd(0)} fee; at most max_cost_usd",
+            f" x (1 + {catalog.markup}) + a {catalog.fee} USD fee; at most max_cost_usd",
         }
 
     tools.register(
