@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.api.executions import Opened, Plan, _open, quote_required
+from toolcallstore.api.executions import Opened, Plan, open_call, quote_required
 from toolcallstore.api.quotes import find_tool
 from toolcallstore.auth import Principal, authenticated, require_scope
 from toolcallstore.byok import tenant_keys
@@ -56,7 +56,7 @@ async def create_chat_completion(request: Request) -> Response:
     ctx = context_of(request)
     claim = None if key is None else svc.idempotency.claim_for(request, principal, key, body)
     origin = Origin(ctx.request_id, principal.key_id, ctx.ip, path=PATH, idempotency_key=key)
-    opened = await svc.db.run_sync(_open, svc, principal, plan, origin, claim)
+    opened = await svc.db.run_sync(open_call, svc, principal, plan, origin, claim)
     if not isinstance(opened, Opened):
         return _replay(opened, request, stream)
     ctx.quote_id, ctx.approval_id = opened.quote.id, opened.execution["approval_id"]

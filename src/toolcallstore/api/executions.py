@@ -162,7 +162,7 @@ async def create_execution(request: Request) -> Response:
     origin = Origin(ctx.request_id, principal.key_id, ctx.ip, idempotency_key=key)
     # A refusal raised in here rolls the whole transaction back, the key's claim included:
     # nothing of a rejected request is stored, so the agent may fix it and retry the key.
-    opened = await svc.db.run_sync(_open, svc, principal, plan, origin, claim)
+    opened = await svc.db.run_sync(open_call, svc, principal, plan, origin, claim)
     if not isinstance(opened, Opened):
         return replay_response(opened, request)
     quote, execution = opened.quote, opened.execution
@@ -183,7 +183,7 @@ async def create_execution(request: Request) -> Response:
     return JSONResponse(content, status_code=status, headers=headers)
 
 
-def _open(
+def open_call(
     tx: SyncTransaction, svc: Services, principal: Principal, plan: Plan, origin: Origin,
     claim: KeyClaim | None,
 ) -> Opened | Answer:  # fmt: skip
