@@ -201,3 +201,24 @@ async def test_a_target_without_prefill_is_never_used_to_resume(live: Live) -> N
     assert "stream_cut" in payloads[-1]["error"]["message"]  # the original failure
     assert [a["target"] for a in payloads[-1]["toolcall"]["attempts"]] == [target_id("cuts")]
     await live.balanced()
+
+
+async def test_a_stream_that_goes_silent_mid_answer_ends_in_band_within_the_idle_bound(
+    settings: Settings, tmp_path: Path
+) -> None:
+    file = models_file(tmp_path, {"slow": ("openai", "latency_ms=1000,words=5")},
+                       {"idle": ["slow"]}, first_token_timeout_ms=5000,
+                       idle_timeout_ms=300)  # fmt: skip
+    async with live_server(settings.with_(models_file=str(file))) as live:
+        key = await live.agent_key()
+        r = await chat(live, key, "idle", stream=True)
+        payloads = sse_payloads(r.content)
+        assert "[DONE]" not in payloads
+        last = payloads[-1]
+        assert last["choices"][0]["finish_reason"] == "error"
+        assert "stream_stalled" in last["error"]["message"]
+        text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads[:-1])
+        assert text == "Sandbox "  # the one word before the silence
+        (attempt,) = last["toolcall"]["attempts"]
+        assert attempt["outcome"] == "cut" and attempt["error"]["code"] == "stream_stalled"
+        await live.balanced()
