@@ -20,7 +20,7 @@ from starlette.routing import Route
 from toolcallstore import api
 from toolcallstore.audit import AuditWriter
 from toolcallstore.auth import AuthMiddleware, KeyCache
-from toolcallstore.byok import Keyring
+from toolcallstore.byok import Keyring, tenant_keys
 from toolcallstore.context import context_of
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
@@ -97,8 +97,11 @@ def create_app(settings: Settings) -> Starlette:
         assert svc.sender is not None, "the lifespan opens the sender"
         return svc.sender
 
+    async def keys_of(tenant_id: str) -> dict[str, str]:
+        return await tenant_keys(db, svc.keyring, tenant_id)
+
     register_llm_tool(tools, lanes, sender, lambda: svc.health, svc.prices,
-                      settings.sandbox_base())  # fmt: skip
+                      settings.sandbox_base(), keys_of)  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

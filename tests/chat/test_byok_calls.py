@@ -107,3 +107,20 @@ async def test_a_tenants_own_key_is_used_and_only_the_fee_is_charged(
     row = await db.fetch_one("SELECT price_micros, provider_cost_micros FROM receipts"
                              " WHERE id = :id", {"id": toolcall["receipt_id"]})  # fmt: skip
     assert row is not None and (row["price_micros"], row["provider_cost_micros"]) == (1000, 0)
+
+
+async def test_llm_chat_executions_use_the_tenants_key_too(
+    setup: tuple[Live, Upstream, str],
+) -> None:
+    live, upstream, key = setup
+    own = "sk-mine-" + secrets.token_hex(12)
+    r = await live.client.post("/v1/byok-keys", json={"provider": "mine", "key": own},
+                               headers={**live.auth(key), "Idempotency-Key": "b2"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    params = {"model": "mine-lane", "messages": [{"role": "user", "content": "hi"}],
+              "max_tokens": 5}  # fmt: skip
+    r = await live.client.post("/v1/executions", json={"tool": "llm.chat", "params": params},
+                               headers={**live.auth(key), "Idempotency-Key": "e1"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert upstream.keys == [f"Bearer {own}"]
+    assert r.json()["amount_usd"] == "0.001000"

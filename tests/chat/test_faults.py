@@ -268,3 +268,19 @@ async def test_keep_alives_and_a_missing_end_marker_still_finish_cleanly_with_us
         price_micros(usage["prompt_tokens"], usage["completion_tokens"])
     )
     await live.balanced()
+
+
+async def test_llm_chat_executions_report_a_refusal_as_such_and_charge_nothing(
+    live: Live,
+) -> None:
+    key = await live.agent_key()
+    params = {"model": "refusal", "messages": MESSAGES, "max_tokens": 50}
+    r = await live.client.post("/v1/executions", json={"tool": "llm.chat", "params": params},
+                               headers={**live.auth(key), "Idempotency-Key": "x1"})  # fmt: skip
+    assert r.status_code == 502  # a failed tool, as every failed execution
+    error = r.json()["error"]
+    assert error["code"] == "content_policy_violation"
+    receipt = await live.receipt(error["receipt_id"])
+    assert receipt["status"] == "failed" and receipt["amount_usd"] == "0.000000"
+    assert [a["target"] for a in receipt["attempts"]] == [target_id("refuses")]
+    await live.balanced()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from toolcallstore.lanes.base import StreamError
@@ -33,8 +33,10 @@ def register_llm_tool(
     health: Callable[[], ProviderHealth],
     prices: LivePrices,
     sandbox_url: str,
+    tenant_keys: Callable[[str], Awaitable[dict[str, str]]],
 ) -> None:
-    """Register `llm.chat`; `sender` gives the shared sender once the lifespan opened it."""
+    """Register `llm.chat`; `sender` gives the shared sender once the lifespan opened it,
+    `tenant_keys` a tenant's own provider keys (BYOK) for its live calls."""
 
     def price(params: dict[str, Any], pricing: Pricing) -> Estimate:
         # Quoted over every target of the lane: a live call uses those with keys, a subset,
@@ -44,11 +46,15 @@ def register_llm_tool(
         return plan.estimate(plan.lane.id)
 
     async def execute(call: ToolCall) -> Outcome:
+        byok = await tenant_keys(call.tenant_id) if call.livemode else {}
         plan = plan_call(catalog, call.params, livemode=call.livemode,
-                         budget_micros=budget_of(call.params), prices=prices)  # fmt: skip
-        lane_call = LaneCall(sender(), plan, call.params, call.livemode, sandbox_url, health())
+                         budget_micros=budget_of(call.params), prices=prices,
+                         byok_providers=frozenset(byok))  # fmt: skip
+        lane_call = LaneCall(sender(), plan, call.params, call.livemode, sandbox_url, health(),
+                             byok)  # fmt: skip
         assembly = Assembly(f"chatcmpl-{call.execution_id}", int(time.time()))
         cut: StreamError | None = None
+        refused: Refused | None = None
         try:
             async with contextlib.aclosing(lane_call.events()) as events:
                 async for event in events:
@@ -56,9 +62,16 @@ def register_llm_tool(
                         cut = event
                     else:
                         assembly.add(event)
-        except (AllProvidersFailed, Refused):
+        except AllProvidersFailed:
             cut = StreamError("all_providers_failed", "Every target failed before its first token.")
-        outcome, usage, toolcall = settlement_of(lane_call, plan, None, charge=cut is None)
+        except Refused as refusal:
+            refused = refusal
+        answered = cut is None and refused is None
+        outcome, usage, toolcall = settlement_of(lane_call, plan, None, charge=answered)
+        if refused is not None:
+            raise CostlyFailure(f"The target refused the request: {refused.error.message}"[:500],
+                                outcome, code="content_policy_violation", status=400,
+                                attempts=toolcall["attempts"])  # fmt: skip
         if cut is not None or lane_call.winner is None:
             code = cut.code if cut else "all_providers_failed"
             kind = code if code == "all_providers_failed" else "stream_interrupted"
