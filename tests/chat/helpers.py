@@ -16,13 +16,10 @@ from typing import Any
 import httpx
 import orjson
 import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from tests.conftest import free_port
 from toolcallstore.app import create_app
 from toolcallstore.pricing import REPO_CONFIG, to_micros_up
-from toolcallstore.sandbox import create_sandbox_app
 from toolcallstore.server import prepare
 from toolcallstore.settings import Settings
 
@@ -85,24 +82,6 @@ def price_micros(prompt_tokens: int, completion_tokens: int) -> int:
     """What the customer pays for this usage of a sandbox-model target."""
     cost = (prompt_tokens * INPUT_PER_MTOK + completion_tokens * OUTPUT_PER_MTOK) / 1_000_000
     return to_micros_up(cost * (1 + MARKUP))
-
-
-@contextlib.asynccontextmanager
-async def sandbox_server() -> AsyncIterator[str]:
-    """The sandbox providers on a real loopback socket; yields their base URL."""
-    port = free_port()
-    app = Starlette(routes=[Mount("/sandbox", create_sandbox_app())])
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/sandbox"
-    finally:
-        server.should_exit = True
-        await task
 
 
 def sse_payloads(body: bytes) -> list[Any]:

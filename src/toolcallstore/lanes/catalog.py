@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 
 from toolcallstore.errors import ConfigError
 from toolcallstore.lanes.base import Target
-from toolcallstore.pricing import Pricing
+from toolcallstore.pricing import Pricing, to_micros_up
 
 Order = Literal["listed", "price", "latency"]
 _ENV_VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
@@ -70,6 +70,10 @@ class Catalog:
     markup: Decimal
     fee: Decimal
     default_lane: Lane
+
+    def price_of(self, cost: Decimal) -> int:
+        """The customer's price of a provider cost: marked up, plus the per-call fee."""
+        return to_micros_up(cost * (1 + self.markup) + self.fee)
 
     def resolve(self, name: str) -> tuple[Lane, list[Model]] | None:
         """The lane policy and targets (in order) a requested `model` names: a lane, an

@@ -60,12 +60,10 @@ class CallPlan:
     # What all attempts together may commit, in customer prices: the budget, or (without one)
     # every candidate's worst case; it is what the call holds against the caps.
     hold_micros: int
-    markup: Decimal
-    fee: Decimal
+    catalog: Catalog
 
     def price_of(self, cost: Decimal) -> int:
-        """The customer's price of a provider cost."""
-        return to_micros_up(cost * (1 + self.markup) + self.fee)
+        return self.catalog.price_of(cost)
 
     def estimate(self, name: str) -> Estimate:
         worst = max(self.candidates, key=lambda c: c.worst_price_micros)
@@ -85,10 +83,6 @@ class CallPlan:
         cost = to_micros_up(worst.worst_cost)
         hold = self.hold_micros
         return Estimate(hold, hold, cost, name, lines)
-
-
-def customer_price(catalog: Catalog, cost: Decimal) -> int:
-    return to_micros_up(cost * (1 + catalog.markup) + catalog.fee)
 
 
 def plan_call(
@@ -130,18 +124,18 @@ def plan_call(
         if room < 1 or (wanted is not None and wanted > room):
             continue
         tokens = wanted if wanted is not None else room
-        least = customer_price(catalog, model.cost(prompt, min(tokens, wanted or 1)))
+        least = catalog.price_of(model.cost(prompt, min(tokens, wanted or 1)))
         cheapest = least if cheapest is None else min(cheapest, least)
         if budget_micros is not None:
             tokens = min(tokens, _affordable(catalog, model, prompt, budget_micros))
             if tokens < 1 or (wanted is not None and tokens < wanted):
                 continue
         cost = model.cost(prompt, tokens)
-        candidates.append(Candidate(model, tokens, cost, customer_price(catalog, cost), source))
+        candidates.append(Candidate(model, tokens, cost, catalog.price_of(cost), source))
     if candidates:
         every = sum(c.worst_price_micros for c in candidates)
         hold = every if budget_micros is None else min(budget_micros, every)
-        return CallPlan(lane, prompt, candidates, hold, catalog.markup, catalog.fee)
+        return CallPlan(lane, prompt, candidates, hold, catalog)
     if cheapest is None:
         raise InvalidRequest(
             f"No target of '{params['model'][:200]}' can take this prompt (about {prompt} tokens"
@@ -185,6 +179,6 @@ def _affordable(catalog: Catalog, model: Model, prompt: int, budget_micros: int)
         return model.max_output_tokens
     tokens = int((spendable * MILLION / model.output_per_mtok).to_integral_value(ROUND_FLOOR))
     tokens = min(tokens, model.max_output_tokens)
-    while tokens > 0 and customer_price(catalog, model.cost(prompt, tokens)) > budget_micros:
+    while tokens > 0 and catalog.price_of(model.cost(prompt, tokens)) > budget_micros:
         tokens -= 1  # not reached unless Decimal's precision rounded the division up
     return tokens

@@ -75,7 +75,7 @@ def _price(call: LaneCall, plan: CallPlan, delivered: list[Attempt]) -> int:
     if plan.lane.loser_costs == "pass":
         cost += sum((a.cost for a in call.attempts if not a.delivered), Decimal(0))
     if all(a.byok for a in delivered) and not cost:
-        return to_micros_up(plan.fee)
+        return to_micros_up(plan.catalog.fee)
     return min(plan.price_of(cost), plan.hold_micros)
 
 
