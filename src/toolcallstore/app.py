@@ -8,8 +8,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,7 +28,7 @@ from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
 from toolcallstore.ids import now_us
 from toolcallstore.lanes.catalog import load_catalog
 from toolcallstore.lanes.prices import LivePrices
-from toolcallstore.lanes.sender import Sender
+from toolcallstore.lanes.sender import Sender, upstream_client
 from toolcallstore.logs import AccessLog
 from toolcallstore.metrics import Metrics
 from toolcallstore.middleware import BodyLimitMiddleware, ObserveMiddleware, SandboxMount
@@ -110,7 +108,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await migrate(db)
             await svc.prices.load(db)
-            svc.http = httpx.AsyncClient(transport=AiohttpTransport(), timeout=30.0)
+            svc.http = upstream_client()
             svc.sender = Sender(svc.http)
             svc.tasks["audit"] = asyncio.create_task(svc.audit.run(), name="audit-writer")
             svc.tasks["maintenance"] = asyncio.create_task(maintain(svc), name="maintenance")

@@ -17,6 +17,11 @@ _ids = random.Random(secrets.randbits(128))
 os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(128)))
 
 
+# byte -> base62 character (byte % 62): 256 = 4 x 62 + 8, so the first eight characters are
+# drawn 5/4 as often as the rest; 14 characters still carry over 83 bits.
+_BYTE_TO_BASE62 = bytes(ord(ALPHABET[b % 62]) for b in range(256))
+
+
 def now_us() -> int:
     """Wall-clock time in integer epoch microseconds: how every *_at column is stored."""
     return time.time_ns() // 1000
@@ -43,7 +48,7 @@ def new_id(prefix: str) -> str:
     """`prefix_` + 8 chars of millisecond time + 14 random chars: sorts by creation time."""
     # Eight ids per billable call, made on the writer's thread: the time part is encoded once
     # per millisecond and the random part drawn in one call.
-    random_part = "".join(_ids.choices(ALPHABET, k=14))
+    random_part = _ids.randbytes(14).translate(_BYTE_TO_BASE62).decode()
     return f"{prefix}_{_time_part(time.time_ns() // 1_000_000)}{random_part}"
 
 

@@ -1,4 +1,9 @@
 import asyncio
+import contextlib
+import shutil
+import sqlite3
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +133,117 @@ async def test_a_run_sync_body_sees_the_bodies_committed_before_it(db: Database)
 
     await asyncio.gather(*(db.run_sync(increment) for _ in range(100)))
     assert await db.fetch_val("SELECT name FROM tenants WHERE id = 't'") == "100"
+
+
+async def _sqlite_db(path: Path) -> Database:
+    db = Database(f"sqlite:///{path}")
+    await db.connect()
+    await migrate(db)
+    return db
+
+
+def _add_tenant(tx: SyncTransaction, tenant_id: str) -> str:
+    tx.execute("INSERT INTO tenants (id, name, created_at) VALUES (:id, :id, 0)", {"id": tenant_id})
+    return tenant_id
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO tenants (id, name, created_at) VALUES ('ten_cli', 'cli', 0)")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print("committed", flush=True)
+"""
+
+
+async def test_a_write_lock_held_by_another_process_neither_fails_nor_freezes_run_sync(
+    tmp_path: Path,
+) -> None:
+    # run_sync transactions run on the event loop's thread and never wait for SQLite's lock
+    # there: while another process (say the CLI) holds it, they wait elsewhere, and the loop
+    # goes on serving, here the reads and the coroutine that lets the other process commit.
+    db = await _sqlite_db(tmp_path / "lock.db")
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLD_WRITE_LOCK, str(tmp_path / "lock.db"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        assert await other.stdout.readline() == b"locked\n"
+        writes = [asyncio.ensure_future(db.run_sync(_add_tenant, f"ten_{i}")) for i in range(5)]
+        # The loop must keep turning: a writer waiting on the loop's thread (busy_timeout)
+        # would freeze it for seconds. 1 s is far above any healthy gap between two ticks.
+        longest, last = 0.0, time.monotonic()
+        for _ in range(25):
+            await asyncio.sleep(0.02)
+            assert await db.fetch_val("SELECT count(*) FROM tenants") == 0
+            longest, last = max(longest, time.monotonic() - last), time.monotonic()
+        assert longest < 1.0
+        assert not any(w.done() for w in writes)  # waiting for the lock, not failed
+        other.stdin.write(b"go\n")
+        await other.stdin.drain()
+        assert await other.stdout.readline() == b"committed\n"
+        assert await asyncio.gather(*writes) == [f"ten_{i}" for i in range(5)]
+        # Then back on the loop's own connection.
+        assert await db.run_sync(_add_tenant, "ten_after") == "ten_after"
+        rows = await db.fetch_all("SELECT id FROM tenants ORDER BY id")
+        assert [r["id"] for r in rows] == ["ten_0", "ten_1", "ten_2", "ten_3", "ten_4",
+                                           "ten_after", "ten_cli"]  # fmt: skip
+    finally:
+        if other.returncode is None:
+            other.kill()
+        await other.wait()
+        await db.disconnect()
+
+
+async def test_run_sync_waits_for_an_open_async_transaction_and_then_commits(
+    tmp_path: Path,
+) -> None:
+    db = await _sqlite_db(tmp_path / "mixed.db")
+    try:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', 0)")
+            writes = [asyncio.ensure_future(db.run_sync(_add_tenant, f"ten_{i}")) for i in "bc"]
+            await asyncio.sleep(0.05)
+            assert not any(w.done() for w in writes)
+        assert await asyncio.gather(*writes) == ["ten_b", "ten_c"]
+        rows = await db.fetch_all("SELECT id FROM tenants ORDER BY id")
+        assert [r["id"] for r in rows] == ["ten_a", "ten_b", "ten_c"]
+        with pytest.raises(Exception, match="FOREIGN KEY"):
+            await db.run_sync(
+                lambda tx: tx.execute(
+                    "INSERT INTO projects (id, tenant_id, name, created_at)"
+                    " VALUES ('p', 'nope', 'p', 0)"
+                )
+            )
+    finally:
+        await db.disconnect()
+
+
+async def test_the_wal_is_copied_back_into_the_database_file_while_the_server_writes(
+    tmp_path: Path,
+) -> None:
+    # The loop's writer never checkpoints (that would stall the loop); a background thread
+    # does. The database file alone, without its -wal, must come to hold what was committed.
+    db = await _sqlite_db(tmp_path / "ckpt.db")
+    try:
+        for chunk in range(5):
+            await asyncio.gather(
+                *(db.run_sync(_add_tenant, f"ten_{chunk}_{i}") for i in range(200))
+            )
+        copy = tmp_path / "copy.db"
+        count = 0
+        for _ in range(100):  # the checkpoint runs every 0.25 s; allow it 10 s
+            await asyncio.sleep(0.1)
+            shutil.copyfile(tmp_path / "ckpt.db", copy)  # no -wal beside it: the file alone
+            with contextlib.closing(sqlite3.connect(copy)) as conn:
+                with contextlib.suppress(sqlite3.OperationalError):  # no tables there yet
+                    count = conn.execute("SELECT count(*) FROM tenants").fetchone()[0]
+            if count == 1000:
+                break
+        assert count == 1000
+    finally:
+        await db.disconnect()

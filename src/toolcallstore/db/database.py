@@ -3,8 +3,10 @@
 `databases` opens a new aiosqlite connection (and thread) per acquire, issues only a deferred
 BEGIN and binds connections to the current task (DESIGN §9). So on SQLite we keep one long-lived
 writer connection, serialise write transactions on it with an asyncio lock and open each one
-with BEGIN IMMEDIATE; reads go round-robin to a few query-only reader connections. On Postgres
-every transaction takes its own pooled connection, never the task-bound one.
+with BEGIN IMMEDIATE; reads go round-robin to a few query-only reader connections. `run_sync`
+transactions (the billable ones, the audit) use a second writer connection on the event loop's
+thread (loop_writer.py), which defers to the first while it holds the lock. On Postgres every
+transaction takes its own pooled connection, never the task-bound one.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import databases
 from databases.core import Connection
 from sqlalchemy.util import greenlet_spawn
 
+from toolcallstore.db.loop_writer import LoopWriter, Outcomes
 from toolcallstore.db.sync import (
-    Pending,
     Row,
     SyncTransaction,
     Values,
+    Work,
     insert_sql,
     numbered,
     pg_transaction,
@@ -128,7 +131,7 @@ class Database:
         self._readers: list[Connection] = []
         self._reader_cycle: itertools.cycle[Connection] | None = None
         self._write_lock = asyncio.Lock()
-        self._queued: list[Pending] = []
+        self._loop_writer: LoopWriter | None = None
 
     @property
     def is_postgres(self) -> bool:
@@ -147,6 +150,7 @@ class Database:
             await self._open_sqlite(query_only=True) for _ in range(self._readers_wanted)
         ]
         self._reader_cycle = itertools.cycle(self._readers)
+        self._loop_writer = LoopWriter(path, self._write_lock, self._offload)
 
     async def _open_sqlite(self, *, query_only: bool) -> Connection:
         conn = Connection(self._db, self._db._backend)
@@ -161,6 +165,9 @@ class Database:
         return conn
 
     async def disconnect(self) -> None:
+        if self._loop_writer is not None:
+            await self._loop_writer.close()
+            self._loop_writer = None
         for conn in [*self._readers, *([self._writer] if self._writer else [])]:
             await conn.__aexit__(None, None, None)
         self._readers, self._writer, self._reader_cycle = [], None, None
@@ -204,13 +211,13 @@ class Database:
     ) -> T:
         """Run `fn(tx, ...)` as one write transaction of plain (non-async) statements.
 
-        On SQLite the body runs on the writer's thread instead of costing one event-loop round
-        trip per statement, and bodies that queue up while the writer is busy commit together
-        (group commit): one body's error undoes only its own statements (`sqlite_batch`), and
-        every caller is answered after the shared COMMIT. A body must not act outside its
-        transaction: in a batch it may run twice, only the committed run counts. On Postgres it runs
-        in a greenlet on a pooled connection. Once started, a transaction runs to its end
-        (COMMIT or ROLLBACK) even if the caller is cancelled meanwhile.
+        On SQLite the body runs on the event loop's thread (`LoopWriter`, loop_writer.py), and
+        bodies queued within two turns of the loop commit together (group commit): one body's
+        error undoes only its own statements (`sqlite_batch`), and every caller is answered
+        after the shared COMMIT. A body must not act outside its transaction: in a batch it may
+        run twice, only the committed run counts. On Postgres it runs in a greenlet on a pooled
+        connection. Once started, a transaction runs to its end (COMMIT or ROLLBACK) even if
+        the caller is cancelled meanwhile.
         """
         body = partial(fn, **kwargs) if kwargs else fn
         if self.is_postgres:
@@ -218,48 +225,17 @@ class Database:
                 raw = conn.raw_connection
                 result: T = await _finish(greenlet_spawn(pg_transaction, raw, body, args))
                 return result
-        if self._writer is None:
+        if self._loop_writer is None:
             raise DatabaseError("database is not connected")
-        item = Pending(body, args, asyncio.get_running_loop().create_future())
-        self._queued.append(item)
-        try:
-            async with self._write_lock:
-                if not item.future.done():
-                    await self._commit_queued()
-        except asyncio.CancelledError:
-            if item in self._queued:  # not started: it never will
-                self._queued.remove(item)
-            raise
-        outcome: T = await item.future
-        return outcome
+        return await self._loop_writer.run(body, args)
 
-    async def _commit_queued(self) -> None:
-        """Run every queued body in one transaction; called with the write lock held."""
-        batch, self._queued = self._queued, []
+    async def _offload(self, work: Work) -> Outcomes:
+        """A batch on aiosqlite's writer thread (the loop writer's fallback; `_write_lock`
+        held): there BEGIN IMMEDIATE may wait for another process's lock."""
         assert self._writer is not None
         raw = self._writer.raw_connection
-        work = [(p.body, p.args) for p in batch]
-        task = asyncio.ensure_future(raw._execute(sqlite_batch, raw._conn, work))
-
-        def deliver(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
-            error = None if done.cancelled() else done.exception()
-            for i, pending in enumerate(batch):
-                if pending.future.done():
-                    continue
-                if done.cancelled():
-                    pending.future.cancel()
-                elif error is not None:
-                    pending.future.set_exception(error)
-                else:
-                    ok, value = done.result()[i]
-                    if ok:
-                        pending.future.set_result(value)
-                    else:
-                        pending.future.set_exception(value)
-
-        task.add_done_callback(deliver)
-        with contextlib.suppress(Exception):  # delivered to each caller by `deliver`
-            await _finish(task)
+        outcomes: Outcomes = await raw._execute(sqlite_batch, raw._conn, work)
+        return outcomes
 
     @asynccontextmanager
     async def _begin(self, conn: Connection, begin: str) -> AsyncIterator[Transaction]:

@@ -56,8 +56,10 @@ class SyncTransaction:
         run: Callable[[str, Values], list[Row]],
         run_many: Callable[[str, Sequence[Sequence[Any]]], None],
         dialect: str,
+        execute: Callable[[str, Values], Any] | None = None,
     ) -> None:
         self._run = run
+        self._execute = execute or run
         self._run_many = run_many
         self.dialect = dialect
         self.state: dict[str, Any] = {}
@@ -75,7 +77,7 @@ class SyncTransaction:
         return next(iter(rows[0].values())) if rows else None
 
     def execute(self, sql: str, values: Values = None) -> None:
-        self._run(sql, values)
+        self._execute(sql, values)
 
     def insert_many(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -113,49 +115,62 @@ class _BodyFailed(Exception):
     """A body raised in a batch run without savepoints: run the batch again with them."""
 
 
-def sqlite_batch(conn: sqlite3.Connection, work: Work) -> list[tuple[bool, Any]]:
-    """Runs on the writer's own thread: BEGIN IMMEDIATE, the bodies, COMMIT.
+def sqlite_batch(
+    conn: sqlite3.Connection, work: Work, *, begun: bool = False
+) -> list[tuple[bool, Any]]:
+    """BEGIN IMMEDIATE (unless `begun`), the bodies, COMMIT: on whichever thread owns `conn`.
 
     Returns (True, result) or (False, exception) per body; a failing COMMIT fails them all.
-    The batch first runs without savepoints (they cost a quarter of a billable body); if a
-    body raises, everything is rolled back and the batch runs again with a SAVEPOINT per body,
-    so that the failure undoes only its own statements. Bodies therefore must not act outside
-    the transaction: they may run twice, only the committed run counts.
+    The bodies first run without a savepoint each (they cost a quarter of a billable body);
+    if one raises, the batch is rolled back to its start and runs again with a SAVEPOINT per
+    body, so that the failure undoes only its own statements, all inside the same
+    transaction (the write lock is never let go in between). Bodies therefore must not act
+    outside the transaction: they may run twice, only the committed run counts.
     """
+    if not begun:
+        conn.execute("BEGIN IMMEDIATE")
     try:
-        return _run_batch(conn, work, isolate=len(work) == 1)
-    except _BodyFailed:
-        return _run_batch(conn, work, isolate=True)
-
-
-def _run_batch(conn: sqlite3.Connection, work: Work, *, isolate: bool) -> list[tuple[bool, Any]]:
-    tx = SyncTransaction(
-        lambda sql, values: sqlite_rows(conn, sql, dict(values or {})),
-        lambda sql, rows: conn.executemany(sql, rows).close(),
-        "sqlite",
-    )
-    outcomes: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for body, args in work:
-            if isolate:
-                conn.execute("SAVEPOINT body")
-            state = dict(tx.state)
+        if len(work) == 1:
+            outcomes = _run_bodies(conn, work, isolate=True)
+        else:
+            conn.execute("SAVEPOINT batch")
             try:
-                outcomes.append((True, body(tx, *args)))
-            except Exception as exc:
-                if not isolate:
-                    raise _BodyFailed from exc
-                conn.execute("ROLLBACK TO body")
-                tx.state = state  # what the failed body cached is rolled back with it
-                outcomes.append((False, exc))
-            if isolate:
-                conn.execute("RELEASE body")
-        tx.run_hooks()
+                outcomes = _run_bodies(conn, work, isolate=False)
+            except _BodyFailed:
+                conn.execute("ROLLBACK TO batch")
+                outcomes = _run_bodies(conn, work, isolate=True)
+            conn.execute("RELEASE batch")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return outcomes
+
+
+def _run_bodies(conn: sqlite3.Connection, work: Work, *, isolate: bool) -> list[tuple[bool, Any]]:
+    tx = SyncTransaction(
+        lambda sql, values: sqlite_rows(conn, sql, values or {}),
+        lambda sql, rows: conn.executemany(sql, rows).close(),
+        "sqlite",
+        # No result wanted: no cursor description, no fetch, no row dicts.
+        execute=lambda sql, values: conn.execute(sql, values or {}).close(),
+    )
+    outcomes: list[tuple[bool, Any]] = []
+    for body, args in work:
+        if isolate:
+            conn.execute("SAVEPOINT body")
+        state = dict(tx.state)
+        try:
+            outcomes.append((True, body(tx, *args)))
+        except Exception as exc:
+            if not isolate:
+                raise _BodyFailed from exc
+            conn.execute("ROLLBACK TO body")
+            tx.state = state  # what the failed body cached is rolled back with it
+            outcomes.append((False, exc))
+        if isolate:
+            conn.execute("RELEASE body")
+    tx.run_hooks()
     return outcomes
 
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 from urllib.parse import urlsplit
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from toolcallstore.lanes.base import Target, Translator, UpstreamError, UpstreamRequest
 
@@ -20,6 +21,23 @@ SANDBOX_PATHS = {"openai": "/openai/v1", "anthropic": "/anthropic/v1", "gemini":
 SANDBOX_KEY = "sandbox"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_ERROR_BODY = 64 * 1024
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: one client serves every tenant, so a cookie set by a
+    provider for one tenant's call must not ride along on another's. (It also spares httpx
+    building urllib request objects to parse Set-Cookie on every response.)"""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+def upstream_client() -> httpx.AsyncClient:
+    """The shared client (DESIGN §9): httpx on httpx-aiohttp's transport, no cookie jar."""
+    client = httpx.AsyncClient(transport=AiohttpTransport(), timeout=30.0)
+    # The `cookies` setter would copy into a plain jar; the attribute keeps our class.
+    client._cookies = _NoCookies()
+    return client
 
 
 class UpstreamFailed(Exception):
