@@ -227,15 +227,14 @@ class ChatCall(Response):
             incomplete=error is not None and charge_delivered,
         )
         settled = Settlement(outcome, None if charge_delivered else error, usage, toolcall)
-        content: dict[str, Any]
-        if error is not None:
-            status, content = error.status, error.envelope(self.ctx.request_id)
-            content["error"]["toolcall"] = settled.toolcall
-        else:
-            status = 200
-            content = self._assembly.completion(settled.usage, settled.toolcall)
+        stored: tuple[int, dict[str, Any]] | None = None  # what an Idempotency-Key replays
+        if self.claim is not None and error is not None:
+            stored = error.status, error.envelope(self.ctx.request_id)
+            stored[1]["error"]["toolcall"] = settled.toolcall
+        elif self.claim is not None:
+            stored = 200, self._assembly.completion(settled.usage, settled.toolcall)
         done = await self.svc.db.run_sync(_close, self.execution, self.origin, self.claim,
-                                          settled, self.receipt_id, status, content)  # fmt: skip
+                                          settled, self.receipt_id, stored)  # fmt: skip
         if done is None:
             raise InternalError("The call was interrupted.", code="execution_interrupted")
         return settled
@@ -243,12 +242,12 @@ class ChatCall(Response):
 
 def _close(
     tx: SyncTransaction, execution: Row, origin: Origin, claim: KeyClaim | None,
-    settled: Settlement, receipt_id: str, status: int, content: dict[str, Any],
+    settled: Settlement, receipt_id: str, stored: tuple[int, dict[str, Any]] | None,
 ) -> Row | None:  # fmt: skip
     done = close_execution(tx, execution, origin, outcome=settled.outcome, error=settled.error,
                            receipt_id=receipt_id)  # fmt: skip
-    if done is not None and claim is not None:
-        store_response(tx, claim.api_key_id, claim.key, status, content)
+    if done is not None and claim is not None and stored is not None:
+        store_response(tx, claim.api_key_id, claim.key, *stored)
     return done
 
 
