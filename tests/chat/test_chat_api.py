@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,7 @@ class SlowUpstream:
     def __init__(self) -> None:
         self.sent = 0
         self.closed = asyncio.Event()
+        self.closed_at = 0.0
 
     async def handle(self, request: Request) -> StreamingResponse:
         async def words() -> AsyncIterator[bytes]:
@@ -180,6 +182,7 @@ class SlowUpstream:
                     self.sent += 1
                     await asyncio.sleep(0.05)
             finally:
+                self.closed_at = time.monotonic()
                 self.closed.set()
 
         return StreamingResponse(words(), media_type="text/event-stream")
@@ -211,8 +214,11 @@ async def test_a_client_disconnect_closes_the_upstream_and_settles_what_was_deli
                     seen += line.startswith("data: ")
                     if seen == 3:
                         break
-            # Leaving the block hung up; the gateway must close its upstream stream.
+            hung_up = time.monotonic()
+            # Leaving the block hung up; the gateway must close its upstream stream, within
+            # 1 s (the bound; in practice milliseconds).
             await asyncio.wait_for(upstream.closed.wait(), 10)
+            assert upstream.closed_at - hung_up < 1.0
             assert upstream.sent < 100  # of 600: it was stopped, not drained
             receipt = await wait_for_receipt(live, receipt_id)
             (attempt,) = receipt["attempts"]
