@@ -1,8 +1,8 @@
 """What ToolCall Store adds to an LLM call: stub direct vs a bare pass-through vs the gateway.
 
     python bench/gateway_overhead.py [--seconds 8] [--rounds 3] [--warmup 2] [--latency-ms 20]
-        [--chunk-gap-ms 0] [--idempotency] [--profile SECONDS] [--litellm-venv PATH]
-        [--database-url URL | --postgres SERVER_URL]
+        [--chunk-gap-ms 0] [--idempotency] [--profile SECONDS] [--passthrough-tune-gc]
+        [--litellm-venv PATH] [--database-url URL | --postgres SERVER_URL]
 
 Issue text: an upstream stub with fixed latency on loopback; in one run measure (a) the stub
 direct, (b) a bare Starlette + httpx pass-through (the floor of this stack), (c) ToolCall Store
@@ -43,6 +43,9 @@ stops is settled by the server but not counted by wrk; those are the only failed
 allowed); the operator reconciliation (`GET /v1/admin/reconciliation`) is balanced and counts
 those receipts; no hold left open, nothing held, spent = sum of receipts; `toolcallstore audit
 verify` intact.
+
+--passthrough-tune-gc: (b) runs with `toolcallstore serve`'s garbage-collector settings
+(server.tune_gc), to show what of the gateway's gain from them a bare app would get too.
 
 --profile SECONDS: after the rounds, one more (uncounted) gateway run per mode at 32 connections
 under `py-spy record --nonblocking --threads`, summarised (top self frames, by package, by
@@ -175,7 +178,8 @@ def main() -> None:
             bare_port = free_port()
             bare = spawn(workdir, "passthrough", [sys.executable,
                          str(BENCH_DIR / "gateway_passthrough.py"), "--port", str(bare_port),
-                         "--upstream", stub_base])  # fmt: skip
+                         "--upstream", stub_base,
+                         *(["--tune-gc"] if args.passthrough_tune_gc else [])])  # fmt: skip
             processes.append(bare)
             wait_port(bare_port, bare, workdir / "passthrough.log")
             systems.append(
@@ -236,6 +240,9 @@ def parse_args() -> argparse.Namespace:
         default=0,
         metavar="SECONDS",
         help="py-spy the gateway for this long per mode at c=32 afterwards",
+    )
+    parser.add_argument(
+        "--passthrough-tune-gc", action="store_true", help="(b) with `serve`'s GC settings"
     )
     parser.add_argument("--litellm-venv", type=Path, help="a venv with litellm[proxy]==1.80.0")
     where = parser.add_mutually_exclusive_group()

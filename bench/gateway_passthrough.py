@@ -26,6 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from toolcallstore.server import tune_gc
+
 
 def create_app(upstream: str) -> Starlette:
     url = upstream.rstrip("/") + "/chat/completions"
@@ -71,9 +73,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:9/v1")
+    parser.add_argument("--tune-gc", action="store_true",
+                        help="the garbage-collector settings of `toolcallstore serve`")  # fmt: skip
     args = parser.parse_args()
+    app = create_app(args.upstream)
+    if args.tune_gc:
+        tune_gc()
     uvicorn.run(
-        create_app(args.upstream),
+        app,
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",
