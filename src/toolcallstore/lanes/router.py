@@ -87,6 +87,9 @@ class LaneCall:
                 yield event
         finally:
             await race.stop_all()
+            # The race points back at this call: unlinked, both go by reference counting
+            # instead of waiting for the cycle collector (with all the call's events).
+            self._race = None
 
     @property
     def delivered(self) -> list[Attempt]:

@@ -42,6 +42,9 @@ def upstream_client() -> httpx.AsyncClient:
     return client
 
 
+_CLOSED = httpx.ByteStream(b"")  # what a closed upstream response keeps as its stream
+
+
 class UpstreamFailed(Exception):
     def __init__(self, error: UpstreamError) -> None:
         super().__init__(error.message)
@@ -86,6 +89,10 @@ class Sender:
             yield response
         finally:
             await response.aclose()
+            # httpx's response and its stream point at each other (and at aiohttp's response):
+            # unlinked once closed, a call's upstream objects go by reference counting instead
+            # of piling up for the cycle collector, ~40 objects a call.
+            response.stream = _CLOSED
 
 
 @functools.lru_cache(maxsize=512)
