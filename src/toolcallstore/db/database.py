@@ -23,7 +23,7 @@ import databases
 from databases.core import Connection
 from sqlalchemy.util import greenlet_spawn
 
-from toolcallstore.db.loop_writer import LoopWriter, Outcomes
+from toolcallstore.db.loop_writer import CONNECTION_PRAGMAS, LoopWriter, Outcomes
 from toolcallstore.db.sync import (
     Row,
     SyncTransaction,
@@ -157,8 +157,7 @@ class Database:
         await conn.__aenter__()
         for pragma in (
             "PRAGMA busy_timeout=10000",
-            "PRAGMA foreign_keys=ON",
-            "PRAGMA synchronous=NORMAL",
+            *CONNECTION_PRAGMAS,
             f"PRAGMA query_only={'ON' if query_only else 'OFF'}",
         ):
             await conn.execute(pragma)

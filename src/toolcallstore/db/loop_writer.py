@@ -40,6 +40,8 @@ Outcomes = list[tuple[bool, Any]]
 
 MAX_BATCH = 64
 CHECKPOINT_S = 0.25
+# Every connection to the file, aiosqlite's included: both writers must keep the same rules.
+CONNECTION_PRAGMAS = ("PRAGMA foreign_keys=ON", "PRAGMA synchronous=NORMAL")
 
 
 def connect(path: Path, *, busy_timeout_ms: int, autocheckpoint: bool = True) -> sqlite3.Connection:
@@ -48,8 +50,7 @@ def connect(path: Path, *, busy_timeout_ms: int, autocheckpoint: bool = True) ->
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     for pragma in (
         f"PRAGMA busy_timeout={busy_timeout_ms}",
-        "PRAGMA foreign_keys=ON",
-        "PRAGMA synchronous=NORMAL",
+        *CONNECTION_PRAGMAS,
         *([] if autocheckpoint else ["PRAGMA wal_autocheckpoint=0"]),
     ):
         conn.execute(pragma)
