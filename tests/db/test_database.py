@@ -107,6 +107,10 @@ async def test_run_sync_bodies_committed_together_fail_alone(db: Database) -> No
             {"id": f"ten_{i}", "name": str(i)},
         )
         if i % 3 == 0:
+            # Work registered for COMMIT goes with the failed body too.
+            tx.before_commit(f"late_{i}", lambda t: t.execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES (:id, 'hook', 0)",
+                {"id": f"hook_{i}"}))  # fmt: skip
             raise ValueError(f"body {i} fails after writing")
         return i
 
@@ -119,6 +123,28 @@ async def test_run_sync_bodies_committed_together_fail_alone(db: Database) -> No
     ]
     names = {r["name"] for r in await db.fetch_all("SELECT name FROM tenants")}
     assert names == {str(i) for i in range(60) if i % 3}
+
+
+async def test_a_lone_run_sync_body_that_fails_leaves_nothing_and_runs_no_hook(
+    db: Database,
+) -> None:
+    # A batch of one body runs without a savepoint: its failure must roll back its
+    # statements and skip the work it registered for COMMIT (as the audit chain does).
+    def insert_then_fail(tx: SyncTransaction) -> None:
+        tx.execute("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'one', 0)")
+        tx.before_commit(
+            "late",
+            lambda t: t.execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES ('t2', 'hook', 0)"
+            ),
+        )
+        raise ValueError("refused after writing")
+
+    with pytest.raises(ValueError, match="refused after writing"):
+        await db.run_sync(insert_then_fail)
+    assert await db.fetch_val("SELECT count(*) FROM tenants") == 0
+    assert await db.run_sync(_add_tenant, "t3") == "t3"
+    assert [r["id"] for r in await db.fetch_all("SELECT id FROM tenants")] == ["t3"]
 
 
 async def test_a_run_sync_body_sees_the_bodies_committed_before_it(db: Database) -> None:

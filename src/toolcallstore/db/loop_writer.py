@@ -41,7 +41,13 @@ Outcomes = list[tuple[bool, Any]]
 MAX_BATCH = 64
 CHECKPOINT_S = 0.25
 # Every connection to the file, aiosqlite's included: both writers must keep the same rules.
-CONNECTION_PRAGMAS = ("PRAGMA foreign_keys=ON", "PRAGMA synchronous=NORMAL")
+# temp_store=MEMORY keeps savepoint journals in memory: on disk, a journal over 64 KiB (16
+# pages, a batch's worth) is a temporary file opened, written and deleted per transaction.
+CONNECTION_PRAGMAS = (
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA temp_store=MEMORY",
+)
 
 
 def connect(path: Path, *, busy_timeout_ms: int, autocheckpoint: bool = True) -> sqlite3.Connection:

@@ -92,6 +92,15 @@ class SyncTransaction:
         for hook in self._hooks.values():
             hook(self)
 
+    def mark(self) -> tuple[dict[str, Any], dict[str, Callable[[SyncTransaction], None]]]:
+        return dict(self.state), dict(self._hooks)
+
+    def undo_to(
+        self, mark: tuple[dict[str, Any], dict[str, Callable[[SyncTransaction], None]]]
+    ) -> None:
+        """Forget what a failed body left: its cached state and its COMMIT work."""
+        self.state, self._hooks = dict(mark[0]), dict(mark[1])
+
 
 def insert_sql(dialect: str, table: str, columns: Sequence[str]) -> str:
     if dialect == "postgresql":
@@ -121,17 +130,26 @@ def sqlite_batch(
     """BEGIN IMMEDIATE (unless `begun`), the bodies, COMMIT: on whichever thread owns `conn`.
 
     Returns (True, result) or (False, exception) per body; a failing COMMIT fails them all.
-    The bodies first run without a savepoint each (they cost a quarter of a billable body);
-    if one raises, the batch is rolled back to its start and runs again with a SAVEPOINT per
-    body, so that the failure undoes only its own statements, all inside the same
-    transaction (the write lock is never let go in between). Bodies therefore must not act
-    outside the transaction: they may run twice, only the committed run counts.
+    A batch of one body needs no savepoint: its failure rolls the whole transaction back.
+    Larger batches first run without a savepoint per body (they cost a quarter of a billable
+    body); if one raises, the batch is rolled back to its start and runs again with a
+    SAVEPOINT per body, so that the failure undoes only its own statements, all inside the
+    same transaction (the write lock is never let go in between). Bodies therefore must not
+    act outside the transaction: they may run twice, only the committed run counts.
     """
     if not begun:
         conn.execute("BEGIN IMMEDIATE")
     try:
         if len(work) == 1:
-            outcomes = _run_bodies(conn, work, isolate=True)
+            body, args = work[0]
+            tx = _sqlite_transaction(conn)
+            try:
+                result = body(tx, *args)
+            except Exception as exc:
+                conn.execute("ROLLBACK")
+                return [(False, exc)]
+            tx.run_hooks()
+            outcomes = [(True, result)]
         else:
             conn.execute("SAVEPOINT batch")
             try:
@@ -147,26 +165,30 @@ def sqlite_batch(
     return outcomes
 
 
-def _run_bodies(conn: sqlite3.Connection, work: Work, *, isolate: bool) -> list[tuple[bool, Any]]:
-    tx = SyncTransaction(
+def _sqlite_transaction(conn: sqlite3.Connection) -> SyncTransaction:
+    return SyncTransaction(
         lambda sql, values: sqlite_rows(conn, sql, values or {}),
         lambda sql, rows: conn.executemany(sql, rows).close(),
         "sqlite",
         # No result wanted: no cursor description, no fetch, no row dicts.
         execute=lambda sql, values: conn.execute(sql, values or {}).close(),
     )
+
+
+def _run_bodies(conn: sqlite3.Connection, work: Work, *, isolate: bool) -> list[tuple[bool, Any]]:
+    tx = _sqlite_transaction(conn)
     outcomes: list[tuple[bool, Any]] = []
     for body, args in work:
         if isolate:
             conn.execute("SAVEPOINT body")
-        state = dict(tx.state)
+        mark = tx.mark()
         try:
             outcomes.append((True, body(tx, *args)))
         except Exception as exc:
             if not isolate:
                 raise _BodyFailed from exc
             conn.execute("ROLLBACK TO body")
-            tx.state = state  # what the failed body cached is rolled back with it
+            tx.undo_to(mark)  # what the failed body cached is rolled back with it
             outcomes.append((False, exc))
         if isolate:
             conn.execute("RELEASE body")
