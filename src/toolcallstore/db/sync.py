@@ -92,14 +92,16 @@ class SyncTransaction:
         for hook in self._hooks.values():
             hook(self)
 
-    def mark(self) -> tuple[dict[str, Any], dict[str, Callable[[SyncTransaction], None]]]:
+    def mark(self) -> Mark:
         return dict(self.state), dict(self._hooks)
 
-    def undo_to(
-        self, mark: tuple[dict[str, Any], dict[str, Callable[[SyncTransaction], None]]]
-    ) -> None:
+    def undo_to(self, mark: Mark) -> None:
         """Forget what a failed body left: its cached state and its COMMIT work."""
         self.state, self._hooks = dict(mark[0]), dict(mark[1])
+
+
+# What a transaction's bodies have left so far: `state` and the hooks to run at COMMIT.
+Mark = tuple[dict[str, Any], dict[str, Callable[[SyncTransaction], None]]]
 
 
 def insert_sql(dialect: str, table: str, columns: Sequence[str]) -> str:
