@@ -16,6 +16,9 @@ FAST_RECOVERY = {
     "TOOLCALLSTORE_JOB_POLL_MS": "200",
     "TOOLCALLSTORE_ACCESS_LOG": "false",
 }
+# Only the test's own jobs: the server also queues its periodic sweep, which may be waiting,
+# running or stranded by the kill when these counts are taken.
+RECORD_JOBS = "SELECT count(*) FROM jobs WHERE type = 'sandbox.record'"
 
 
 async def _count(db: Database, sql: str) -> int:
@@ -47,19 +50,17 @@ async def test_kill_9_mid_run_loses_no_job_and_repeats_no_effect(
         await _wait_until(db, "SELECT count(*) FROM sandbox_effects", 250, timeout=60)
     finally:
         await asyncio.to_thread(kill_server, server)
-    stranded = await _count(db, "SELECT count(*) FROM jobs WHERE state = 'running'")
-    done_before = await _count(db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+    stranded = await _count(db, f"{RECORD_JOBS} AND state = 'running'")
+    done_before = await _count(db, f"{RECORD_JOBS} AND state = 'succeeded'")
     assert done_before < 1000, "the run finished before the kill; the test proves nothing"
 
     restarted = await asyncio.to_thread(start_server, database_url, tmp_path, **FAST_RECOVERY)
     try:
-        await _wait_until(
-            db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'", 1000, timeout=90
-        )
+        await _wait_until(db, f"{RECORD_JOBS} AND state = 'succeeded'", 1000, timeout=90)
     finally:
         out = await asyncio.to_thread(stop_server, restarted)
     assert "Traceback" not in out
-    assert await _count(db, "SELECT count(*) FROM jobs WHERE state <> 'succeeded'") == 0
+    assert await _count(db, f"{RECORD_JOBS} AND state <> 'succeeded'") == 0
     assert await _count(db, "SELECT count(*) FROM sandbox_effects") == 1000
     runs = await _count(db, "SELECT sum(runs) FROM sandbox_effects")
     # Jobs stranded by the kill may have run twice: their effect still happened once.
@@ -82,9 +83,7 @@ async def test_two_processes_share_the_postgres_queue(database_url: str, tmp_pat
         store = SqlJobStore(db)
         for i in range(1000):
             await store.enqueue(NewJob("sandbox.record", {"ms": 10, "i": i}))
-        await _wait_until(
-            db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'", 1000, timeout=90
-        )
+        await _wait_until(db, f"{RECORD_JOBS} AND state = 'succeeded'", 1000, timeout=90)
     finally:
         for server in servers:
             await asyncio.to_thread(stop_server, server)
