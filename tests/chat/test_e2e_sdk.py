@@ -29,10 +29,12 @@ LANES = {f"lane-{p}": [f"sb-{p}"] for p in PROTOCOLS}
 PROMPT = "Say hello to the sandbox"
 # 12 words (the sandbox's default): its greeting, the user's words, then filler.
 REPLY = "Sandbox reply from sandbox-model: Say hello to the sandbox lorem ipsum dolor"
+# What OpenAI's strict mode asks for; Gemini's `parameters` would refuse it.
 WEATHER_PARAMS = {
     "type": "object",
     "properties": {"city": {"type": "string"}},
     "required": ["city"],
+    "additionalProperties": False,
 }
 WEATHER = {
     "name": "get_weather",
@@ -63,7 +65,10 @@ def tools_as_sent(protocol: str) -> list[dict[str, Any]]:
         name, description = WEATHER["name"], WEATHER["description"]
         return [{"name": name, "description": description, "input_schema": WEATHER_PARAMS}]
     if protocol == "gemini":
-        return [{"functionDeclarations": [WEATHER]}]
+        name, description = WEATHER["name"], WEATHER["description"]
+        declaration = {"name": name, "description": description,
+                       "parametersJsonSchema": WEATHER_PARAMS}  # fmt: skip
+        return [{"functionDeclarations": [declaration]}]
     return [WEATHER_TOOL]
 
 

@@ -226,7 +226,7 @@ GEMINI_BODY: dict[str, Any] = {
                 {
                     "name": "get_weather",
                     "description": "Current weather",
-                    "parameters": {
+                    "parametersJsonSchema": {
                         "type": "object",
                         "properties": {"city": {"type": "string"}},
                     },

@@ -288,6 +288,40 @@ async def test_gemini_answers_with_one_whole_function_call(client: httpx.AsyncCl
     assert GEMINI.answer_text(data).startswith('Sandbox received the tool result: {"sky":"sunny"}')
 
 
+async def test_gemini_parameters_take_only_its_schema_subset(client: httpx.AsyncClient) -> None:
+    """`parameters` refuses JSON Schema keywords as the real API does (a 400 naming each);
+    `parametersJsonSchema` takes them, and the two are never sent together."""
+    strict = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"type": ["string", "null"]}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    body = GEMINI.body(QUESTION, stream=False)
+    url = GEMINI.url(stream=False)
+
+    def declared(**schema: Any) -> dict[str, Any]:
+        return body | {"tools": [{"functionDeclarations": [{"name": "f", **schema}]}]}
+
+    r = await post(client, GEMINI, url, declared(parameters=strict))
+    assert r.status_code == 400
+    assert r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert r.json()["error"]["message"].split("\n") == [
+        'Invalid JSON payload received. Unknown name "type" at'
+        " 'tools[0].function_declarations[0].parameters.properties[1].value':"
+        " Proto field is not repeating, cannot start list.",
+        'Invalid JSON payload received. Unknown name "additionalProperties" at'
+        " 'tools[0].function_declarations[0].parameters': Cannot find field.",
+    ]
+    both = await post(client, GEMINI, url, declared(parameters=WEATHER_SCHEMA,
+                                                    parametersJsonSchema=strict))  # fmt: skip
+    assert both.status_code == 400 and "mutually exclusive" in both.json()["error"]["message"]
+
+    data = (await post(client, GEMINI, url, declared(parametersJsonSchema=strict))).json()
+    part = data["candidates"][0]["content"]["parts"][0]
+    assert part["functionCall"]["name"] == "f" and part["functionCall"]["args"]["city"]
+
+
 # --- faults ----------------------------------------------------------------------------------
 
 ERROR_KINDS = {  # status -> the error type (OpenAI, Anthropic) or status (Gemini) it carries

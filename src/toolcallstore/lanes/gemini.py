@@ -200,9 +200,11 @@ def _declaration(function: dict[str, Any]) -> dict[str, Any]:
     if function.get("description"):
         declaration["description"] = function["description"]
     parameters = function.get("parameters")
-    # Gemini rejects an OBJECT schema with no properties, which OpenAI allows for no-arg tools.
+    # As JSON Schema, whole: `parameters` takes only Gemini's OpenAPI subset and refuses what
+    # OpenAI tool schemas often hold (`additionalProperties`, `$ref`, `const`, type lists).
+    # A no-arg tool (an object without properties) is declared without a schema.
     if parameters and parameters.get("properties"):
-        declaration["parameters"] = parameters
+        declaration["parametersJsonSchema"] = parameters
     return declaration
 
 

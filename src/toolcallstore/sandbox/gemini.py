@@ -8,6 +8,7 @@ as the real API accepts both.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -102,18 +103,79 @@ def _tools(body: Mapping[str, Any]) -> list[Tool]:
     if not isinstance(tools, list):
         raise bad_request("Invalid JSON payload received. 'tools' must be a list.")
     found = []
-    for tool in tools:
+    for t, tool in enumerate(tools):
         if not isinstance(tool, Mapping):
             raise bad_request("Invalid JSON payload received. 'tools' must hold objects.")
         declarations = _get(tool, "functionDeclarations", "function_declarations") or []
-        for declaration in declarations if isinstance(declarations, list) else ():
+        for d, declaration in enumerate(declarations if isinstance(declarations, list) else ()):
             if not isinstance(declaration, Mapping) or not isinstance(declaration.get("name"), str):
                 raise bad_request(
                     "* GenerateContentRequest.tools.function_declarations.name: required"
                 )
-            schema = _get(declaration, "parameters", "parametersJsonSchema")
-            found.append(Tool(declaration["name"], schema if isinstance(schema, Mapping) else {}))
+            schema = _parameters(declaration, f"tools[{t}].function_declarations[{d}]")
+            found.append(Tool(declaration["name"], schema))
     return found
+
+
+# The fields of Gemini's `Schema` message (an OpenAPI 3.0 subset), which `parameters` must
+# keep to, in camelCase or snake_case; `parametersJsonSchema` takes any JSON Schema instead.
+_CAMEL_FIELDS = (
+    "type format title description nullable enum maxItems minItems properties required"
+    " minProperties maxProperties minLength maxLength pattern example anyOf propertyOrdering"
+    " default items minimum maximum"
+).split()
+_SCHEMA_FIELDS = {
+    **{name: name for name in _CAMEL_FIELDS},
+    **{re.sub("([A-Z])", lambda m: "_" + m.group(1).lower(), name): name for name in _CAMEL_FIELDS},
+}
+
+
+def _parameters(declaration: Mapping[str, Any], at: str) -> Mapping[str, Any]:
+    """A declaration's parameter schema, refused as the real API refuses it: `parameters` with
+    JSON Schema keywords outside the `Schema` message (`additionalProperties`, `$ref`, `const`,
+    a list of types ...), or both fields at once."""
+    schema = declaration.get("parameters")
+    json_schema = _get(declaration, "parametersJsonSchema", "parameters_json_schema")
+    if schema is not None and json_schema is not None:
+        raise bad_request(
+            f"* GenerateContentRequest.{at}: parameters and parameters_json_schema are"
+            " mutually exclusive; set one of them."
+        )
+    if json_schema is not None:
+        return json_schema if isinstance(json_schema, Mapping) else {}
+    if not isinstance(schema, Mapping):
+        return {}
+    problems = _schema_problems(schema, f"{at}.parameters")
+    if problems:
+        raise bad_request("\n".join(problems))
+    return schema
+
+
+_UNKNOWN = "Invalid JSON payload received. Unknown name"
+_NOT_REPEATING = "Proto field is not repeating, cannot start list."
+
+
+def _schema_problems(schema: Any, at: str) -> list[str]:
+    if not isinstance(schema, Mapping):
+        return []
+    problems = []
+    for key, value in schema.items():
+        name = _SCHEMA_FIELDS.get(key)
+        if name is None:
+            problems.append(
+                f"{_UNKNOWN} {orjson.dumps(key).decode()} at '{at}': Cannot find field."
+            )
+        elif name == "type" and isinstance(value, list):
+            problems.append(f"{_UNKNOWN} \"type\" at '{at}': {_NOT_REPEATING}")
+        elif name == "properties" and isinstance(value, Mapping):
+            for index, sub in enumerate(value.values()):
+                problems += _schema_problems(sub, f"{at}.properties[{index}].value")
+        elif name == "items":
+            problems += _schema_problems(value, f"{at}.items")
+        elif name == "anyOf" and isinstance(value, list):
+            for index, sub in enumerate(value):
+                problems += _schema_problems(sub, f"{at}.any_of[{index}]")
+    return problems
 
 
 def _tool_mode(body: Mapping[str, Any]) -> tuple[bool, str | None]:
