@@ -37,12 +37,12 @@ a completion carries usage and finish_reason "stop"). CPU per request of the sys
 bottleneck.
 
 Checks afterwards (exit 1 when one fails; missing a target is reported, not an error): no
-non-2xx, socket error or bad body on (a)-(c); the gateway's receipts cover what wrk saw succeed
-(wrk's count <= receipts <= wrk's count + connections per wrk run: a request in flight when wrk
-stops is settled by the server but not counted by wrk; those are the only failed receipts
-allowed); the operator reconciliation (`GET /v1/admin/reconciliation`) is balanced and counts
-those receipts; no hold left open, nothing held, spent = sum of receipts; `toolcallstore audit
-verify` intact.
+non-2xx, socket error or bad body on (a)-(c); the gateway's receipts cover what wrk and the
+smoke test saw succeed (that count <= receipts <= that count + connections per wrk run: a
+request in flight when wrk stops is settled by the server but not counted by wrk; those are the
+only failed receipts allowed); the operator reconciliation (`GET /v1/admin/reconciliation`) is
+balanced and counts those receipts; no hold left open, nothing held, spent = sum of receipts;
+`toolcallstore audit verify` intact.
 
 --passthrough-tune-gc: (b) runs with `toolcallstore serve`'s garbage-collector settings
 (server.tune_gc), to show what of the gateway's gain from them a bare app would get too.
@@ -390,9 +390,12 @@ def measure_idle(systems: list[System], seconds: float = 3.0) -> None:
         system.idle_cpu_pct = 100 * (cpu_seconds(system.pid) - before[system.name]) / seconds
 
 
+SMOKE_MODES = (True, False)  # stream, plain
+
+
 def smoke_test(system: System) -> None:
     """One call per mode before the load, so that a broken system fails loudly and early."""
-    for stream in (True, False):
+    for stream in SMOKE_MODES:
         resp = httpx.post(system.url, json=body(stream), headers=system.headers, timeout=30)
         text = resp.text
         good = resp.status_code == 200 and '"completion_tokens":5' in text.replace(" ", "")
@@ -664,7 +667,8 @@ def verify(bench: Bench, server: BenchServer, reconciliation: dict[str, Any]) ->
         if any(bad.values()) and system.name != "litellm":
             failures.append(f"{system.label}: {bad}")
     runs = bench.gateway_runs()
-    seen = sum(r.ok for r in runs)
+    # The smoke test's calls succeeded too (it exits otherwise), each with its own receipt.
+    seen = sum(r.ok for r in runs) + len(SMOKE_MODES)
     slack = sum(r.connections for r in runs)
     facts = asyncio.run(stored_facts(server.database_url))
     print("stored: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
@@ -674,7 +678,8 @@ def verify(bench: Bench, server: BenchServer, reconciliation: dict[str, Any]) ->
         f" customer price {total['customer_price_usd']} USD, provider cost"
         f" {total['provider_cost_usd']} USD, mismatches {len(reconciliation['mismatches'])}"
     )
-    print(f"gateway: wrk saw {seen} succeed; the server stored {facts['receipts']} receipts"
+    print(f"gateway: wrk and the smoke test saw {seen} succeed; the server stored"
+          f" {facts['receipts']} receipts"
           f" ({facts['succeeded receipts']} succeeded); allowed up to {seen + slack}"
           f" (+{slack}: one per connection per wrk run, cut off in flight)")  # fmt: skip
     if not seen <= facts["receipts"] <= seen + slack:
