@@ -1,7 +1,7 @@
 """`sandbox.echo` under every money control vs the same tool with the controls left out.
 
     python bench/controls_overhead.py [--connections 32] [--seconds 10] [--rounds 3]
-        [--warmup 2] [--no-quoted] [--database-url URL | --postgres SERVER_URL]
+        [--warmup 2] [--no-quoted] [--sql-timing] [--database-url URL | --postgres SERVER_URL]
 
 Target (issue text): an inline-quoted `POST /v1/executions` of `sandbox.echo` (auth,
 idempotency claim, stored quote, spend-cap hold, tool run, settlement, receipt, ledger, events,
@@ -19,6 +19,11 @@ was skipped: no non-2xx answer or socket error, one succeeded execution, one rec
 entries and one 200 audit row per successful controlled request, no open hold, spend counters
 that add up, and an intact audit chain (`toolcallstore audit verify`). It exits 1 when a check
 fails; missing the 50% target is reported, not an error.
+
+`--sql-timing` (SQLite) adds one run of each single-request flow after the rounds, with every
+statement of the write batches timed by the server (bench/uncontrolled_app.py --sql-timing),
+and prints what the controls' statements alone cost per call: the ceiling of the ratio if
+everything else they do were free.
 """
 
 from __future__ import annotations
@@ -100,15 +105,18 @@ class Tally:
 def main() -> None:
     args = parse_args()
     with database(args) as url:
-        server = start_bench_server(free_port(), url)
+        server = start_bench_server(free_port(), url, sql_timing=args.sql_timing)
         try:
             keys = agent_keys(server)
             tallies = run_rounds(server, keys, args)
+            timed = sql_timing_runs(server, keys, tallies, args) if args.sql_timing else None
             server_pid = server.process.pid
         finally:
             server.stop()
         flows = [f for f in (UNCONTROLLED, CONTROLLED, QUOTED) if f.name in tallies]
         report(tallies, flows, args, server_pid)
+        if timed is not None:
+            report_sql(timed, tallies)
         failures = verify(server, tallies, args.connections)
     if failures:
         print("CHECKS FAILED:\n  " + "\n  ".join(failures))
@@ -123,6 +131,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=2, help="seconds per flow, not counted")
     parser.add_argument("--no-quoted", action="store_true", help="skip the two-request flow")
+    parser.add_argument("--sql-timing", action="store_true",
+                        help="then one more run per flow, timing each write statement")  # fmt: skip
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--database-url", help="use this (empty) database; default fresh SQLite")
     where.add_argument(
@@ -132,14 +142,22 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def start_bench_server(port: int, database_url: str | None) -> BenchServer:
+def start_bench_server(
+    port: int, database_url: str | None, *, sql_timing: bool = False
+) -> BenchServer:
     """common.start_server, but serving bench/uncontrolled_app.py (the product plus one route)."""
     workdir = Path(tempfile.mkdtemp(prefix="controls-bench-"))
     url = database_url or f"sqlite:///{workdir / 'bench.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCALLSTORE_")}
     env.update(TOOLCALLSTORE_DATABASE_URL=url, TOOLCALLSTORE_ADMIN_KEY_FILE=str(workdir / "key"))
     process = subprocess.Popen(
-        [sys.executable, str(BENCH_DIR / "uncontrolled_app.py"), "--port", str(port)],
+        [
+            sys.executable,
+            str(BENCH_DIR / "uncontrolled_app.py"),
+            "--port",
+            str(port),
+            *(["--sql-timing"] if sql_timing else []),
+        ],
         cwd=workdir,
         env=env,
         stdout=(workdir / "server.log").open("wb"),
@@ -232,6 +250,67 @@ def _count(tally: Tally, run: Run) -> None:
     tally.executions_ok += run.executions_ok
     tally.non_2xx += run.load.errors
     tally.socket_errors += run.socket_errors
+
+
+@dataclass
+class Timed:
+    run: Run
+    statements: dict[str, dict[str, float]]  # SQL text -> {"count", "seconds"}
+
+    def us_per_request(self, sql: str) -> float:
+        return 1e6 * self.statements[sql]["seconds"] / self.run.requests
+
+    @property
+    def total_us(self) -> float:
+        return sum(self.us_per_request(sql) for sql in self.statements)
+
+
+def sql_timing_runs(
+    server: BenchServer, keys: dict[str, str], tallies: dict[str, Tally], args: argparse.Namespace
+) -> dict[str, Timed]:
+    """One more run of each single-request flow with every write statement timed."""
+    admin = {"Authorization": f"Bearer {server.admin_key}"}
+    timed = {}
+    for flow in (UNCONTROLLED, CONTROLLED):
+        wait_for_audit(server)
+        httpx.post(f"{server.base_url}/bench/sql", headers=admin, timeout=10).raise_for_status()
+        run = drive(server, keys, flow, args.connections, args.seconds)
+        wait_for_audit(server)  # the flow's own request audit rows, timed with it
+        resp = httpx.get(f"{server.base_url}/bench/sql", headers=admin, timeout=10)
+        resp.raise_for_status()
+        timed[flow.name] = Timed(run, resp.json())
+        tallies[flow.name].runs += 1
+        _count(tallies[flow.name], run)
+    return timed
+
+
+def report_sql(timed: dict[str, Timed], tallies: dict[str, Tally]) -> None:
+    controlled, uncontrolled = timed[CONTROLLED.name], timed[UNCONTROLLED.name]
+    print(f"\nSQL timing run ({controlled.run.requests} controlled, {uncontrolled.run.requests}"
+          " uncontrolled requests): us per request in each write statement, as called from"
+          " Python")  # fmt: skip
+    print(f"{'controlled':>10} {'uncontr.':>9} {'calls/req':>9}  statement")
+    for sql in sorted(controlled.statements, key=controlled.us_per_request, reverse=True):
+        calls = controlled.statements[sql]["count"] / controlled.run.requests
+        mine = uncontrolled.us_per_request(sql) if sql in uncontrolled.statements else 0.0
+        print(f"{controlled.us_per_request(sql):>10.1f} {mine:>9.1f} {calls:>9.2f}  {sql[:90]}")
+    extra = controlled.total_us - uncontrolled.total_us
+    # At 32 connections both flows keep the event loop's one thread busy: a request costs the
+    # loop 1/rate seconds. Median rates of the measured rounds.
+    base_us = 1e6 / statistics.median(r.load.rps for r in tallies[UNCONTROLLED.name].rounds)
+    ctrl_us = 1e6 / statistics.median(r.load.rps for r in tallies[CONTROLLED.name].rounds)
+    print(
+        f"SQL per request: controlled {controlled.total_us:.0f} us, uncontrolled"
+        f" {uncontrolled.total_us:.0f} us; the controls' own statements: {extra:.0f} us"
+    )
+    print(
+        f"loop time per request (1 / median rate): uncontrolled {base_us:.0f} us, controlled"
+        f" {ctrl_us:.0f} us (the controls add {ctrl_us - base_us:.0f} us, {extra:.0f} of it SQL)"
+    )
+    print(
+        f"ceiling if the controls cost only their SQL: {base_us / (base_us + extra):.3f}"
+        f" x uncontrolled (target {TARGET:.2f})"
+    )
 
 
 def wait_for_audit(server: BenchServer, timeout: float = 60) -> None:

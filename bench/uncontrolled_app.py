@@ -1,6 +1,6 @@
 """The production app plus one route that runs a sync tool with the money controls left out.
 
-    python bench/uncontrolled_app.py [--host 127.0.0.1] [--port 8080]
+    python bench/uncontrolled_app.py [--host 127.0.0.1] [--port 8080] [--sql-timing]
 
 Serves exactly like `toolcallstore serve` (migrate, bootstrap the admin key, uvicorn with
 uvloop and httptools, no uvicorn access log) with one extra route, `POST /bench/echo`, that
@@ -11,11 +11,21 @@ metrics), so against `POST /v1/executions` on the same process the difference is
 alone: idempotency claim, stored quote, spend-cap hold, settlement, receipt, ledger, events and
 the two audit rows written inside the billable transactions. Nothing is stored, so it exists
 only here, never in the product.
+
+`--sql-timing` adds `POST /bench/sql` (start timing from zero) and `GET /bench/sql` (what was
+timed): the time each SQLite statement of the write batches (`run_sync`) took, by statement
+text, as called from Python (binding, stepping, and for RETURNING the rows). The bench uses it
+to say how much of a controlled call is its SQL alone, in a run apart from the measured rounds,
+since timing every statement costs a little.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,6 +36,7 @@ from starlette.routing import Route
 from toolcallstore.api.quotes import find_tool, parse_tool_params
 from toolcallstore.app import create_app
 from toolcallstore.auth import require_scope
+from toolcallstore.db import database, loop_writer, sync
 from toolcallstore.errors import APIError
 from toolcallstore.executions import run_tool
 from toolcallstore.ids import new_id
@@ -73,11 +84,75 @@ async def run_uncontrolled(request: Request) -> Response:
     return JSONResponse(answer)
 
 
-def create_bench_app(settings: Settings) -> Starlette:
+class SqlTiming:
+    """Seconds spent in each statement of the SQLite write batches, by statement text."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.spent: defaultdict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+
+    def install(self) -> None:
+        plain_batch, plain_begin = sync.sqlite_batch, loop_writer.LoopWriter._begin
+
+        def timed_batch(conn: sqlite3.Connection, work: sync.Work, *, begun: bool = False) -> Any:
+            timed: Any = _Timed(conn, self) if self.on else conn
+            return plain_batch(timed, work, begun=begun)
+
+        def timed_begin(writer: loop_writer.LoopWriter) -> bool:
+            started = time.perf_counter()
+            begun = plain_begin(writer)
+            self.add("BEGIN IMMEDIATE", started)
+            return begun
+
+        # Each module that runs batches imported sqlite_batch by name.
+        for module in (sync, loop_writer, database):
+            setattr(module, "sqlite_batch", timed_batch)  # noqa: B010
+        setattr(loop_writer.LoopWriter, "_begin", timed_begin)  # noqa: B010
+
+    def add(self, sql: str, started: float) -> None:
+        if self.on:
+            entry = self.spent[" ".join(sql.split())]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started
+
+    async def start(self, request: Request) -> Response:
+        self.spent.clear()
+        self.on = True
+        return JSONResponse({"timing": True})
+
+    async def report(self, request: Request) -> Response:
+        return JSONResponse({sql: {"count": n, "seconds": s} for sql, (n, s) in self.spent.items()})
+
+
+class _Timed:
+    """The connection a batch runs on, timing each statement."""
+
+    def __init__(self, conn: sqlite3.Connection, timing: SqlTiming) -> None:
+        self._conn, self._timing = conn, timing
+
+    def execute(self, sql: str, values: Any = ()) -> sqlite3.Cursor:
+        started = time.perf_counter()
+        cursor = self._conn.execute(sql, values)
+        self._timing.add(sql, started)
+        return cursor
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> sqlite3.Cursor:
+        started = time.perf_counter()
+        cursor = self._conn.executemany(sql, rows)
+        self._timing.add(sql, started)
+        return cursor
+
+
+def create_bench_app(settings: Settings, sql_timing: bool = False) -> Starlette:
     app = create_app(settings)
     # First in the router, as /v1/executions is: the same middleware stack, the same route
     # lookup cost.
     app.router.routes.insert(0, Route(PATH, run_uncontrolled, methods=["POST"]))
+    if sql_timing:
+        timing = SqlTiming()
+        timing.install()
+        app.router.routes.append(Route("/bench/sql", timing.start, methods=["POST"]))
+        app.router.routes.append(Route("/bench/sql", timing.report, methods=["GET"]))
     return app
 
 
@@ -85,13 +160,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--sql-timing", action="store_true", help="time each write statement")
     args = parser.parse_args()
     settings = Settings.from_env()
     if args.host:
         settings = settings.with_(host=args.host)
     if args.port:
         settings = settings.with_(port=args.port)
-    serve(settings, create_bench_app(settings))
+    serve(settings, create_bench_app(settings, args.sql_timing))
 
 
 if __name__ == "__main__":
