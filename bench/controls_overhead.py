@@ -143,13 +143,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def start_bench_server(
-    port: int, database_url: str | None, *, sql_timing: bool = False
+    port: int, database_url: str | None, *, sql_timing: bool = False, **extra_env: str
 ) -> BenchServer:
     """common.start_server, but serving bench/uncontrolled_app.py (the product plus one route)."""
     workdir = Path(tempfile.mkdtemp(prefix="controls-bench-"))
     url = database_url or f"sqlite:///{workdir / 'bench.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCALLSTORE_")}
     env.update(TOOLCALLSTORE_DATABASE_URL=url, TOOLCALLSTORE_ADMIN_KEY_FILE=str(workdir / "key"))
+    env.update(extra_env)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -261,8 +262,13 @@ class Timed:
         return 1e6 * self.statements[sql]["seconds"] / self.run.requests
 
     @property
+    def sql(self) -> list[str]:
+        """The statements (not the batches' own totals, "[batch of ...]")."""
+        return [sql for sql in self.statements if not sql.startswith("[")]
+
+    @property
     def total_us(self) -> float:
-        return sum(self.us_per_request(sql) for sql in self.statements)
+        return sum(self.us_per_request(sql) for sql in self.sql)
 
 
 def sql_timing_runs(
@@ -290,9 +296,9 @@ def report_sql(timed: dict[str, Timed], tallies: dict[str, Tally]) -> None:
           " uncontrolled requests): us per request in each write statement, as called from"
           " Python")  # fmt: skip
     print(f"{'controlled':>10} {'uncontr.':>9} {'calls/req':>9}  statement")
-    for sql in sorted(controlled.statements, key=controlled.us_per_request, reverse=True):
+    for sql in sorted(controlled.sql, key=controlled.us_per_request, reverse=True):
         calls = controlled.statements[sql]["count"] / controlled.run.requests
-        mine = uncontrolled.us_per_request(sql) if sql in uncontrolled.statements else 0.0
+        mine = uncontrolled.us_per_request(sql) if sql in uncontrolled.sql else 0.0
         print(f"{controlled.us_per_request(sql):>10.1f} {mine:>9.1f} {calls:>9.2f}  {sql[:90]}")
     extra = controlled.total_us - uncontrolled.total_us
     # At 32 connections both flows keep the event loop's one thread busy: a request costs the

@@ -2,7 +2,7 @@
 
     python bench/gateway_overhead.py [--seconds 8] [--rounds 3] [--warmup 2] [--latency-ms 20]
         [--chunk-gap-ms 0] [--idempotency] [--profile SECONDS] [--passthrough-tune-gc]
-        [--litellm-venv PATH] [--database-url URL | --postgres SERVER_URL]
+        [--sql-timing] [--litellm-venv PATH] [--database-url URL | --postgres SERVER_URL]
 
 Issue text: an upstream stub with fixed latency on loopback; in one run measure (a) the stub
 direct, (b) a bare Starlette + httpx pass-through (the floor of this stack), (c) ToolCall Store
@@ -50,6 +50,12 @@ balanced and counts those receipts; no hold left open, nothing held, spent = sum
 --profile SECONDS: after the rounds, one more (uncounted) gateway run per mode at 32 connections
 under `py-spy record --nonblocking --threads`, summarised (top self frames, by package, by
 thread).
+
+--sql-timing: after the rounds, a second gateway (the same app, bench/uncontrolled_app.py
+--sql-timing, its own SQLite file) times each write statement and transaction over one stream
+run at 1 and one at 32 connections: the SQL per call, and at 1 connection the two transactions
+that lie on a call's path (the hold before the upstream call, the settlement before the last
+chunk), set beside the pass-through's own added latency. Not counted in the rounds or checks.
 """
 
 from __future__ import annotations
@@ -78,7 +84,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import toolcallstore  # noqa: E402
 from common import BenchServer, start_server  # noqa: E402
-from controls_overhead import audit_verify, database, free_port, wait_for_audit  # noqa: E402
+from controls_overhead import (  # noqa: E402
+    audit_verify,
+    database,
+    free_port,
+    start_bench_server,
+    wait_for_audit,
+)
 from toolcallstore.db import Database  # noqa: E402
 from toolcallstore.pricing import REPO_CONFIG  # noqa: E402
 
@@ -208,6 +220,8 @@ def main() -> None:
             run_all(bench, gateway)
             if args.profile:
                 profile(bench, gateway, workdir)
+            if args.sql_timing:
+                timings = sql_timing(bench, models)
             wait_for_audit(gateway)
             time.sleep(1)  # calls cut off by wrk's last stop settle within milliseconds
             reconciliation = reconcile(gateway)
@@ -217,6 +231,8 @@ def main() -> None:
             for process in reversed(processes):
                 stop(process)
         report(bench)
+        if args.sql_timing:
+            report_sql(bench, timings)
         failures += verify(bench, gateway, reconciliation)
     print(f"logs and models file: {workdir}; server log: {gateway.workdir / 'server.log'}")
     if failures:
@@ -244,6 +260,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--passthrough-tune-gc", action="store_true", help="(b) with `serve`'s GC settings"
     )
+    parser.add_argument("--sql-timing", action="store_true",
+                        help="then time the writes of a second gateway (SQLite)")  # fmt: skip
     parser.add_argument("--litellm-venv", type=Path, help="a venv with litellm[proxy]==1.80.0")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--database-url", help="use this (empty) database; default fresh SQLite")
@@ -476,6 +494,64 @@ def cpu_seconds(pid: int) -> float:
             total += (int(stats[current][11]) + int(stats[current][12])) / CLK_TCK
         todo += children.get(current, [])
     return total
+
+
+# --- write timing -----------------------------------------------------------------------------
+
+Timings = list[tuple[int, Run, dict[str, dict[str, float]]]]
+
+
+def sql_timing(bench: Bench, models: Path) -> Timings:
+    """A second gateway, the same app with each write statement and transaction timed
+    (bench/uncontrolled_app.py --sql-timing, on its own fresh SQLite file), driven with one
+    stream run per connection count. Apart from the rounds, since timing costs a little."""
+    server = start_bench_server(free_port(), None, sql_timing=True,
+                                TOOLCALLSTORE_MODELS_FILE=str(models))  # fmt: skip
+    try:
+        auth = {"Authorization": f"Bearer {make_agent_key(server)}"}
+        system = System("toolcallstore", "(c) timed", f"{server.base_url}/v1/chat/completions",
+                        server.process.pid, auth)  # fmt: skip
+        admin = {"Authorization": f"Bearer {server.admin_key}"}
+        drive(bench, server, system, "stream", 32, bench.args.warmup)
+        timings = []
+        for connections in (1, 32):
+            wait_for_audit(server)
+            httpx.post(f"{server.base_url}/bench/sql", headers=admin, timeout=10).raise_for_status()
+            run = drive(bench, server, system, "stream", connections, bench.args.seconds)
+            resp = httpx.get(f"{server.base_url}/bench/sql", headers=admin, timeout=10)
+            resp.raise_for_status()
+            timings.append((connections, run, resp.json()))
+        return timings
+    finally:
+        server.stop()
+
+
+def report_sql(bench: Bench, timings: Timings) -> None:
+    print("\nwrites timed in a second gateway (stream; ms per batch x batches per call):")
+    for connections, run, timed in timings:
+        calls = max(run.requests, 1)
+        sql_ms = 1e3 * sum(v["seconds"] for k, v in timed.items() if not k.startswith("["))
+        batches = ", ".join(
+            f"{k.removeprefix('[batch of ').rstrip(']')} {1e3 * v['seconds'] / v['count']:.2f}"
+            f" x {v['count'] / calls:.2f}"
+            for k, v in sorted(timed.items()) if k.startswith("[")
+        )  # fmt: skip
+        print(f"  c={connections}: {run.requests} calls, SQL {sql_ms / calls:.2f} ms per call;"
+              f" {batches}")  # fmt: skip
+        if connections != 1:
+            continue
+        # At 1 connection every batch is one transaction: the hold before the upstream call and
+        # the settlement before the last chunk (it carries the receipt) lie on the call's path.
+        path = [timed.get(f"[batch of {body}]") for body in ("open_call", "_close")]
+        if None in path:
+            continue
+        on_path = sum(1e3 * v["seconds"] / v["count"] for v in path if v is not None)
+        bare = statistics.median(per_round(bench, "stream", 1, "passthrough", "direct", "p50"))
+        print(
+            f"  c=1: the two transactions on a call's path take {on_path:.2f} ms; with the"
+            f" pass-through's own added p50 ({bare:.2f} ms) that is {bare + on_path:.2f} ms"
+            f" before any other work of the gateway (target {TARGET_ADDED_P50_MS:g} ms)"
+        )
 
 
 # --- profile ----------------------------------------------------------------------------------

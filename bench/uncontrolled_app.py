@@ -14,9 +14,10 @@ only here, never in the product.
 
 `--sql-timing` adds `POST /bench/sql` (start timing from zero) and `GET /bench/sql` (what was
 timed): the time each SQLite statement of the write batches (`run_sync`) took, by statement
-text, as called from Python (binding, stepping, and for RETURNING the rows). The bench uses it
-to say how much of a controlled call is its SQL alone, in a run apart from the measured rounds,
-since timing every statement costs a little.
+text, as called from Python (binding, stepping, and for RETURNING the rows), and each batch's
+whole time ("[batch of open_call]": a batch of that one body; "[batch of several bodies]").
+The benches use it to say how much of a controlled call is its SQL alone, in runs apart from
+the measured rounds, since timing every statement costs a little.
 """
 
 from __future__ import annotations
@@ -95,8 +96,15 @@ class SqlTiming:
         plain_batch, plain_begin = sync.sqlite_batch, loop_writer.LoopWriter._begin
 
         def timed_batch(conn: sqlite3.Connection, work: sync.Work, *, begun: bool = False) -> Any:
-            timed: Any = _Timed(conn, self) if self.on else conn
-            return plain_batch(timed, work, begun=begun)
+            if not self.on:
+                return plain_batch(conn, work, begun=begun)
+            started = time.perf_counter()
+            outcomes = plain_batch(_Timed(conn, self), work, begun=begun)
+            # A batch of one body is one transaction of one caller (always so at 1 connection):
+            # its whole cost, Python included, by the body's name.
+            bodies = _name(work[0][0]) if len(work) == 1 else "several bodies"
+            self.add(f"[batch of {bodies}]", started)
+            return outcomes
 
         def timed_begin(writer: loop_writer.LoopWriter) -> bool:
             started = time.perf_counter()
@@ -111,9 +119,10 @@ class SqlTiming:
 
     def add(self, sql: str, started: float) -> None:
         if self.on:
-            entry = self.spent[" ".join(sql.split())]
+            took = time.perf_counter() - started
+            entry = self.spent[sql]
             entry[0] += 1
-            entry[1] += time.perf_counter() - started
+            entry[1] += took
 
     async def start(self, request: Request) -> Response:
         self.spent.clear()
@@ -121,7 +130,16 @@ class SqlTiming:
         return JSONResponse({"timing": True})
 
     async def report(self, request: Request) -> Response:
-        return JSONResponse({sql: {"count": n, "seconds": s} for sql, (n, s) in self.spent.items()})
+        report: dict[str, dict[str, float]] = {}
+        for sql, (count, seconds) in self.spent.items():
+            entry = report.setdefault(" ".join(sql.split()), {"count": 0, "seconds": 0.0})
+            entry["count"] += count
+            entry["seconds"] += seconds
+        return JSONResponse(report)
+
+
+def _name(body: Any) -> str:
+    return str(getattr(getattr(body, "func", body), "__name__", "a body"))  # partial or function
 
 
 class _Timed:
