@@ -155,10 +155,18 @@ async def test_unknown_routes_and_methods_get_the_envelope(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ["limit=0", "limit=101", "limit=abc", "limit=-1", "bogus=1", "limit=1e3"]
-)
+    "query",
+    ["limit=0", "limit=101", "limit=abc", "limit=-1", "bogus=1", "limit=1e3",
+     "limit=%C2%B2", "limit=%D9%A3"],  # '²' and Arabic-Indic '٣': isdigit() but not 0-9
+)  # fmt: skip
 async def test_bad_list_parameters_are_400(api: Api, query: str) -> None:
     r = await api.client.get(f"/v1/keys?{query}", headers=api.auth())
+    _assert_envelope(r, 400)
+
+
+@pytest.mark.parametrize("query", ["from=%C2%B2", "to=%C2%B9", "from=%D9%A3", "limit=%C2%B2"])
+async def test_non_ascii_digits_in_receipt_filters_are_400(api: Api, query: str) -> None:
+    r = await api.client.get(f"/v1/receipts?{query}", headers=api.auth())
     _assert_envelope(r, 400)
 
 

@@ -107,7 +107,7 @@ def parse_queue_limits(raw: str) -> dict[str, int]:
     limits = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
         name, _, value = part.partition("=")
-        if not name or not value.isdigit() or int(value) < 1:
+        if not name or not (value.isascii() and value.isdigit()) or int(value) < 1:
             raise ConfigError(f"TOOLCALLSTORE_QUEUE_LIMITS entry {part!r} is not queue=N (N >= 1)")
         limits[name] = int(value)
     return limits

@@ -98,7 +98,8 @@ def page_params(request: Request, extra: tuple[str, ...] = ()) -> PageParams:
         if name not in ("limit", "starting_after", *extra):
             raise invalid(name, f"Unknown query parameter '{name}'.", "unknown_parameter")
     raw_limit = query.get("limit", "10")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+    # isascii: str.isdigit() also takes digits such as '²', which int() refuses.
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 100:
         raise invalid("limit", "'limit' must be an integer from 1 to 100.")
     cursor = query.get("starting_after")
     if cursor is not None:

@@ -34,7 +34,7 @@ def _unix(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # not '²': int() refuses it
         raise invalid(name, f"'{name}' must be a unix time in seconds.")
     return int(raw) * 1_000_000
 

@@ -176,7 +176,7 @@ def stream_error(error: Any) -> StreamError:
     if not isinstance(error, dict):
         return StreamError("provider_error", str(error), retryable=False)
     raw = error.get("code") or error.get("type")
-    if isinstance(raw, str) and raw.isdigit():
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
         raw = int(raw)
     if isinstance(raw, int) and not isinstance(raw, bool):
         code = code_for_status(raw)  # OpenRouter names in-band errors by HTTP status
