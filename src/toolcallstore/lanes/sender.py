@@ -35,8 +35,14 @@ class _NoCookies(httpx.Cookies):
 
 
 def upstream_client() -> httpx.AsyncClient:
-    """The shared client (DESIGN §9): httpx on httpx-aiohttp's transport, no cookie jar."""
-    client = httpx.AsyncClient(transport=AiohttpTransport(), timeout=30.0)
+    """The shared client (DESIGN §9): httpx on httpx-aiohttp's transport, no cookie jar.
+
+    It asks for bodies as they are (`accept-encoding: identity`): streams and error bodies are
+    read raw (`aiter_raw`) and parsed as they come, so a gzipped body, which httpx's default
+    `gzip, deflate` would invite, would reach the parsers compressed."""
+    client = httpx.AsyncClient(
+        transport=AiohttpTransport(), timeout=30.0, headers={"accept-encoding": "identity"}
+    )
     # The `cookies` setter would copy into a plain jar; the attribute keeps our class.
     client._cookies = _NoCookies()
     return client
