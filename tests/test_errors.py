@@ -180,3 +180,39 @@ async def test_every_response_carries_a_request_id(api: Api) -> None:
     ]
     ids = [r.headers["ToolCall-Request-Id"] for r in responses]
     assert all(i.startswith("req_") for i in ids) and len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/quotes/q_%00x", "/v1/executions/exe_%00x", "/v1/receipts/rcpt_%00x"]
+)
+async def test_a_nul_in_an_id_is_404(api: Api, path: str) -> None:
+    # Postgres text cannot hold a NUL: passed on to a query, it was a 500 there.
+    _assert_envelope(await api.client.get(path, headers=api.auth()), 404, "not_found")
+
+
+async def test_a_nul_in_a_query_or_a_body_id_is_400_naming_it(api: Api) -> None:
+    r = await api.client.get("/v1/receipts?project_id=proj_%00x", headers=api.auth())
+    assert _assert_envelope(r, 400)["param"] == "project_id"
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "quote_id": "q_\0x"}
+    r = await api.client.post("/v1/chat/completions", json=body, headers=api.auth())
+    assert _assert_envelope(r, 400)["param"] == "quote_id"
+
+
+async def test_a_nul_in_a_path_is_audited_and_the_audit_log_goes_on(api: Api) -> None:
+    # The refused request's audit row reaches audit_log (its NUL replaced), and so do the rows
+    # after it: a row Postgres refused used to be retried forever, holding back every other.
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    audit = api.app.state.services.audit  # type: ignore[attr-defined]
+    refused = await api.client.get("/v1/nothing%00here", headers=api.auth())
+    _assert_envelope(refused, 404)
+    after = await api.client.get("/v1/me", headers=api.auth())
+    assert after.status_code == 200
+    await audit.flush()
+    rows = await db.fetch_all(
+        "SELECT request_id, path, status FROM audit_log WHERE request_id IN (:a, :b)",
+        {"a": refused.headers["ToolCall-Request-Id"], "b": after.headers["ToolCall-Request-Id"]},
+    )
+    assert {(r["path"], r["status"]) for r in rows} == {
+        ("/v1/nothing\ufffdhere", 404),
+        ("/v1/me", 200),
+    }

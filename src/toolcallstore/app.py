@@ -31,7 +31,7 @@ from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.sender import Sender, upstream_client
 from toolcallstore.logs import AccessLog
 from toolcallstore.metrics import Metrics
-from toolcallstore.middleware import BodyLimitMiddleware, ObserveMiddleware, SandboxMount
+from toolcallstore.middleware import InputLimitsMiddleware, ObserveMiddleware, SandboxMount
 from toolcallstore.price_jobs import register_price_job, schedule_price_refresh
 from toolcallstore.pricing import load_pricing
 from toolcallstore.queue.sandbox import register_sandbox_handlers
@@ -128,7 +128,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=api.routes(),
         middleware=[
             Middleware(ObserveMiddleware, metrics=svc.metrics, audit=svc.audit),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(InputLimitsMiddleware, max_bytes=settings.max_body_bytes),
             Middleware(AuthMiddleware, keys=svc.keys),
         ],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_http_exception},

@@ -8,16 +8,18 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from toolcallstore.audit import AuditWriter
 from toolcallstore.context import SCOPE_KEY, RequestContext
-from toolcallstore.errors import InternalError, RequestTooLarge
+from toolcallstore.errors import APIError, InternalError, NotFound, RequestTooLarge
 from toolcallstore.ids import new_request_id, now_us
 from toolcallstore.metrics import Metrics
 from toolcallstore.responses import send_error
+from toolcallstore.validation import invalid
 
 error_log = logging.getLogger("toolcallstore.errors")
 
@@ -83,7 +85,8 @@ class ObserveMiddleware:
             "tenant_id": principal.tenant_id if principal else None,
             "api_key_id": principal.key_id if principal else None,
             "method": method,
-            "path": scope["path"][:500],
+            # A refused path may hold a NUL, which Postgres text refuses: the row must be kept.
+            "path": scope["path"][:500].replace("\x00", "\ufffd"),
             "route": route,
             "tool": ctx.tool,
             "scope": ctx.scope_needed,
@@ -100,8 +103,10 @@ class ObserveMiddleware:
         await self.audit.record(row)
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over `max_bytes` with 413, whether announced or streamed."""
+class InputLimitsMiddleware:
+    """Refuses what no route can take: bodies over `max_bytes` (413, whether announced or
+    streamed), and a NUL character in the path (404) or the query (400). No id contains one, and
+    Postgres text cannot hold one: left to the routes it would reach a query as a 500."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -110,6 +115,10 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        nul = _nul_refusal(scope)
+        if nul is not None:
+            await send_error(send, nul, scope[SCOPE_KEY].request_id)
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
@@ -131,6 +140,17 @@ class BodyLimitMiddleware:
 
     def _too_large(self) -> RequestTooLarge:
         return RequestTooLarge(f"The request body exceeds the limit of {self.max_bytes} bytes.")
+
+
+def _nul_refusal(scope: Scope) -> APIError | None:
+    if "\x00" in scope["path"]:
+        return NotFound("No such resource: the path contains a NUL character.")
+    if b"%00" not in scope["query_string"]:  # a raw NUL never gets past the HTTP parser
+        return None
+    for name, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return invalid(name.replace("\x00", ""), "Query parameters must not contain NUL.")
+    return None
 
 
 class SandboxMount:

@@ -95,14 +95,18 @@ def _stream_flag(body: dict[str, Any]) -> bool:
     return bool(stream)
 
 
+def _an_id(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 64 and "\x00" not in value
+
+
 async def _from_quote(
     request: Request, principal: Principal, tool: Tool, params: dict[str, Any],
     body: dict[str, Any], byok: dict[str, str],
 ) -> tuple[Plan, CallPlan]:  # fmt: skip
     quote_id, approval_id = body["quote_id"], body.get("approval_id")
-    if not isinstance(quote_id, str) or len(quote_id) > 64:
+    if not _an_id(quote_id):
         raise invalid("quote_id", "'quote_id' must be a quote id (q_...).")
-    if approval_id is not None and (not isinstance(approval_id, str) or len(approval_id) > 64):
+    if approval_id is not None and not _an_id(approval_id):
         raise invalid("approval_id", "'approval_id' must be an approval id (appr_...).")
     if body.get("project_id") is not None:
         raise invalid("project_id", "'project_id' comes from the quote; leave it out here.")
