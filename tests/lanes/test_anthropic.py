@@ -117,7 +117,7 @@ TOOL_STREAM = (
     + MESSAGE_STOP
 )
 TOOL_EVENTS: list[Event] = [
-    Usage(12, 1),
+    Usage(12, None),
     TextDelta("Checking Paris"),
     TextDelta(" — one moment."),
     ToolCallDelta(0, "toolu_01A", "get_weather", ""),
@@ -172,7 +172,7 @@ def text_stream(stop_reason: str) -> bytes:
 )
 def test_stop_reasons_map_to_openai_finish_reasons(stop_reason: str, finish: str) -> None:
     assert parse(parser, text_stream(stop_reason)) == [
-        Usage(12, 1),
+        Usage(12, None),
         TextDelta("Hello"),
         Usage(None, 15),
         Finish(finish, stop_reason),  # type: ignore[arg-type]
@@ -181,7 +181,7 @@ def test_stop_reasons_map_to_openai_finish_reasons(stop_reason: str, finish: str
 
 
 def test_cached_prompt_tokens_count_as_input_like_openai_prompt_tokens() -> None:
-    assert parse(parser, message_start(input_tokens=3, cache_read=2048))[0] == Usage(2051, 1)
+    assert parse(parser, message_start(input_tokens=3, cache_read=2048))[0] == Usage(2051, None)
 
 
 def test_an_in_band_overload_is_a_retryable_stream_error() -> None:
@@ -207,14 +207,14 @@ def test_in_band_error_types(type_: str, code: str, retryable: bool) -> None:
 def test_a_stream_cut_before_the_stop_reason_is_a_retryable_error() -> None:
     stream = message_start() + block_start(0, {"type": "text", "text": ""}) + text(0, "Hel")
     events = parse(parser, stream)
-    assert events[:2] == [Usage(12, 1), TextDelta("Hel")]
+    assert events[:2] == [Usage(12, None), TextDelta("Hel")]
     assert isinstance(events[-1], StreamError)
     assert (events[-1].code, events[-1].retryable) == ("stream_cut", True)
 
 
 def test_a_stop_reason_without_message_stop_is_a_complete_answer() -> None:
     events = parse(parser, message_start() + message_delta("end_turn", 3))
-    assert events == [Usage(12, 1), Usage(None, 3), Finish("stop", "end_turn")]
+    assert events == [Usage(12, None), Usage(None, 3), Finish("stop", "end_turn")]
 
 
 def test_a_malformed_event_is_skipped_and_the_stream_goes_on() -> None:

@@ -234,9 +234,11 @@ class AnthropicStreamParser(JSONEventParser):
         elif event == "content_block_start":
             self._take_block_start(payload, out)
         elif event == "message_start":
+            # Its output_tokens is a placeholder (1): the count comes with message_delta. Kept,
+            # a stream cut before that would cost its delivered words as one token.
             usage = _usage(payload["message"].get("usage"))
-            if usage:
-                out.append(usage)
+            if usage and usage.input_tokens is not None:
+                out.append(Usage(usage.input_tokens, None))
         elif event == "message_delta":
             _take_message_delta(payload, out)
         elif event == "message_stop":
