@@ -422,3 +422,17 @@ def test_an_error_keeps_retry_after_and_the_request_id() -> None:
 def test_an_empty_error_body_still_gives_a_status_message() -> None:
     error = ANTHROPIC.error(502, {}, b"")
     assert (error.code, error.message, error.retryable) == ("server_error", "HTTP 502", True)
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [{"type": "text_delta", "text": 5}, {"type": "input_json_delta", "partial_json": {"a": 1}}],
+)
+def test_a_field_of_the_wrong_type_makes_its_event_malformed(delta: dict[str, Any]) -> None:
+    tool = block_start(1, {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}})
+    bad = block_delta(0 if delta["type"] == "text_delta" else 1, delta)
+    events = parse(
+        parser, message_start() + tool + bad + message_delta("end_turn", 3) + MESSAGE_STOP
+    )
+    assert isinstance(events[2], Malformed)
+    assert events[3:] == [Usage(None, 3), Finish("stop", "end_turn"), Done()]

@@ -180,6 +180,16 @@ def test_a_malformed_frame_is_skipped_and_the_stream_goes_on() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "part", [{"text": {"value": "b"}}, {"functionCall": {"name": ["f"], "args": {}}}]
+)
+def test_a_field_of_the_wrong_type_makes_its_frame_malformed(part: dict[str, Any]) -> None:
+    events = parse(parser, frame([{"text": "a"}]) + frame([part]) + frame([], finish="STOP"))
+    assert events[0] == TextDelta("a")
+    assert isinstance(events[1], Malformed)
+    assert events[2:] == [Finish("stop", "STOP"), Done()]
+
+
 def test_an_in_band_error_ends_the_stream_without_a_cut_error() -> None:
     error = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
     events = parse(parser, frame([{"text": "a"}]) + b"data: " + orjson.dumps(error) + b"\r\n\r\n")

@@ -194,6 +194,23 @@ def test_a_chunk_of_the_wrong_shape_is_malformed_not_a_crash() -> None:
 
 
 @pytest.mark.parametrize(
+    "delta",
+    [
+        {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": 7}}]},
+        {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": {"city": "x"}}}]},
+        {"tool_calls": [{"index": 0, "id": ["call_1"], "function": {"name": "f"}}]},
+    ],
+)
+def test_a_field_of_the_wrong_type_makes_its_chunk_malformed(delta: dict[str, Any]) -> None:
+    # Valid JSON, wrong types: taken as they came, they failed later, far from the frame (an
+    # answer cut short and never charged, or a 500).
+    events = parse(parser, chunk({"content": "a"}) + chunk(delta) + chunk({}, "stop") + DONE)
+    assert events[0] == TextDelta("a")
+    assert isinstance(events[1], Malformed)
+    assert events[2:] == [Finish("stop", "stop"), Done()]
+
+
+@pytest.mark.parametrize(
     ("error", "code", "retryable"),
     [
         ({"code": 502, "message": "Provider returned error"}, "server_error", True),

@@ -280,6 +280,8 @@ class GeminiStreamParser(JSONEventParser):
                 out.append(TextDelta(text))
             call = part.get("functionCall")
             if call:
+                if not isinstance(call.get("name"), str):  # before it counts as a call
+                    raise TypeError("functionCall.name is not a string")
                 index = self._calls
                 self._calls += 1
                 call_id = call.get("id") or f"call_{response_id or 'gemini'}_{index}"

@@ -10,7 +10,15 @@ import codecs
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
-from toolcallstore.lanes.base import Done, Event, Finish, Malformed, StreamError
+from toolcallstore.lanes.base import (
+    Done,
+    Event,
+    Finish,
+    Malformed,
+    StreamError,
+    TextDelta,
+    ToolCallDelta,
+)
 
 
 class SSEEvent(NamedTuple):
@@ -126,6 +134,9 @@ class JSONEventParser(ABC):
             # orjson.JSONDecodeError is a ValueError; the others are a payload of the wrong shape.
             out.append(Malformed(frame.data.encode()))
             return
+        if not all(map(_well_typed, events)):  # valid JSON, but e.g. a tool name of 7
+            out.append(Malformed(frame.data.encode()))
+            return
         for event in events:
             if isinstance(event, Finish):
                 self.finished = True
@@ -142,6 +153,23 @@ class JSONEventParser(ABC):
     @abstractmethod
     def finish(self, out: list[Event]) -> None:
         """Append what the end of the body means: nothing, Done, or a cut stream."""
+
+
+def _well_typed(event: Event) -> bool:
+    """Whether an event carries the types its class promises: the parsers take fields from the
+    provider's JSON as they come, and a wrong type would fail later, far from the frame."""
+    if isinstance(event, TextDelta):
+        return isinstance(event.text, str)
+    if isinstance(event, ToolCallDelta):
+        return (
+            isinstance(event.index, int)
+            and isinstance(event.arguments, str)
+            and isinstance(event.id, str | None)
+            and isinstance(event.name, str | None)
+        )
+    if isinstance(event, StreamError):
+        return isinstance(event.code, str) and isinstance(event.message, str)
+    return True
 
 
 def as_int(value: Any) -> int | None:
