@@ -73,6 +73,7 @@ class ChatCall(Response):
     _assembly: Assembly | None = None
     _error: StreamError | None = None
     _closing: asyncio.Future[Settlement] | None = None
+    _started: bool = False  # the response's start went out
     _out: list[bytes] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,6 +85,7 @@ class ChatCall(Response):
         self._assembly = Assembly(f"chatcmpl-{self.execution['id']}", int(time.time()))
         work = asyncio.create_task(self._run(send))
         watcher = asyncio.create_task(_watch_disconnect(receive, work))
+        failed = False
         try:
             await asyncio.wait({work})
         except asyncio.CancelledError:
@@ -91,10 +93,11 @@ class ChatCall(Response):
             raise
         finally:
             watcher.cancel()
+            failed = work.done() and not work.cancelled() and work.exception() is not None
+            if failed:
+                log.error("chat call failed", exc_info=work.exception())
             if self.settled is None:  # disconnected, cancelled or failed mid-way
-                await asyncio.shield(self._settle_quietly())
-        if not work.cancelled() and work.exception() is not None:
-            log.error("chat call failed", exc_info=work.exception())
+                await asyncio.shield(self._fail(send) if failed else self._settle_quietly())
 
     async def _run(self, send: Send) -> None:
         assert self._call is not None and self._assembly is not None
@@ -112,6 +115,7 @@ class ChatCall(Response):
             assert winner is not None
             self._assembly.model = winner.target
             if self.stream:
+                self._started = True
                 await send({"type": "http.response.start", "status": 200,
                             "headers": [*SSE_HEADERS, *self._extra_headers()]})  # fmt: skip
             await self._emit(first, send)
@@ -148,8 +152,6 @@ class ChatCall(Response):
                 code="stream_interrupted",
             )
         settled = await self._settle(error, charge_delivered=self.stream)
-        if settled is None:
-            return
         assembly = self._assembly
         if not self.stream:
             if settled.error is not None:
@@ -168,8 +170,7 @@ class ChatCall(Response):
 
     async def _refuse(self, send: Send, error: APIError) -> None:
         settled = await self._settle(error, charge_delivered=False)
-        if settled is not None:
-            await self._send_json(send, error.status, self._envelope(settled))
+        await self._send_json(send, error.status, self._envelope(settled))
 
     def _envelope(self, settled: Settlement) -> dict[str, Any]:
         assert settled.error is not None
@@ -184,11 +185,30 @@ class ChatCall(Response):
             (b"content-length", str(len(body)).encode()),
             *self._extra_headers(),
         ]
+        self._started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def _extra_headers(self) -> list[tuple[bytes, bytes]]:
         return [(k.lower().encode(), v.encode()) for k, v in self.headers_out.items()]
+
+    async def _fail(self, send: Send) -> None:
+        """Our own error mid-call (a bug): before the answer started, nothing is charged and the
+        caller gets the 500 envelope; once streaming, it ends like a cut stream, in-band, and
+        what was delivered is charged."""
+        assert self._assembly is not None
+        error = InternalError("Something went wrong on our side; it has been logged.")
+        try:
+            if not self._started:
+                settled = await self._settle(error, charge_delivered=False)
+                await self._send_json(send, error.status, self._envelope(settled))
+                return
+            settled = await self._settle(error, charge_delivered=True)
+            info = {"code": error.code, "message": error.message, "type": error.type}
+            tail = self._assembly.error_chunk(info, settled.usage, settled.toolcall)
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except Exception:
+            log.exception("could not close a failed chat call; the sweep will release it")
 
     async def _settle_quietly(self) -> None:
         assert self._call is not None
@@ -199,7 +219,7 @@ class ChatCall(Response):
         except Exception:
             log.exception("could not settle an interrupted chat call; the sweep will release it")
 
-    async def _settle(self, error: APIError | None, *, charge_delivered: bool) -> Settlement | None:
+    async def _settle(self, error: APIError | None, *, charge_delivered: bool) -> Settlement:
         """Close the execution: what reached the client is charged when `charge_delivered`
         (else nothing is), every attempt's provider cost is recorded, and the answer an
         Idempotency-Key replays is stored: the completion, or the error that ended the call."""

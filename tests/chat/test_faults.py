@@ -19,6 +19,8 @@ from tests.chat.helpers import (
     sse_payloads,
     target_id,
 )
+from toolcallstore.lanes import attempt as attempt_module
+from toolcallstore.lanes.openai_out import Assembly
 from toolcallstore.lanes.plan import estimate_output_tokens
 from toolcallstore.money import micros_to_usd
 from toolcallstore.settings import Settings
@@ -57,6 +59,7 @@ LANES = {
     "no-done": ["no-done"],
     "pings": ["pings"],
     "gemini-keepalive": ["gemini-keepalive"],
+    "healthy": ["ok-openai"],
 }
 MESSAGES = [{"role": "user", "content": "tell me about the weather"}]
 
@@ -287,4 +290,83 @@ async def test_llm_chat_executions_report_a_refusal_as_such_and_charge_nothing(
     receipt = await live.receipt(error["receipt_id"])
     assert receipt["status"] == "failed" and receipt["amount_usd"] == "0.000000"
     assert [a["target"] for a in receipt["attempts"]] == [target_id("refuses")]
+    await live.balanced()
+
+
+# --- our own bugs -----------------------------------------------------------------------------
+# A fault injected into our code (not the provider's): whatever breaks, the caller gets a clean
+# answer and pays for nothing it did not receive, and the hold never stays open.
+
+
+def break_on_call(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, nth: int) -> None:
+    """Make `owner.name` raise RuntimeError from its `nth` call on."""
+    real = getattr(owner, name)
+    calls = 0
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls >= nth:
+            raise RuntimeError("injected bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, broken)
+
+
+async def test_our_bug_before_the_answer_is_a_500_envelope_and_costs_nothing(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    break_on_call(monkeypatch, Assembly, "add", 1)
+    key = await live.agent_key()
+    idem = {**live.auth(key), "Idempotency-Key": "our-bug-1"}
+    body = {"model": "healthy", "messages": MESSAGES, "max_tokens": 50}
+    r = await live.client.post("/v1/chat/completions", json=body, headers=idem)
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal_error"
+    receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
+    assert receipt["status"] == "failed" and receipt["amount_usd"] == "0.000000"
+    # The stored answer is the one the caller got, not a "client disconnected".
+    replay = await live.client.post("/v1/chat/completions", json=body, headers=idem)
+    assert replay.status_code == 500 and replay.json() == r.json()
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    await live.balanced()
+
+
+async def test_our_bug_mid_stream_ends_it_in_band_and_charges_what_was_sent(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    break_on_call(monkeypatch, Assembly, "add", 4)
+    key = await live.agent_key()
+    r = await chat(live, key, "healthy", stream=True)
+    assert r.status_code == 200
+    payloads = sse_payloads(r.content)
+    assert "[DONE]" not in payloads
+    last = payloads[-1]
+    assert last["choices"][0]["finish_reason"] == "error"
+    assert last["error"]["code"] == "internal_error"
+    receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
+    assert receipt["amount_usd"] == last["toolcall"]["cost_usd"] != "0.000000"
+    await live.balanced()
+
+
+async def test_our_bug_in_an_attempt_after_its_first_token_is_a_cut_not_a_free_finish(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The attempt's own bookkeeping fails on its third event: the answer so far was delivered,
+    # so the call must end in-band and charge it, not finish cleanly at no cost.
+    break_on_call(monkeypatch, attempt_module, "_account", 3)
+    key = await live.agent_key()
+    r = await chat(live, key, "healthy", stream=True)
+    payloads = sse_payloads(r.content)
+    assert "[DONE]" not in payloads
+    last = payloads[-1]
+    assert last["error"]["code"] == "stream_interrupted"
+    assert "internal_error" in last["error"]["message"]
+    assert outcomes(last["toolcall"]) == [(target_id("ok-openai"), "cut")]
+    delivered = "".join(
+        p["choices"][0]["delta"].get("content") or "" for p in payloads[:-1] if p["choices"]
+    )
+    assert last["usage"]["completion_tokens"] == estimate_output_tokens(len(delivered.encode()))
+    receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
+    assert receipt["amount_usd"] == last["toolcall"]["cost_usd"] != "0.000000"
     await live.balanced()

@@ -23,7 +23,14 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolcallstore.lanes.attempt import Attempt, AttemptFailed, Conditions, fail, run_attempt
+from toolcallstore.lanes.attempt import (
+    Attempt,
+    AttemptFailed,
+    Conditions,
+    fail,
+    price,
+    run_attempt,
+)
 from toolcallstore.lanes.base import Event, StreamError, TextDelta, ToolCallDelta, UpstreamError
 from toolcallstore.lanes.health import ProviderHealth
 from toolcallstore.lanes.plan import CallPlan, Candidate
@@ -207,7 +214,17 @@ class _Race:
             raise
         except Exception as exc:  # a bug here must fail the attempt, not hang the call
             log.exception("attempt on %s failed unexpectedly", attempt.target)
-            error = UpstreamError(0, "internal_error", f"{type(exc).__name__}: {exc}"[:300])
+            message = f"{type(exc).__name__}: {exc}"[:300]
+            if attempt.first_token_ms is not None:
+                # Mid-answer: it ends in-band as a cut stream does, and what the provider
+                # produced is costed (as "failed", it would have cost nothing).
+                attempt.outcome = "cut"
+                attempt.error = UpstreamError(200, "internal_error", message)
+                price(attempt, candidate, self.conditions.prompt_tokens)
+                await self.queue.put((attempt, StreamError("internal_error", message, False)))
+                await self.queue.put((attempt, _Ended(None)))
+                return
+            error = UpstreamError(0, "internal_error", message)
             fail(attempt, candidate, error, self.conditions.prompt_tokens)
             await self.queue.put((attempt, _Ended(error)))
             return
