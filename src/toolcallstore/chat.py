@@ -68,6 +68,9 @@ class ChatCall(Response):
     headers_out: dict[str, str] = field(default_factory=dict)
     # provider -> the tenant's own key; repr=False keeps it out of any log line or traceback
     byok: dict[str, str] = field(default_factory=dict, repr=False)
+    # The call ends by then, however slowly its client reads: its hold expires a grace period
+    # later, and the sweep would release it unpaid.
+    max_seconds: float = 600.0
     settled: Settlement | None = None
     _call: LaneCall | None = None
     _assembly: Assembly | None = None
@@ -81,13 +84,17 @@ class ChatCall(Response):
         self._call = LaneCall(self.svc.sender, self.plan, self.params,
                               bool(self.execution["livemode"]),
                               self.svc.settings.sandbox_base(), self.svc.health,
-                              self.byok)  # fmt: skip
+                              self.byok, self.max_seconds)  # fmt: skip
         self._assembly = Assembly(f"chatcmpl-{self.execution['id']}", int(time.time()))
         work = asyncio.create_task(self._run(send))
         watcher = asyncio.create_task(_watch_disconnect(receive, work))
-        failed = False
+        failed = timed_out = False
         try:
-            await asyncio.wait({work})
+            done, _ = await asyncio.wait({work}, timeout=self.max_seconds)
+            if not done:  # the upstream is bounded by then: a client reading too slowly
+                timed_out = True
+                work.cancel()
+                await asyncio.wait({work})
         except asyncio.CancelledError:
             work.cancel()
             raise
@@ -96,8 +103,13 @@ class ChatCall(Response):
             failed = work.done() and not work.cancelled() and work.exception() is not None
             if failed:
                 log.error("chat call failed", exc_info=work.exception())
-            if self.settled is None:  # disconnected, cancelled or failed mid-way
-                await asyncio.shield(self._fail(send) if failed else self._settle_quietly())
+            if self.settled is None:  # disconnected, cancelled, timed out or failed mid-way
+                if failed:
+                    await asyncio.shield(self._fail(send))
+                elif timed_out:
+                    await asyncio.shield(self._time_out(send))
+                else:
+                    await asyncio.shield(self._settle_quietly())
 
     async def _run(self, send: Send) -> None:
         assert self._call is not None and self._assembly is not None
@@ -209,6 +221,27 @@ class ChatCall(Response):
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except Exception:
             log.exception("could not close a failed chat call; the sweep will release it")
+
+    async def _time_out(self, send: Send) -> None:
+        """The call outlasted `max_seconds`: what was sent is charged, and the stream ends with
+        an in-band error if the client takes it within a second."""
+        assert self._assembly is not None
+        error = APIError(f"The call ran past its time limit of {self.max_seconds:g} s (the client"
+                         " read too slowly); what was delivered is charged.",
+                         status=504, code="call_timeout")  # fmt: skip
+        try:
+            settled = await self._settle(error, charge_delivered=self._started)
+        except Exception:
+            log.exception("could not close a timed-out chat call; the sweep will release it")
+            return
+        info = {"code": error.code, "message": error.message, "type": error.type}
+        with contextlib.suppress(Exception):  # best effort: this client may not read at all
+            async with asyncio.timeout(1):
+                if self._started:
+                    tail = self._assembly.error_chunk(info, settled.usage, settled.toolcall)
+                    await send({"type": "http.response.body", "body": tail, "more_body": False})
+                else:
+                    await self._send_json(send, error.status, self._envelope(settled))
 
     async def _settle_quietly(self) -> None:
         assert self._call is not None

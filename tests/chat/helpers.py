@@ -102,6 +102,11 @@ class Live:
     admin_key: str
     app: Any
     client: httpx.AsyncClient
+    server: uvicorn.Server
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
 
     def auth(self, secret: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {secret or self.admin_key}"}
@@ -155,7 +160,7 @@ async def live_server(settings: Settings) -> AsyncIterator[Live]:
     key = settings.resolved_admin_key_file().read_text().strip()
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         try:
-            yield Live(base_url, key, app, client)
+            yield Live(base_url, key, app, client, server)
         finally:
             server.should_exit = True
             await task

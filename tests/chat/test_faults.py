@@ -4,11 +4,16 @@ socket, its sandbox providers injecting the faults."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.chat.helpers import (
@@ -43,6 +48,7 @@ PROVIDERS = {
     "no-done": ("openai", "no_done=1"),
     "pings": ("anthropic", "keepalive=1"),
     "gemini-keepalive": ("gemini", "keepalive=1,no_done=1"),
+    "long": ("openai", "words=4000"),
 }
 LANES = {
     "fails-over-500": ["down-500", "ok-anthropic"],
@@ -60,6 +66,7 @@ LANES = {
     "pings": ["pings"],
     "gemini-keepalive": ["gemini-keepalive"],
     "healthy": ["ok-openai"],
+    "long": ["long"],
 }
 MESSAGES = [{"role": "user", "content": "tell me about the weather"}]
 
@@ -369,4 +376,53 @@ async def test_our_bug_in_an_attempt_after_its_first_token_is_a_cut_not_a_free_f
     assert last["usage"]["completion_tokens"] == estimate_output_tokens(len(delivered.encode()))
     receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
     assert receipt["amount_usd"] == last["toolcall"]["cost_usd"] != "0.000000"
+    await live.balanced()
+
+
+async def test_a_client_too_slow_to_read_is_cut_off_at_the_time_limit_and_charged(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The call's hold lasts its time limit plus a grace period; a client that stops reading
+    # must not keep the call open past it (the sweep would release the hold unpaid).
+    svc = live.app.state.services
+    tool = svc.tools.get("llm.chat")
+    monkeypatch.setitem(svc.tools._tools, "llm.chat", dataclasses.replace(tool, timeout_s=1.0))
+    key = await live.agent_key()
+    body = orjson.dumps({"model": "long", "messages": MESSAGES, "max_tokens": 1000,
+                         "stream": True})  # fmt: skip
+    # Tiny socket buffers on both sides: once they are full, our writes wait.
+    for listening in live.server.servers[0].sockets:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # accepted ones inherit it
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await reader.readuntil(b"\r\n\r\n")  # then reads nothing more
+        assert head.startswith(b"HTTP/1.1 200")
+        receipt_id = re.search(rb"toolcall-receipt-id: (\S+)", head, re.I)[1].decode()  # type: ignore[index]
+        db = svc.db
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            row = await db.fetch_one("SELECT * FROM receipts WHERE id = :id", {"id": receipt_id})
+            if row is not None:
+                break
+    finally:
+        writer.close()
+    assert row is not None, "the call was still open after 5 s (time limit 1 s)"
+    execution = await db.fetch_one(
+        "SELECT state, price_micros, error FROM executions WHERE receipt_id = :id",
+        {"id": receipt_id},
+    )
+    # What reached the socket before it stalled is charged, as for a client that hangs up.
+    assert execution["state"] == "succeeded" and execution["price_micros"] > 0
+    receipt = await live.receipt(receipt_id)
+    assert receipt["amount_usd"] != "0.000000"
     await live.balanced()

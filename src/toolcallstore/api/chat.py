@@ -74,6 +74,7 @@ async def create_chat_completion(request: Request) -> Response:
         operator=principal.has("admin"),
         headers_out={"ToolCall-Quote-Id": opened.quote.id, "ToolCall-Receipt-Id": receipt_id},
         byok=byok,
+        max_seconds=tool.timeout_s,  # the hold lasts this plus the grace period
     )
 
 
