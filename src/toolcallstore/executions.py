@@ -284,6 +284,29 @@ async def interrupt_execution(db: Database, execution: Row) -> bool:
     return await db.run_sync(_interrupt, execution)
 
 
+def close_abandoned(tx: SyncTransaction, api_key_id: str, key: str) -> tuple[int, Any] | None:
+    """A retry found its key still claimed long after the claim's fence: the request died. If
+    it had opened an execution whose hold has expired and the sweep has not closed it yet,
+    close it now as the sweep would, and return the answer that stores for the key."""
+    found = tx.fetch_all(
+        "SELECT e.* FROM holds h JOIN executions e ON e.id = h.execution_id"
+        " WHERE h.state = 'open' AND h.expires_at <= :now"  # the holds_open index
+        " AND e.api_key_id = :api_key_id AND e.idempotency_key = :key AND e.state = 'running'",
+        {"now": now_us(), "api_key_id": api_key_id, "key": key},
+    )
+    closed = [execution for execution in found if _interrupt(tx, execution)]
+    if not closed:
+        return None
+    stored = tx.fetch_one(
+        "SELECT status, response_body FROM idempotency_keys"
+        " WHERE api_key_id = :api_key_id AND key = :key AND state = 'done'",
+        {"api_key_id": api_key_id, "key": key},
+    )
+    if stored is None:
+        return None
+    return int(stored["status"]), orjson.loads(stored["response_body"])
+
+
 def _interrupt(tx: SyncTransaction, execution: Row) -> bool:
     error = InternalError(
         "The execution was interrupted before it finished (the server restarted); its hold was"

@@ -187,12 +187,15 @@ def claim_in(
     *,
     take_over: bool = False,
     fence_us: int = 0,
+    abandoned: Callable[[SyncTransaction], Answer | None] | None = None,
 ) -> Answer | None:
     """Claim the key inside `tx`; None when claimed, else the stored answer to replay.
 
     `fence_us` makes retries wait (409) that much longer before they may take the key over:
     for work that commits before its answer is stored (an execution's hold), whose answer the
-    settlement or the sweep will store.
+    settlement or the sweep will store. If that work was committed by a request that died and
+    nobody has closed it yet, `abandoned` closes it and returns the answer it stored, which is
+    replayed: the key is not taken over, so the work never runs twice.
     """
     now = now_us()
     locked_at = now + fence_us
@@ -231,6 +234,8 @@ def claim_in(
             "after it finishes to receive its result.",
             headers={"Retry-After": "1"},
         )
+    if abandoned is not None and (answer := abandoned(tx)) is not None:
+        return answer
     # The first attempt died before its transaction committed: nothing happened.
     tx.execute(
         "UPDATE idempotency_keys SET locked_at = :locked_at"

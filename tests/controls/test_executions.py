@@ -1,7 +1,9 @@
+import asyncio
 import secrets
 
 from tests.conftest import Api
 from tests.controls.helpers import execute, ledger_agrees, make_key, quote
+from toolcallstore.sweeper import sweep_holds
 
 ECHO = {"tool": "sandbox.echo", "params": {"message": "hi"}}
 
@@ -165,3 +167,35 @@ async def test_reconciliation_lists_rows_that_do_not_add_up(api: Api) -> None:
     assert any(kind == "spend_counter" for kind, _ in kinds)  # counter says 1400, ledger 1
     tenant_view = await api.client.get(url, headers=api.auth(agent))
     assert tenant_view.status_code == 403
+
+
+async def test_a_retry_after_its_request_died_closes_the_dead_execution_and_replays_that(
+    api: Api,
+) -> None:
+    # The first request dies mid-run (its task cancelled: the server process going away leaves
+    # the same rows) and time passes beyond its hold and the key's lock before the sweep runs.
+    # The retry must not take the key over and run the tool again: it closes the dead execution
+    # as the sweep would and replays the failure, which later replays keep.
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    agent = await make_key(api, ["llm:chat"], auto_quote_max_usd="1")
+    body = {"tool": "sandbox.echo", "params": {"message": "hi", "delay_ms": 2000}}
+    first = asyncio.ensure_future(execute(api, agent, body, key="dies"))
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if await db.fetch_val("SELECT count(*) FROM holds WHERE state = 'open'") == 1:
+            break
+    first.cancel()
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE holds SET expires_at = 1")
+        await tx.execute("UPDATE idempotency_keys SET locked_at = 0")
+    retry = await execute(api, agent, body, key="dies")
+    assert retry.status_code == 500, retry.text
+    assert retry.json()["error"]["code"] == "execution_interrupted"
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    await sweep_holds(db, job_hold_seconds=60)  # finds nothing left to close
+    replay = await execute(api, agent, body, key="dies")
+    assert (replay.status_code, replay.json()) == (500, retry.json())
+    assert await db.fetch_val("SELECT count(*) FROM executions") == 1
+    assert await db.fetch_val("SELECT count(*) FROM ledger_entries") == 0
+    assert await db.fetch_val("SELECT count(*) FROM holds WHERE state = 'open'") == 0
+    await ledger_agrees(api)

@@ -23,6 +23,7 @@ from toolcallstore.db import Row, SyncTransaction
 from toolcallstore.errors import APIError, InternalError, NotFound, PermissionDenied, Unprocessable
 from toolcallstore.executions import (
     Origin,
+    close_abandoned,
     close_execution,
     execution_object,
     open_execution,
@@ -195,8 +196,10 @@ def open_call(
     # Until the hold can have expired, a retry with this key waits (409) rather than taking
     # the key over: the sweep stores the answer of an execution whose process died.
     hold_us = int(hold_s * 1_000_000)
-    replay = None if claim is None else claim_in(tx, claim, svc.idempotency.lock_us,
-                                                 fence_us=hold_us)  # fmt: skip
+    replay = None if claim is None else claim_in(
+        tx, claim, svc.idempotency.lock_us, fence_us=hold_us,
+        abandoned=lambda tx: close_abandoned(tx, claim.api_key_id, claim.key),
+    )  # fmt: skip
     if replay is not None:
         return replay
     if plan.quote_id is None:
