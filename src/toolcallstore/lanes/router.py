@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,11 +254,12 @@ class _Race:
         self._start_next()
 
     async def _cancel_others(self, winner: Attempt) -> None:
-        losers = [t for a, t in self.live.items() if a is not winner]
-        for task in losers:
+        losers = {a: t for a, t in self.live.items() if a is not winner}
+        for task in losers.values():
             task.cancel()
         if losers:
-            await asyncio.gather(*losers, return_exceptions=True)
+            await asyncio.gather(*losers.values(), return_exceptions=True)
+        _mark_unstarted(losers)
         self.live = {a: t for a, t in self.live.items() if a is winner}
 
     # --- after the first token --------------------------------------------------------------
@@ -315,4 +316,13 @@ class _Race:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        _mark_unstarted(self.live)
         self.live.clear()
+
+
+def _mark_unstarted(attempts: Iterable[Attempt]) -> None:
+    """An attempt whose task was cancelled before its first step never ran its own cancel
+    handling: it is cancelled (at no cost: its request never went out), not running forever."""
+    for attempt in attempts:
+        if attempt.outcome == "running":
+            attempt.outcome = "cancelled"
