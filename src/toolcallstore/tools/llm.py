@@ -67,7 +67,9 @@ def register_llm_tool(
         except Refused as refusal:
             refused = refusal
         answered = cut is None and refused is None
-        outcome, usage, toolcall = settlement_of(lane_call, plan, None, charge=answered)
+        # The result is the execution's, which the tenant reads: no provider costs in it.
+        outcome, usage, toolcall = settlement_of(lane_call, plan, None, operator=False,
+                                                 charge=answered)  # fmt: skip
         if refused is not None:
             raise CostlyFailure(f"The target refused the request: {refused.error.message}"[:500],
                                 outcome, code="content_policy_violation", status=400,
