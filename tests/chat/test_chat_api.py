@@ -262,12 +262,14 @@ async def test_quotes_use_a_fresh_live_price_and_say_so_else_models_json(live: L
 
     before = await quoted()
     assert before["price_source"] == "models.json"
-    assert before["lines"][0]["input_usd_per_mtok"] == "0.75"
+    # Our prices (the provider's 0.75 and, fresh, 0.7 USD, marked up 20%): a quote is the
+    # tenant's to read, and the provider's price stays the operator's.
+    assert before["lines"][0]["input_usd_per_mtok"] == "0.9"
     assert await refresh_prices(svc.db, svc.http, svc.settings.price_source(), svc.lanes) >= 1
     await svc.prices.load(svc.db)
     fresh = await quoted()
     assert fresh["price_source"].startswith("openrouter@")
-    assert fresh["lines"][0]["input_usd_per_mtok"] == "0.7"  # the snapshot's 0.0000007/token
+    assert fresh["lines"][0]["input_usd_per_mtok"] == "0.84"  # the snapshot's 0.0000007/token
     r = await post(live, key, body)  # the call itself is priced the same way
     assert r.status_code == 200, r.text
     async with svc.db.transaction() as tx:

@@ -6,7 +6,6 @@ case held, before any byte goes upstream; `ChatCall` (chat.py) runs and settles 
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -193,15 +192,10 @@ async def list_models(request: Request) -> Response:
                      "context_tokens": model.context_tokens,
                      "max_output_tokens": model.max_output_tokens,
                      "supports_tools": model.supports_tools,
-                     "pricing": {"input_usd_per_mtok": _ours(model.input_per_mtok, catalog),
-                                 "output_usd_per_mtok": _ours(model.output_per_mtok, catalog),
+                     "pricing": {"input_usd_per_mtok": catalog.list_price(model.input_per_mtok),
+                                 "output_usd_per_mtok": catalog.list_price(model.output_per_mtok),
                                  "fee_usd_per_call": str(catalog.fee)}})  # fmt: skip
     return JSONResponse({"object": "list", "data": data})
-
-
-def _ours(provider_price: Decimal, catalog: Catalog) -> str:
-    """Our list price per million tokens (the provider's price stays the operator's)."""
-    return f"{(provider_price * (1 + catalog.markup)).normalize():f}"
 
 
 routes = [

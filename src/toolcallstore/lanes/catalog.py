@@ -75,6 +75,11 @@ class Catalog:
         """The customer's price of a provider cost: marked up, plus the per-call fee."""
         return to_micros_up(cost * (1 + self.markup) + self.fee)
 
+    def list_price(self, provider_price: Decimal) -> str:
+        """Our price per million tokens, as customers see it (the provider's stays the
+        operator's)."""
+        return f"{(provider_price * (1 + self.markup)).normalize():f}"
+
     def resolve(self, name: str) -> tuple[Lane, list[Model]] | None:
         """The lane policy and targets (in order) a requested `model` names: a lane, an
         alias, or one target (which gets the default lane's policy); None if unknown."""

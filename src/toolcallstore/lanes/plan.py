@@ -73,8 +73,9 @@ class CallPlan:
                 f" {c.max_tokens} completion tokens",
                 "target": c.model.id,
                 "max_tokens": c.max_tokens,
-                "input_usd_per_mtok": str(c.model.input_per_mtok),
-                "output_usd_per_mtok": str(c.model.output_per_mtok),
+                # Our prices: quotes are the tenant's to read.
+                "input_usd_per_mtok": self.catalog.list_price(c.model.input_per_mtok),
+                "output_usd_per_mtok": self.catalog.list_price(c.model.output_per_mtok),
                 "amount_usd": micros_to_usd(c.worst_price_micros),
                 "price_source": c.price_source,
             }
