@@ -85,6 +85,16 @@ async def test_a_project_cap_binds_its_project_and_names_itself(api: Api) -> Non
     await ledger_agrees(api)
 
 
+async def test_setting_a_cap_answers_with_that_owners_cap(api: Api) -> None:
+    project = (await api.client.post("/v1/projects", json={"name": "p"}, headers=api.idem())).json()
+    tenant = (await set_cap(api, monthly_cap_usd="10")).json()
+    assert (tenant["owner"], tenant["project_id"], tenant["monthly_cap_usd"]) == (
+        "tenant", None, "10.000000")  # fmt: skip
+    capped = (await set_cap(api, project_id=project["id"], monthly_cap_usd="2")).json()
+    assert (capped["owner"], capped["project_id"], capped["monthly_cap_usd"]) == (
+        "project", project["id"], "2.000000")  # fmt: skip
+
+
 async def test_only_billing_managers_set_caps_and_bad_amounts_are_refused(api: Api) -> None:
     billing = await make_key(api, ["billing:manage"])
     agent = await make_key(api, ["llm:chat"])

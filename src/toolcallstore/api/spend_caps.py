@@ -119,7 +119,8 @@ async def set_spend_cap(request: Request) -> Response:
         async with svc.db.transaction() as tx:
             await execute(tx)
     caps = await _caps(svc.db, tenant_id, project_id, principal.livemode)
-    return JSONResponse(caps[-1])
+    # The tenant's own cap comes first; with a project_id, that project's follows it.
+    return JSONResponse(caps[-1] if project_id else caps[0])
 
 
 async def list_spend_caps(request: Request) -> Response:
