@@ -103,7 +103,17 @@ def hold_spend(
         },
     )
     for owner_id in hold.owners:  # tenant first, then project: the lock order on Postgres
-        _take(tx, owner_id, hold.period, livemode, amount_micros)
+        try:
+            _take(tx, owner_id, hold.period, livemode, amount_micros)
+        except SpendCapExceeded as refused:
+            # The tenant's cap may only be full of holds in flight (a retry could pass), while
+            # the project's leaves no room whatever settles: then that is the answer, without
+            # Retry-After.
+            if refused.headers and project_id is not None and owner_id != project_id:
+                lasting = _lasting_refusal(tx, project_id, hold.period, livemode, amount_micros)
+                if lasting is not None:
+                    raise lasting from None
+            raise
     return hold
 
 
@@ -133,6 +143,18 @@ def _take(tx: SyncTransaction, owner_id: str, period: str, livemode: bool, amoun
         " WHERE owner_id = :owner_id AND period = :period AND livemode = :livemode",
         key,
     )
+
+
+def _lasting_refusal(
+    tx: SyncTransaction, owner_id: str, period: str, livemode: bool, amount: int
+) -> SpendCapExceeded | None:
+    """The owner's refusal if its cap has no room for `amount` even once every hold is gone."""
+    counter = _locked_counter(tx, owner_id, period, livemode)
+    cap = None if counter["cap"] is None else int(counter["cap"])
+    spent = int(counter["spent_micros"])
+    if cap is None or spent + amount <= cap:
+        return None
+    return cap_exceeded(owner_id, cap, spent, int(counter["held_micros"]), amount)
 
 
 def cap_exceeded(owner_id: str, cap: int, spent: int, held: int, amount: int) -> SpendCapExceeded:

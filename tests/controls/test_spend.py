@@ -58,6 +58,28 @@ async def test_retry_after_only_when_a_pending_hold_could_free_room(api: Api) ->
     assert "Raise" in after.json()["error"]["remedy_hint"]
 
 
+async def test_no_retry_after_when_the_projects_cap_can_never_take_the_call(api: Api) -> None:
+    # The tenant's cap is full only of a call in flight (waiting would do), but the project's
+    # is below the call's price: waiting can never help, so no Retry-After, and it says so.
+    project = (await api.client.post("/v1/projects", json={"name": "p"}, headers=api.idem())).json()
+    assert (await set_cap(api, monthly_cap_usd="0.002")).status_code == 200  # room for one
+    capped = await set_cap(api, project_id=project["id"], monthly_cap_usd="0.001")
+    assert capped.status_code == 200
+    tenant_agent = await make_key(api, ["llm:chat"], auto_quote_max_usd="1")
+    project_agent = await make_key(api, ["llm:chat"], auto_quote_max_usd="1",
+                                   project_id=project["id"])  # fmt: skip
+    slow = asyncio.create_task(execute(api, tenant_agent, {
+        "tool": "sandbox.echo", "params": {"message": "x", "delay_ms": 500}}))  # fmt: skip
+    while await _db(api).fetch_val("SELECT COUNT(*) FROM holds WHERE state = 'open'") == 0:
+        await asyncio.sleep(0.01)
+    refused = await execute(api, project_agent, ECHO)
+    assert (await slow).status_code == 200
+    assert refused.status_code == 402 and "retry-after" not in refused.headers
+    error = refused.json()["error"]
+    assert (error["limit_source"], error["cap_usd"]) == ("project", "0.001000")
+    assert "Raise" in error["remedy_hint"]
+
+
 async def test_a_refused_call_can_be_retried_with_the_same_key_once_the_cap_is_raised(
     api: Api,
 ) -> None:
