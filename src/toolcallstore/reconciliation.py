@@ -74,9 +74,9 @@ def _amounts(price: int, cost: int) -> dict[str, str]:
 
 async def reconcile(db: Database, period: str, livemode: bool) -> dict[str, Any]:
     values = {"period": period, "livemode": int(livemode)}
+    period_entries = " FROM ledger_entries WHERE period = :period AND livemode = :livemode"
     rows = await db.fetch_all(
-        "SELECT provider, kind, SUM(amount_micros) AS total, COUNT(DISTINCT receipt_id) AS n"
-        " FROM ledger_entries WHERE period = :period AND livemode = :livemode"
+        f"SELECT provider, kind, SUM(amount_micros) AS total{period_entries}"
         " GROUP BY provider, kind ORDER BY provider, kind",
         values,
     )
@@ -84,7 +84,16 @@ async def reconcile(db: Database, period: str, livemode: bool) -> dict[str, Any]
     for row in rows:
         entry = by_provider.setdefault(row["provider"] or "(none)", {"receipts": 0})
         entry[row["kind"]] = int(row["total"])
-        entry["receipts"] = max(entry["receipts"], int(row["n"]))
+    # A receipt counts once per provider it has entries for (a call that failed over has
+    # several), and once in the total.
+    for row in await db.fetch_all(
+        f"SELECT provider, COUNT(DISTINCT receipt_id) AS n{period_entries} GROUP BY provider",
+        values,
+    ):
+        by_provider[row["provider"] or "(none)"]["receipts"] = int(row["n"])
+    receipts = int(
+        await db.fetch_val(f"SELECT COUNT(DISTINCT receipt_id){period_entries}", values) or 0
+    )
     providers = [
         {"provider": name, "receipts": e["receipts"],
          **_amounts(e.get("charge", 0), e.get("provider_cost", 0))}
@@ -118,7 +127,7 @@ async def reconcile(db: Database, period: str, livemode: bool) -> dict[str, Any]
         "period": period,
         "livemode": livemode,
         "providers": providers,
-        "total": {"receipts": sum(p["receipts"] for p in providers), **_amounts(price, cost)},
+        "total": {"receipts": receipts, **_amounts(price, cost)},
         "mismatches": mismatches,
         "balanced": not mismatches,
         # Compared once Stripe metering lands (DESIGN §11); until then nothing is reported there.

@@ -131,7 +131,11 @@ async def test_a_stalled_loser_is_cancelled_and_costed(live: Live) -> None:
     assert stalled["usage_estimated"] is True
     assert float(stalled["provider_cost_usd"]) > 0
     assert float(receipt["provider_cost_usd"]) > float(won["provider_cost_usd"])
-    await live.balanced()
+    report = await live.balanced()
+    # One receipt with costs at two providers: once under each, once in the total.
+    assert {p["provider"]: p["receipts"] for p in report["providers"]} == {
+        "stalls": 1, "ok-openai": 1}  # fmt: skip
+    assert report["total"]["receipts"] == 1
 
 
 async def test_every_target_down_is_a_502_listing_attempts_and_releases_the_hold(
