@@ -2,6 +2,7 @@ import asyncio
 
 from tests.conftest import Api
 from tests.controls.helpers import execute, ledger_agrees, make_key, quote, set_cap
+from toolcallstore.db.keys import insert_key
 
 RISKY = {"action": "buy example.com"}
 AGENT_SCOPES = ["quotes:create", "domains:register", "receipts:read", "jobs:read"]
@@ -162,3 +163,21 @@ async def test_a_cancelled_job_tool_gets_its_hold_released_by_the_sweep(api: Api
     stranger = await make_key(api, ["receipts:read"], tenant_id=tenant.json()["id"])
     hidden = await api.client.get(f"/v1/executions/{started['id']}", headers=api.auth(stranger))
     assert hidden.status_code == 404
+
+
+async def test_a_live_key_neither_sees_nor_decides_test_mode_approvals(api: Api) -> None:
+    # Test and live data stay apart (DESIGN §3), in the approver's inbox too.
+    agent = await make_key(api, AGENT_SCOPES)
+    q = await quote(api, agent, "sandbox.irreversible", RISKY)
+    approval = await _request(api, agent, q.json()["id"])
+    tenant_id = await _db(api).fetch_val("SELECT tenant_id FROM api_keys LIMIT 1")
+    async with _db(api).transaction() as tx:  # live keys are made by live keys or the CLI
+        _, live = await insert_key(tx, tenant_id=tenant_id, project_id=None, name="live",
+                                   mode="live", scopes=("approvals:grant",))  # fmt: skip
+    inbox = await api.client.get("/v1/approvals?status=pending", headers=api.auth(live))
+    assert inbox.status_code == 200 and inbox.json()["data"] == []
+    one = await api.client.get(f"/v1/approvals/{approval['id']}", headers=api.auth(live))
+    assert one.status_code == 404
+    assert (await _decide(api, live, approval["id"])).status_code == 404
+    test_inbox = await api.client.get("/v1/approvals?status=pending", headers=api.auth())
+    assert [a["id"] for a in test_inbox.json()["data"]] == [approval["id"]]

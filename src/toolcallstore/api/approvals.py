@@ -120,8 +120,9 @@ async def list_approvals(request: Request) -> Response:
     if state is not None and state not in STATES:
         raise invalid("status", f"'status' must be one of: {', '.join(sorted(STATES))}.")
     page = page_params(request, extra=("status",))
-    clauses = ["a.tenant_id = :t"]
-    values: dict[str, Any] = {"t": principal.tenant_id, "n": page.limit + 1, "now": now_us()}
+    clauses = ["a.tenant_id = :t", "q.livemode = :live"]  # test and live data stay apart
+    values: dict[str, Any] = {"t": principal.tenant_id, "live": int(principal.livemode),
+                              "n": page.limit + 1, "now": now_us()}  # fmt: skip
     if state in ("pending", "granted"):
         clauses.append("a.state = :s AND a.expires_at > :now")
     elif state == "expired":
