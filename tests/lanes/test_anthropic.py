@@ -436,3 +436,28 @@ def test_a_field_of_the_wrong_type_makes_its_event_malformed(delta: dict[str, An
     )
     assert isinstance(events[2], Malformed)
     assert events[3:] == [Usage(None, 3), Finish("stop", "end_turn"), Done()]
+
+
+@pytest.mark.parametrize(
+    ("sampling", "sent"),
+    [
+        ({"temperature": 1.5}, {"temperature": 1.0}),  # OpenAI's 0-2 into Anthropic's 0-1
+        ({"temperature": 0.3, "top_p": 0.9}, {"temperature": 0.3}),  # never both
+        ({"top_p": 0.9}, {"top_p": 0.9}),
+    ],
+)
+def test_sampling_stays_within_what_anthropic_takes(
+    sampling: dict[str, float], sent: dict[str, float]
+) -> None:
+    request = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=10, **sampling)
+    body = ANTHROPIC.build(TARGET, request, "k").body
+    assert {k: body[k] for k in ("temperature", "top_p") if k in body} == sent
+
+
+def test_a_prefill_to_continue_is_sent_without_trailing_whitespace() -> None:
+    # Anthropic refuses a final assistant turn that ends in whitespace (a resumed answer cut
+    # after a word usually does).
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello, "}]
+    body = ANTHROPIC.build(TARGET, ChatRequest(messages=messages, max_tokens=10), "k").body
+    assert body["messages"][-1] == {"role": "assistant",
+                                    "content": [{"type": "text", "text": "Hello,"}]}  # fmt: skip

@@ -386,3 +386,10 @@ def test_error_bodies_map_to_our_codes(
 def test_an_empty_error_body_still_gives_a_status_message() -> None:
     error = GEMINI.error(500, {}, b"")
     assert (error.code, error.message, error.retryable) == ("server_error", "HTTP 500", True)
+
+
+def test_a_tool_choice_without_tools_sends_no_tool_config() -> None:
+    # Gemini refuses a functionCallingConfig with no declarations (400).
+    request = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=10,
+                          tool_choice="auto")  # fmt: skip
+    assert "toolConfig" not in GEMINI.build(TARGET, request, "k").body

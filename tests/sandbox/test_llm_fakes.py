@@ -322,6 +322,35 @@ async def test_gemini_parameters_take_only_its_schema_subset(client: httpx.Async
     assert part["functionCall"]["name"] == "f" and part["functionCall"]["args"]["city"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"temperature": 1.5}, "temperature: Input should be less than or equal to 1"),
+        ({"messages": [{"role": "user", "content": "hi"},
+                       {"role": "assistant", "content": "Hello, "}]},
+         "messages: final assistant content cannot end with trailing whitespace"),
+    ],
+)  # fmt: skip
+async def test_anthropic_refuses_what_the_real_api_refuses(
+    client: httpx.AsyncClient, extra: dict[str, Any], message: str
+) -> None:
+    url = ANTHROPIC.url(stream=False)
+    r = await post(client, ANTHROPIC, url, ANTHROPIC.body(QUESTION, stream=False) | extra)
+    assert r.status_code == 400
+    assert r.json()["error"] == {"type": "invalid_request_error", "message": message}
+
+
+async def test_gemini_refuses_a_tool_config_without_declarations(
+    client: httpx.AsyncClient,
+) -> None:
+    body = GEMINI.body(QUESTION, stream=False) | {
+        "toolConfig": {"functionCallingConfig": {"mode": "AUTO"}}
+    }
+    r = await post(client, GEMINI, GEMINI.url(stream=False), body)
+    assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert "without function_declarations" in r.json()["error"]["message"]
+
+
 # --- faults ----------------------------------------------------------------------------------
 
 ERROR_KINDS = {  # status -> the error type (OpenAI, Anthropic) or status (Gemini) it carries

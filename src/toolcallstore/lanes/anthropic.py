@@ -70,9 +70,11 @@ class Anthropic:
                 body["tool_choice"] = choice
         if request.stop:
             body["stop_sequences"] = request.stop
+        # Anthropic's temperature runs 0-1 where OpenAI's runs 0-2 (its maximum, 1, is the most
+        # varied), and recent models refuse temperature and top_p together: temperature wins.
         if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.top_p is not None:
+            body["temperature"] = min(request.temperature, 1.0)
+        elif request.top_p is not None:
             body["top_p"] = request.top_p
         if request.user:
             body["metadata"] = {"user_id": request.user}
@@ -145,6 +147,15 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if turns and turns[-1]["role"] == "assistant":
+        # A prefill (an answer to continue) may not end in whitespace: Anthropic refuses it.
+        blocks = turns[-1]["content"]
+        if blocks[-1].get("type") == "text":
+            blocks[-1]["text"] = blocks[-1]["text"].rstrip()
+            if not blocks[-1]["text"]:
+                blocks.pop()
+                if not blocks:
+                    turns.pop()
     return "\n\n".join(system), turns
 
 

@@ -59,7 +59,7 @@ class Gemini:
             declarations = [_declaration(tool["function"]) for tool in request.tools]
             body["tools"] = [{"functionDeclarations": declarations}]
         config = _function_calling_config(request.tool_choice)
-        if config:
+        if config and request.tools:  # without declarations Gemini refuses the config (400)
             body["toolConfig"] = {"functionCallingConfig": config}
         body["generationConfig"] = _generation_config(request)
         return UpstreamRequest(

@@ -84,7 +84,23 @@ def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     for index, message in enumerate(messages):
         if not isinstance(message, Mapping) or message.get("role") not in ("user", "assistant"):
             raise bad_request(f"messages.{index}.role: Input should be 'user' or 'assistant'")
+    last = messages[-1]
+    if last["role"] == "assistant":  # a prefill, as the real API checks it
+        content = last.get("content")
+        text = content if isinstance(content, str) else _blocks_text(content)
+        if text != text.rstrip():
+            raise bad_request(
+                "messages: final assistant content cannot end with trailing whitespace"
+            )
     return messages
+
+
+def _sampling(body: Mapping[str, Any]) -> None:
+    temperature = body.get("temperature")
+    if temperature is not None and (
+        not isinstance(temperature, int | float) or not 0 <= temperature <= 1
+    ):
+        raise bad_request("temperature: Input should be less than or equal to 1")
 
 
 def _tools(body: Mapping[str, Any]) -> list[Tool]:
@@ -151,6 +167,7 @@ class AnthropicDialect:
             raise bad_request("model: Field required")
         max_tokens = _max_tokens(body)
         messages = _messages(body)
+        _sampling(body)
         tools = _tools(body)
         texts = [_blocks_text(message.get("content")) for message in messages]
         if body.get("system") is not None:

@@ -264,6 +264,8 @@ class GeminiDialect:
     def conversation(self, body: dict[str, Any], request: Request) -> Conversation:
         contents = _contents(body)
         tools = _tools(body)
+        if _get(body, "toolConfig", "tool_config") is not None and not tools:
+            raise bad_request("Function calling config is set without function_declarations.")
         texts = [_parts_text(content) for content in contents]
         system = _get(body, "systemInstruction", "system_instruction")
         if system is not None:
