@@ -140,6 +140,7 @@ class AnthropicDialect:
         keepalive=_event({"type": "ping"}),
         malformed=b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,\n\n',
     )
+    unauthenticated_status = 401
     unauthenticated = ErrorText("x-api-key header is required")
     bad_json = ErrorText("There was an error parsing the body of your request as JSON.")
 

@@ -44,6 +44,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 class Dialect(Protocol):
     framing: Framing
     unauthenticated: ErrorText
+    unauthenticated_status: int  # what the provider answers a request without a key
     bad_json: ErrorText
 
     def authenticated(self, request: Request) -> bool:
@@ -99,7 +100,7 @@ class Endpoint:
         except FaultSpecError as exc:
             return dialect.error(400, ErrorText(str(exc), code="invalid_fault_spec"))
         if not dialect.authenticated(request):
-            return dialect.error(401, dialect.unauthenticated)
+            return dialect.error(dialect.unauthenticated_status, dialect.unauthenticated)
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:

@@ -225,8 +225,7 @@ class GeminiDialect:
         keepalive=b": keep-alive\r\n\r\n",
         malformed=b'data: {"candidates":[{"content":{"parts":[{"text":\r\n\r\n',
     )
-    # The real API answers a missing key with 403 PERMISSION_DENIED; the sandbox uses 401 so
-    # that every protocol reports a missing credential the same way.
+    unauthenticated_status = 403  # PERMISSION_DENIED, as the real API answers a missing key
     unauthenticated = ErrorText(
         "Method doesn't allow unregistered callers (callers without established identity)."
         " Please use API Key or other form of API consumer identity to call this API."

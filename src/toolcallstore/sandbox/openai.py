@@ -152,6 +152,7 @@ class OpenAIDialect:
         keepalive=b": keep-alive\n\n",
         malformed=b'data: {"id":"chatcmpl-sandbox","object":"chat.completion.chunk",\n\n',
     )
+    unauthenticated_status = 401
     unauthenticated = ErrorText(
         "You didn't provide an API key. You need to provide your API key in an Authorization"
         " header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
