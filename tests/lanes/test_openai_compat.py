@@ -24,6 +24,7 @@ from toolcallstore.lanes.base import (
     Usage,
 )
 from toolcallstore.lanes.openai_compat import OpenAICompat
+from toolcallstore.lanes.openai_out import Assembly, replay_chunks
 
 OPENAI = OpenAICompat()
 TARGET = Target(
@@ -438,3 +439,26 @@ def test_a_bare_string_error_is_the_message() -> None:
 def test_x_should_retry_overrides_the_status() -> None:
     assert OPENAI.error(500, {"x-should-retry": "false"}, b"").retryable is False
     assert OPENAI.error(409, {"x-should-retry": "true"}, b"").retryable is True
+
+
+def test_a_refusal_reaches_the_client_as_openai_sends_it() -> None:
+    # Structured-output refusals stream in `delta.refusal`; dropped, the caller would get an
+    # empty "stop" answer instead of the model's reason.
+    stream = b"".join([
+        chunk({"role": "assistant", "content": None, "refusal": ""}),
+        chunk({"refusal": "I can't help"}),
+        chunk({"refusal": " with that."}),
+        chunk({}, "stop"),
+        DONE,
+    ])  # fmt: skip
+    events = parse(parser, stream)
+    assert events[:2] == [TextDelta("I can't help", refusal=True),
+                          TextDelta(" with that.", refusal=True)]  # fmt: skip
+    assembly = Assembly("chatcmpl-1", 0)
+    choices = [assembly.add(e) for e in events]
+    assert choices[0] is not None and choices[0]["delta"] == {
+        "role": "assistant", "refusal": "I can't help"}  # fmt: skip
+    message = assembly.completion({}, {})["choices"][0]["message"]
+    assert (message["content"], message["refusal"]) == (None, "I can't help with that.")
+    replayed = orjson.loads(replay_chunks(assembly.completion({}, {}))[0][len(b"data: ") :])
+    assert replayed["choices"][0]["delta"]["refusal"] == "I can't help with that."

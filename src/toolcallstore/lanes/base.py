@@ -59,6 +59,7 @@ class UpstreamRequest:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    refusal: bool = False  # the model's refusal (OpenAI's `delta.refusal`), not its answer
 
 
 @dataclass(frozen=True)

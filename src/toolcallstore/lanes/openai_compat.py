@@ -316,6 +316,9 @@ def _take_choice(choice: dict[str, Any], out: list[Event]) -> None:
         content = delta.get("content")
         if content and isinstance(content, str):
             out.append(TextDelta(content))
+        refusal = delta.get("refusal")
+        if refusal:
+            out.append(TextDelta(refusal, refusal=True))
         for position, call in enumerate(delta.get("tool_calls") or ()):
             function = call.get("function") or {}
             index = call.get("index")

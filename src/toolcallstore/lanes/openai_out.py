@@ -26,6 +26,7 @@ class Assembly:
     created: int
     model: str = ""
     text: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish: str | None = None
     _role_sent: bool = False
@@ -35,6 +36,9 @@ class Assembly:
         if isinstance(event, TextDelta):
             if not event.text:
                 return None
+            if event.refusal:
+                self.refusal.append(event.text)
+                return self._choice({"refusal": event.text})
             self.text.append(event.text)
             return self._choice({"content": event.text})
         if isinstance(event, ToolCallDelta):
@@ -90,9 +94,10 @@ class Assembly:
     def completion(self, usage: dict[str, Any], toolcall: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": "".join(self.text) if self.text or not self.tool_calls else None,
-            "refusal": None,
-        }
+            "content": "".join(self.text) if self.text or not (self.tool_calls or self.refusal)
+            else None,
+            "refusal": "".join(self.refusal) or None,
+        }  # fmt: skip
         if self.tool_calls:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         return {
@@ -120,6 +125,8 @@ def replay_chunks(completion: dict[str, Any]) -> list[bytes]:
     choice = completion["choices"][0]
     message = choice["message"]
     delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+    if message.get("refusal"):
+        delta["refusal"] = message["refusal"]
     if message.get("tool_calls"):
         delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
     first = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}

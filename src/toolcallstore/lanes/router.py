@@ -287,10 +287,10 @@ class _Race:
                 self.live.pop(attempt, None)
                 attempt = resumed
                 continue
-            if isinstance(item, TextDelta):
+            if isinstance(item, TextDelta) and not item.refusal:
                 text.append(item.text)
-            elif isinstance(item, ToolCallDelta):
-                tools = True
+            elif isinstance(item, TextDelta | ToolCallDelta):
+                tools = True  # tool calls and refusals are not resumed elsewhere
             attempt.delivered = True
             cut = None
             yield item

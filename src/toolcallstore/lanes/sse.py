@@ -159,7 +159,7 @@ def _well_typed(event: Event) -> bool:
     """Whether an event carries the types its class promises: the parsers take fields from the
     provider's JSON as they come, and a wrong type would fail later, far from the frame."""
     if isinstance(event, TextDelta):
-        return isinstance(event.text, str)
+        return isinstance(event.text, str)  # (a refusal's too)
     if isinstance(event, ToolCallDelta):
         return (
             isinstance(event.index, int)
