@@ -335,3 +335,36 @@ async def test_a_finished_call_leaves_nothing_for_the_cycle_collector(live: Live
         gc.set_debug(0)
         gc.garbage.clear()
     assert left == []
+
+
+async def test_a_gemini_3_tool_round_trip_passes_its_signature_check(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Gemini 3 refuses a function call in the history without its thoughtSignature, which an
+    # OpenAI-format client cannot send back (the sandbox refuses it as Gemini does).
+    file = models_file(tmp_path, {"g3": ("gemini", None)}, {"lane": ["g3"]})
+    data = orjson.loads(file.read_bytes())
+    data["models"]["g3/sandbox-model"]["model"] = "gemini-3.5-pro"
+    file.write_bytes(orjson.dumps(data))
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"}}, "required": ["city"]}}}]  # fmt: skip
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Weather in Paris?"}]
+    async with live_server(settings.with_(models_file=str(file))) as live:
+        key = await live.agent_key()
+
+        async def ask() -> dict[str, Any]:
+            body = {"model": "lane", "messages": messages, "tools": tools, "max_tokens": 100}
+            r = await live.client.post("/v1/chat/completions", json=body, headers=live.auth(key))
+            assert r.status_code == 200, r.text
+            message: dict[str, Any] = r.json()["choices"][0]["message"]
+            return message
+
+        asked = await ask()
+        call = asked["tool_calls"][0]
+        messages += [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": '{"temp_c": 21}'},
+        ]
+        answered = await ask()
+    assert answered["content"].startswith("Sandbox received the tool result")

@@ -22,7 +22,7 @@ from toolcallstore.lanes.base import (
     ToolCallDelta,
     Usage,
 )
-from toolcallstore.lanes.gemini import Gemini
+from toolcallstore.lanes.gemini import SKIP_SIGNATURE, Gemini
 
 GEMINI = Gemini()
 TARGET = Target(
@@ -393,3 +393,20 @@ def test_a_tool_choice_without_tools_sends_no_tool_config() -> None:
     request = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=10,
                           tool_choice="auto")  # fmt: skip
     assert "toolConfig" not in GEMINI.build(TARGET, request, "k").body
+
+
+def test_gemini_3_calls_in_the_history_carry_a_signature_on_the_first_of_each_step() -> None:
+    function = {"name": "get_weather", "arguments": "{}"}
+    calls = [{"id": f"call_{i}", "type": "function", "function": function} for i in range(2)]
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "rain"},
+    ]
+    request = ChatRequest(messages=messages, max_tokens=10, tools=TOOLS)
+    gemini_3 = Target("gemini/gemini-3.5-pro", "gemini", "gemini-3.5-pro", "gemini", "https://g")
+    parts = GEMINI.build(gemini_3, request, "k").body["contents"][1]["parts"]
+    assert [p.get("thoughtSignature") for p in parts] == [SKIP_SIGNATURE, None]
+    older = GEMINI.build(TARGET, request, "k").body["contents"][1]["parts"]  # gemini-2.5
+    assert all("thoughtSignature" not in p for p in older)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,7 +52,7 @@ class Gemini:
     name = "gemini"
 
     def build(self, target: Target, request: ChatRequest, api_key: str) -> UpstreamRequest:
-        system, contents = _contents(request.messages)
+        system, contents = _contents(request.messages, _signs_calls(target.model))
         body: dict[str, Any] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": [{"text": system}]}
@@ -127,7 +128,21 @@ def _retry_delay(details: Any) -> float | None:
 # --- request ---------------------------------------------------------------------------------
 
 
-def _contents(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+# Gemini 3 refuses a functionCall in the history without the thoughtSignature it came with
+# (400 "Function call is missing a thought_signature"). OpenAI-format clients have nowhere to
+# keep it, so the first call of each assistant step carries Google's documented stand-in.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+_VERSION = re.compile(r"gemini-(\d+)")
+
+
+def _signs_calls(model: str) -> bool:
+    version = _VERSION.match(model)
+    return version is not None and int(version[1]) >= 3
+
+
+def _contents(
+    messages: list[dict[str, Any]], signed: bool = False
+) -> tuple[str, list[dict[str, Any]]]:
     """The system instruction, and the turns with consecutive same-role turns merged."""
     system: list[str] = []
     contents: list[dict[str, Any]] = []
@@ -140,7 +155,7 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
                 system.append(text)
             continue
         if role == "assistant":
-            role, parts = "model", _model_parts(message, call_names)
+            role, parts = "model", _model_parts(message, call_names, signed)
         elif role == "tool":
             role, parts = "user", [_function_response(message, call_names)]
         else:
@@ -172,16 +187,21 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
     return parts
 
 
-def _model_parts(message: dict[str, Any], call_names: dict[str, str]) -> list[dict[str, Any]]:
+def _model_parts(
+    message: dict[str, Any], call_names: dict[str, str], signed: bool
+) -> list[dict[str, Any]]:
     text = content_text(message.get("content"))
     parts: list[dict[str, Any]] = [{"text": text}] if text else []
-    for call in message.get("tool_calls") or ():
+    for i, call in enumerate(message.get("tool_calls") or ()):
         function = call.get("function") or {}
         name = function.get("name") or ""
         call_names[call.get("id") or ""] = name
-        parts.append(
-            {"functionCall": {"name": name, "args": json_object(function.get("arguments"))}}
-        )
+        part: dict[str, Any] = {
+            "functionCall": {"name": name, "args": json_object(function.get("arguments"))}
+        }
+        if signed and i == 0:  # parallel calls: only the first carries one
+            part["thoughtSignature"] = SKIP_SIGNATURE
+        parts.append(part)
     return parts
 
 

@@ -263,6 +263,15 @@ class GeminiDialect:
     def conversation(self, body: dict[str, Any], request: Request) -> Conversation:
         contents = _contents(body)
         tools = _tools(body)
+        unsigned = _unsigned_call(contents) if _signs_calls(request.path_params["model"]) else None
+        if unsigned:
+            raise bad_request(
+                "Function call is missing a thought_signature in functionCall parts. This is"
+                " required for tools to work correctly, and missing thought_signature may lead"
+                f" to degraded model performance. Additional data, function call {unsigned}."
+                " Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for"
+                " more details."
+            )
         if _get(body, "toolConfig", "tool_config") is not None and not tools:
             raise bad_request("Function calling config is set without function_declarations.")
         texts = [_parts_text(content) for content in contents]
@@ -310,7 +319,31 @@ def _parts(turn: Turn, text: str) -> list[dict[str, Any]]:
     call = turn.reply.tool_call
     if call is None:
         return [{"text": text}]
-    return [{"functionCall": {"name": call.name, "args": orjson.loads(call.arguments)}}]
+    part: dict[str, Any] = {
+        "functionCall": {"name": call.name, "args": orjson.loads(call.arguments)}
+    }
+    if _signs_calls(turn.model):  # Gemini 3 signs its calls, and wants the signature back
+        part["thoughtSignature"] = f"sandbox-signature-{turn.serial}"
+    return [part]
+
+
+def _signs_calls(model: str) -> bool:
+    version = re.match(r"gemini-(\d+)", model)
+    return version is not None and int(version[1]) >= 3
+
+
+def _unsigned_call(contents: list[Mapping[str, Any]]) -> str | None:
+    """The first call of a model turn without its thoughtSignature, as Gemini 3 checks."""
+    for content in contents:
+        if content.get("role") != "model":
+            continue
+        for position, part in enumerate(content["parts"]):
+            call = isinstance(part, Mapping) and _get(part, "functionCall", "function_call")
+            if call:
+                if not _get(part, "thoughtSignature", "thought_signature"):
+                    return f"`default_api:{call.get('name')}` , position {position + 1}"
+                break
+    return None
 
 
 def _response(
