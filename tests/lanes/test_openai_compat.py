@@ -302,6 +302,17 @@ def test_build_sends_max_tokens_to_openai_compatible_vendors() -> None:
     assert body["max_tokens"] == 256 and "max_completion_tokens" not in body
 
 
+def test_mistral_gets_no_stream_options_which_it_refuses() -> None:
+    # Mistral answers stream_options with 422 "Extra inputs are not permitted", and sends the
+    # usage on its last chunk unasked.
+    request = ChatRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=256)
+    mistral = Target("mistral/mistral-small-latest", "mistral", "mistral-small-latest",
+                     "openai", "https://api.mistral.ai/v1")  # fmt: skip
+    assert "stream_options" not in OPENAI.build(mistral, request, "k").body
+    openai = Target("openai/gpt-5", "openai", "gpt-5", "openai", "https://api.openai.com/v1")
+    assert OPENAI.build(openai, request, "k").body["stream_options"] == {"include_usage": True}
+
+
 def test_build_passes_every_option_that_was_set() -> None:
     request = ChatRequest(
         messages=CONVERSATION,

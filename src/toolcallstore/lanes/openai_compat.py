@@ -228,6 +228,11 @@ def split_data_url(url: str) -> tuple[str, str] | None:
     return meta[: -len(";base64")], data
 
 
+# Vendors that refuse `stream_options` (Mistral: 422 extra_forbidden) and send the usage on
+# their last chunk anyway.
+NO_STREAM_OPTIONS = frozenset({"mistral"})
+
+
 class OpenAICompat:
     name = "openai"
 
@@ -240,8 +245,9 @@ class OpenAICompat:
             "messages": request.messages,
             limit: request.max_tokens,
             "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if target.provider not in NO_STREAM_OPTIONS:
+            body["stream_options"] = {"include_usage": True}
         for name in _OPTIONAL:
             value = getattr(request, name)
             if value is not None:
