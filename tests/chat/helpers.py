@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +16,10 @@ from typing import Any
 import httpx
 import orjson
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from tests.conftest import free_port
 from toolcallstore.app import create_app
@@ -164,3 +168,29 @@ async def live_server(settings: Settings) -> AsyncIterator[Live]:
         finally:
             server.should_exit = True
             await task
+
+
+@contextlib.asynccontextmanager
+async def loopback_upstream(
+    handler: Callable[[Request], Awaitable[Response]], path: str = "/v1/chat/completions"
+) -> AsyncIterator[str]:
+    """`handler` served at `path` on its own loopback port, as a scripted provider; yields
+    the base URL to give its provider in models.json."""
+    port = free_port()
+    app = Starlette(routes=[Route(path, handler, methods=["POST"])])
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def point_provider(file: Path, provider: str, base_url: str, **top: Any) -> None:
+    """Send `provider`'s calls to `base_url` (and set top-level models.json keys `top`)."""
+    data = orjson.loads(file.read_bytes())
+    data["providers"][provider]["base_url"] = base_url
+    data.update(top)
+    file.write_bytes(orjson.dumps(data))

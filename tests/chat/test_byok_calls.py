@@ -3,7 +3,6 @@ cost us nothing and are charged only the fee; without it the provider is not con
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 from collections.abc import AsyncIterator
@@ -11,14 +10,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.routing import Route
 
-from tests.chat.helpers import Live, live_server, models_file
-from tests.conftest import free_port
+from tests.chat.helpers import Live, live_server, loopback_upstream, models_file, point_provider
 from toolcallstore.db.keys import insert_key
 from toolcallstore.settings import Settings
 
@@ -49,22 +44,11 @@ class Upstream:
 @pytest.fixture
 async def setup(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Live, Upstream, str]]:
     upstream = Upstream()
-    port = free_port()
-    app = Starlette(routes=[Route("/v1/chat/completions", upstream.handle, methods=["POST"])])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
     file = models_file(tmp_path, {"mine": ("openai", None)}, {"mine-lane": ["mine"]})
-    data = orjson.loads(file.read_bytes())
-    data["providers"]["mine"]["base_url"] = f"http://127.0.0.1:{port}/v1"
-    data["llm_fee_usd"] = "0.001"
-    file.write_bytes(orjson.dumps(data))
-    try:
+    async with loopback_upstream(upstream.handle) as base_url:
+        point_provider(file, "mine", base_url, llm_fee_usd="0.001")
         async with live_server(settings.with_(models_file=str(file), master_key=MASTER)) as live:
             yield live, upstream, await live_key(live)
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def live_key(live: Live) -> str:

@@ -13,15 +13,19 @@ from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from httpx_aiohttp.transport import AiohttpResponseStream
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.routing import Route
 
-from tests.chat.helpers import Live, live_server, models_file, price_micros, sse_payloads
-from tests.conftest import free_port
+from tests.chat.helpers import (
+    Live,
+    live_server,
+    loopback_upstream,
+    models_file,
+    point_provider,
+    price_micros,
+    sse_payloads,
+)
 from toolcallstore.lanes.prices import refresh_prices
 from toolcallstore.money import micros_to_usd
 from toolcallstore.settings import Settings
@@ -198,16 +202,9 @@ async def test_a_client_disconnect_closes_the_upstream_and_settles_what_was_deli
     settings: Settings, tmp_path: Path
 ) -> None:
     upstream = SlowUpstream()
-    port = free_port()
-    app = Starlette(routes=[Route("/v1/chat/completions", upstream.handle, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))  # fmt: skip
-    serving = asyncio.create_task(server.serve())
     file = models_file(tmp_path, {"slow": ("openai", None)}, {"lane": ["slow"]})
-    data = orjson.loads(file.read_bytes())
-    data["providers"]["slow"]["base_url"] = f"http://127.0.0.1:{port}/v1"
-    file.write_bytes(orjson.dumps(data))
-    try:
+    async with loopback_upstream(upstream.handle) as base_url:
+        point_provider(file, "slow", base_url)
         async with live_server(settings.with_(models_file=str(file))) as live:
             key = await live.agent_key()
             body = {**BODY, "stream": True, "max_tokens": 1000}
@@ -232,9 +229,6 @@ async def test_a_client_disconnect_closes_the_upstream_and_settles_what_was_deli
             assert receipt["usage"]["incomplete"] is True
             assert receipt["amount_usd"] != "0.000000"  # the words delivered are charged
             await live.balanced()
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def wait_for_receipt(live: Live, receipt_id: str) -> dict[str, Any]:

@@ -309,6 +309,16 @@ async def test_llm_chat_executions_report_a_refusal_as_such_and_charge_nothing(
 # answer and pays for nothing it did not receive, and the hold never stays open.
 
 
+def ended_in_band(r: httpx.Response) -> list[Any]:
+    """The payloads of a stream that failed after its first token: it ends with an error
+    chunk, never with [DONE]."""
+    assert r.status_code == 200
+    payloads = sse_payloads(r.content)
+    assert "[DONE]" not in payloads
+    assert payloads[-1]["choices"][0]["finish_reason"] == "error"
+    return payloads
+
+
 def break_on_call(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, nth: int) -> None:
     """Make `owner.name` raise RuntimeError from its `nth` call on."""
     real = getattr(owner, name)
@@ -349,11 +359,7 @@ async def test_our_bug_mid_stream_ends_it_in_band_and_charges_what_was_sent(
     break_on_call(monkeypatch, Assembly, "add", 4)
     key = await live.agent_key()
     r = await chat(live, key, "healthy", stream=True)
-    assert r.status_code == 200
-    payloads = sse_payloads(r.content)
-    assert "[DONE]" not in payloads
-    last = payloads[-1]
-    assert last["choices"][0]["finish_reason"] == "error"
+    last = ended_in_band(r)[-1]
     assert last["error"]["code"] == "internal_error"
     receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
     assert receipt["amount_usd"] == last["toolcall"]["cost_usd"] != "0.000000"
@@ -368,8 +374,7 @@ async def test_our_bug_in_an_attempt_after_its_first_token_is_a_cut_not_a_free_f
     break_on_call(monkeypatch, attempt_module, "_account", 3)
     key = await live.agent_key()
     r = await chat(live, key, "healthy", stream=True)
-    payloads = sse_payloads(r.content)
-    assert "[DONE]" not in payloads
+    payloads = ended_in_band(r)
     last = payloads[-1]
     assert last["error"]["code"] == "stream_interrupted"
     assert "internal_error" in last["error"]["message"]

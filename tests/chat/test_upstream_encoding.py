@@ -3,19 +3,14 @@ uncompressed, or a provider that honours `accept-encoding: gzip` hands the parse
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 from pathlib import Path
 
 import orjson
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from tests.chat.helpers import live_server, models_file
-from tests.conftest import free_port
+from tests.chat.helpers import live_server, loopback_upstream, models_file, point_provider
 from toolcallstore.settings import Settings
 
 TOO_LONG = {
@@ -43,24 +38,14 @@ async def test_an_upstream_that_would_gzip_its_error_is_understood(
                             headers={"content-encoding": "gzip"})  # fmt: skip
         return Response(body, 400, media_type="application/json")
 
-    port = free_port()
-    app = Starlette(routes=[Route("/v1/chat/completions", upstream, methods=["POST"])])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
     file = models_file(tmp_path, {"up": ("openai", None)}, {"lane": ["up"]})
-    data = orjson.loads(file.read_bytes())
-    data["providers"]["up"]["base_url"] = f"http://127.0.0.1:{port}/v1"
-    file.write_bytes(orjson.dumps(data))
-    try:
+    async with loopback_upstream(upstream) as base_url:
+        point_provider(file, "up", base_url)
         async with live_server(settings.with_(models_file=str(file))) as live:
             key = await live.agent_key()
             body = {"model": "lane", "messages": [{"role": "user", "content": "hi"}],
                     "max_tokens": 20}  # fmt: skip
             r = await live.client.post("/v1/chat/completions", json=body, headers=live.auth(key))
-    finally:
-        server.should_exit = True
-        await serving
     assert asked == ["identity"]
     # The provider's own verdict reaches the agent, not a misread "all providers failed".
     assert r.status_code == 400, r.text
