@@ -167,7 +167,9 @@ class ChatCall(Response):
         assembly = self._assembly
         if not self.stream:
             if settled.error is not None:
-                await self._send_json(send, settled.error.status, self._envelope(settled))
+                await self._send_json(
+                    send, settled.error.status, self._envelope(settled), settled.error
+                )
             else:
                 body = assembly.completion(settled.usage, settled.toolcall)
                 await self._send_json(send, 200, body)
@@ -182,7 +184,7 @@ class ChatCall(Response):
 
     async def _refuse(self, send: Send, error: APIError) -> None:
         settled = await self._settle(error, charge_delivered=False)
-        await self._send_json(send, error.status, self._envelope(settled))
+        await self._send_json(send, error.status, self._envelope(settled), error)
 
     def _envelope(self, settled: Settlement) -> dict[str, Any]:
         assert settled.error is not None
@@ -190,12 +192,18 @@ class ChatCall(Response):
         envelope["error"]["toolcall"] = settled.toolcall
         return envelope
 
-    async def _send_json(self, send: Send, status: int, content: dict[str, Any]) -> None:
+    async def _send_json(
+        self, send: Send, status: int, content: dict[str, Any], error: APIError | None = None
+    ) -> None:
         body = orjson.dumps(content)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             *self._extra_headers(),
+            *(
+                (k.lower().encode(), v.encode())
+                for k, v in (error.headers if error else {}).items()
+            ),
         ]
         self._started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -213,7 +221,7 @@ class ChatCall(Response):
         try:
             if not self._started:
                 settled = await self._settle(error, charge_delivered=False)
-                await self._send_json(send, error.status, self._envelope(settled))
+                await self._send_json(send, error.status, self._envelope(settled), error)
                 return
             settled = await self._settle(error, charge_delivered=True)
             info = {"code": error.code, "message": error.message, "type": error.type}
@@ -241,7 +249,7 @@ class ChatCall(Response):
                     tail = self._assembly.error_chunk(info, settled.usage, settled.toolcall)
                     await send({"type": "http.response.body", "body": tail, "more_body": False})
                 else:
-                    await self._send_json(send, error.status, self._envelope(settled))
+                    await self._send_json(send, error.status, self._envelope(settled), error)
 
     async def _settle_quietly(self) -> None:
         assert self._call is not None

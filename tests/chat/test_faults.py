@@ -67,6 +67,7 @@ LANES = {
     "gemini-keepalive": ["gemini-keepalive"],
     "healthy": ["ok-openai"],
     "long": ["long"],
+    "waits": ["limited"],
 }
 MESSAGES = [{"role": "user", "content": "tell me about the weather"}]
 
@@ -136,6 +137,18 @@ async def test_a_stalled_loser_is_cancelled_and_costed(live: Live) -> None:
     assert {p["provider"]: p["receipts"] for p in report["providers"]} == {
         "stalls": 1, "ok-openai": 1}  # fmt: skip
     assert report["total"]["receipts"] == 1
+
+
+async def test_a_lane_whose_every_target_asked_us_to_wait_says_when_to_retry(
+    live: Live,
+) -> None:
+    key = await live.agent_key()
+    first = await chat(live, key, "waits")  # its one target answers 429, Retry-After: 30
+    assert first.status_code == 502
+    second = await chat(live, key, "waits")  # inside that wait: no target is tried
+    assert second.status_code == 502 and second.json()["error"]["attempts"] == []
+    assert second.headers["Retry-After"] == "1"
+    await live.balanced()
 
 
 async def test_every_target_down_is_a_502_listing_attempts_and_releases_the_hold(
