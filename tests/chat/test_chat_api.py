@@ -138,6 +138,9 @@ def streamed_text(body: bytes) -> str:
         ({**BODY, "stream": "yes"}, 400, "stream"),
         ({**BODY, "model": "no-such-model"}, 404, "model"),
         ({**BODY, "max_tokens": 5000}, 400, "messages"),  # above the target's 1000 output
+        ({**BODY, "response_format": {"type": "json_schema", "json_schema": "oops"}}, 400,
+         "response_format"),
+        ({**BODY, "response_format": {"type": "yaml"}}, 400, "response_format"),
     ],
 )  # fmt: skip
 async def test_bad_input_is_a_clear_error_naming_the_field_and_holds_nothing(

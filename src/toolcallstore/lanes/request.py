@@ -52,7 +52,7 @@ def parse_chat_params(body: dict[str, Any]) -> dict[str, Any]:
     _typed(body, "seed", int)
     _typed(body, "parallel_tool_calls", bool)
     _typed(body, "user", str)
-    _typed(body, "response_format", dict)
+    _response_format(body.get("response_format"))
     if body.get("stop") is not None:
         params["stop"] = _stop(body["stop"])
     if body.get("tools"):
@@ -189,6 +189,26 @@ def _typed(body: dict[str, Any], name: str, kind: type) -> None:
         return
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise invalid(name, f"'{name}' must be a {kind.__name__}.")
+
+
+def _response_format(value: Any) -> None:
+    """None, or one of OpenAI's shapes: the translators read `json_schema.schema` as an object."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise invalid("response_format", "'response_format' must be a dict.")
+    kind = value.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        message = "'response_format.type' must be text, json_object or json_schema."
+        raise invalid("response_format", message)
+    spec = value.get("json_schema")
+    if kind == "json_schema" and (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("name"), str)
+        or not isinstance(spec.get("schema", {}), dict)
+    ):
+        raise invalid("response_format", "'response_format.json_schema' must be an object"
+                      " with a 'name' and, if any, a 'schema' object.")  # fmt: skip
 
 
 def _stop(value: Any) -> list[str]:
