@@ -286,6 +286,7 @@ class ChatCall(Response):
             self.operator,
             charge=charge_delivered or error is None,
             incomplete=error is not None and charge_delivered,
+            quote_id=self.execution["quote_id"],
         )
         settled = Settlement(outcome, None if charge_delivered else error, usage, toolcall)
         stored: tuple[int, dict[str, Any]] | None = None  # what an Idempotency-Key replays

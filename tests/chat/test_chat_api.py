@@ -104,7 +104,8 @@ async def test_an_idempotent_retry_replays_the_answer_and_charges_once(
     second = await post(live, key, {**BODY, "stream": stream}, **{"Idempotency-Key": idem})
     assert first.status_code == second.status_code == 200
     assert second.headers["Idempotent-Replayed"] == "true"
-    assert second.headers["ToolCall-Receipt-Id"] == first.headers["ToolCall-Receipt-Id"]
+    for header in ("ToolCall-Receipt-Id", "ToolCall-Quote-Id"):
+        assert second.headers[header] == first.headers[header]
     if stream:
         text = [streamed_text(r.content) for r in (first, second)]
         assert text[0] == text[1] != ""

@@ -158,7 +158,8 @@ def _inline(
 def _replay(answer: tuple[int, Any], request: Request, stream: bool) -> Response:
     status, content = answer
     toolcall = content.get("toolcall") or content.get("error", {}).get("toolcall") or {}
-    ids = {"ToolCall-Receipt-Id": toolcall.get("receipt_id")}
+    ids = {"ToolCall-Quote-Id": toolcall.get("quote_id"),
+           "ToolCall-Receipt-Id": toolcall.get("receipt_id")}  # fmt: skip
     if not stream or status != 200:
         response = replay_response(answer, request)
     else:

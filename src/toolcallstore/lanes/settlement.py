@@ -23,6 +23,7 @@ def settlement_of(
     *,
     charge: bool = True,
     incomplete: bool = False,
+    quote_id: str | None = None,
 ) -> tuple[Outcome, dict[str, Any], dict[str, Any]]:
     """The outcome to settle, the OpenAI `usage` and our `toolcall` object of a call; with
     `charge` False the customer pays nothing (the answer never reached them); `incomplete`
@@ -58,6 +59,7 @@ def settlement_of(
     )  # fmt: skip
     toolcall = {
         "receipt_id": receipt_id,
+        "quote_id": quote_id,
         "cost_usd": micros_to_usd(price),
         "target": winner.target if winner else None,
         "lane": plan.lane.id,
