@@ -1,8 +1,12 @@
 import asyncio
 
+import pytest
+
 from tests.conftest import Api
 from tests.controls.helpers import execute, ledger_agrees, make_key, quote, set_cap
 from toolcallstore.db.keys import insert_key
+from toolcallstore.queue import worker
+from toolcallstore.sweeper import sweep_holds
 
 RISKY = {"action": "buy example.com"}
 AGENT_SCOPES = ["quotes:create", "domains:register", "receipts:read", "jobs:read"]
@@ -163,6 +167,34 @@ async def test_a_cancelled_job_tool_gets_its_hold_released_by_the_sweep(api: Api
     stranger = await make_key(api, ["receipts:read"], tenant_id=tenant.json()["id"])
     hidden = await api.client.get(f"/v1/executions/{started['id']}", headers=api.auth(stranger))
     assert hidden.status_code == 404
+
+
+async def test_a_tool_job_that_already_ran_cannot_be_cancelled_into_a_free_effect(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its first attempt acted (the purchase happened) and then failed; while it waits to be
+    # retried, a cancel would have let the sweep release its hold unpaid.
+    monkeypatch.setattr(worker, "backoff_us", lambda attempt: 5_000_000)
+    agent = await make_key(api, AGENT_SCOPES)
+    human = await make_key(api, ["approvals:grant"])
+    q = (await quote(api, agent, "sandbox.irreversible", RISKY | {"fail_times": 1})).json()
+    approval = await _request(api, agent, q["id"])
+    await _decide(api, human, approval["id"])
+    started = (
+        await execute(api, agent, {"quote_id": q["id"], "approval_id": approval["id"]})
+    ).json()
+    for _ in range(500):
+        job = await _db(api).fetch_one("SELECT state, attempts FROM jobs WHERE id = :id",
+                                       {"id": started["job_id"]})  # fmt: skip
+        if (job["state"], job["attempts"]) == ("queued", 1):
+            break
+        await asyncio.sleep(0.02)
+    assert (job["state"], job["attempts"]) == ("queued", 1), "the first attempt did not fail"
+    cancel = await api.client.post(f"/v1/jobs/{started['job_id']}/cancel", headers=api.auth(agent))
+    assert cancel.status_code == 409 and cancel.json()["error"]["code"] == "job_started"
+    assert await _db(api).fetch_val("SELECT state FROM jobs WHERE id = :id",
+                                    {"id": started["job_id"]}) == "queued"  # fmt: skip
+    assert (await sweep_holds(_db(api), job_hold_seconds=60))["holds_released"] == 0
 
 
 async def test_a_live_key_neither_sees_nor_decides_test_mode_approvals(api: Api) -> None:

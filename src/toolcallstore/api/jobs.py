@@ -13,7 +13,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from toolcallstore.auth import Principal, require_scope
-from toolcallstore.errors import NotFound
+from toolcallstore.errors import NotFound, StateConflict
+from toolcallstore.executions import JOB_TYPE as TOOL_JOB_TYPE
 from toolcallstore.queue.store import TERMINAL, Job
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
@@ -122,8 +123,15 @@ async def job_events(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     principal = require_scope(request, "jobs:read")
     job = await _own_job(request, principal)
-    cancelled = await services(request).jobs.store.cancel(job.id)
+    # A billable tool's job may have acted once it started (an effect, then a timeout): it is
+    # cancelled only before its first attempt, else its hold would be released unpaid.
+    tool_job = job.type == TOOL_JOB_TYPE
+    cancelled = await services(request).jobs.store.cancel(job.id, unstarted_only=tool_job)
     assert cancelled is not None
+    if tool_job and cancelled.state not in TERMINAL:
+        raise StateConflict("This tool's job has already started, and its effect may have"
+                            " happened: it can no longer be cancelled.", code="job_started",
+                            param="job_id")  # fmt: skip
     return JSONResponse(job_object(cancelled))
 
 

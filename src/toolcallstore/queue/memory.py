@@ -145,13 +145,13 @@ class MemoryJobStore:
         if current is not None:
             self._put(current, progress=max(0, min(100, percent)), progress_message=message)
 
-    async def cancel(self, job_id: str) -> Job | None:
+    async def cancel(self, job_id: str, *, unstarted_only: bool = False) -> Job | None:
         job = self._jobs.get(job_id)
         if job is None:
             return None
-        if job.state == "queued":
+        if job.state == "queued" and not (unstarted_only and job.attempts):
             return self._put(job, state="cancelled", finished_at=now_us())
-        if job.state == "running":
+        if job.state == "running" and not unstarted_only:
             return self._put(job, cancel_requested=True)
         return job
 

@@ -293,19 +293,21 @@ class SqlJobStore:
                 },
             )
 
-    async def cancel(self, job_id: str) -> Job | None:
+    async def cancel(self, job_id: str, *, unstarted_only: bool = False) -> Job | None:
         now = now_us()
+        unstarted = " AND attempts = 0" if unstarted_only else ""
         async with self._db.transaction() as tx:
             await tx.execute(
                 "UPDATE jobs SET state = 'cancelled', finished_at = :now, updated_at = :now"
-                " WHERE id = :id AND state = 'queued'",
+                f" WHERE id = :id AND state = 'queued'{unstarted}",
                 {"id": job_id, "now": now},
             )
-            await tx.execute(
-                "UPDATE jobs SET cancel_requested = 1, updated_at = :now"
-                " WHERE id = :id AND state = 'running'",
-                {"id": job_id, "now": now},
-            )
+            if not unstarted_only:
+                await tx.execute(
+                    "UPDATE jobs SET cancel_requested = 1, updated_at = :now"
+                    " WHERE id = :id AND state = 'running'",
+                    {"id": job_id, "now": now},
+                )
             row = await tx.fetch_one("SELECT * FROM jobs WHERE id = :id", {"id": job_id})
         return None if row is None else Job.from_row(row)
 

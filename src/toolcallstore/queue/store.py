@@ -121,8 +121,9 @@ class JobControl(Protocol):
     async def set_progress(self, job: Job, worker: str, percent: int, message: str | None) -> None:
         """Record progress (0-100) of a job `worker` runs."""
 
-    async def cancel(self, job_id: str) -> Job | None:
-        """Cancel a queued job now, or ask a running one to stop; terminal jobs are unchanged."""
+    async def cancel(self, job_id: str, *, unstarted_only: bool = False) -> Job | None:
+        """Cancel a queued job now, or ask a running one to stop; terminal jobs are unchanged.
+        With `unstarted_only`, only a job that never began an attempt is cancelled."""
 
     async def release(self, worker: str, job_ids: list[str]) -> int:
         """Hand running jobs back to the queue at once (shutdown), without spending an attempt."""
