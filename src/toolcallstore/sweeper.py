@@ -67,9 +67,11 @@ async def run_tool_job(db: Database, tools: ToolRegistry, ctx: JobContext) -> di
     origin = Origin(execution["request_id"], execution["api_key_id"], None, "INTERNAL",
                     f"job:{JOB_TYPE}")  # fmt: skip
     if isinstance(result, APIError):
-        done = await db.run_sync(close_execution, execution, origin, error=result)
-    else:
-        done = await db.run_sync(close_execution, execution, origin, outcome=result)
+        await db.run_sync(close_execution, execution, origin, error=result)
+        # The job fails with its execution, so that neither says "succeeded" of the other.
+        raise RuntimeError(f"the tool failed on its last attempt ({result.code}): its hold was"
+                           f" released and nothing was charged. {result.message}")  # fmt: skip
+    done = await db.run_sync(close_execution, execution, origin, outcome=result)
     status = "already closed" if done is None else done["state"]
     return {"execution_id": execution_id, "status": status}
 

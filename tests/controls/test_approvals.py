@@ -197,6 +197,31 @@ async def test_a_tool_job_that_already_ran_cannot_be_cancelled_into_a_free_effec
     assert (await sweep_holds(_db(api), job_hold_seconds=60))["holds_released"] == 0
 
 
+async def test_a_tool_job_that_fails_every_attempt_fails_with_its_execution(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "backoff_us", lambda attempt: 10_000)
+    agent = await make_key(api, AGENT_SCOPES)
+    human = await make_key(api, ["approvals:grant"])
+    q = (await quote(api, agent, "sandbox.irreversible", RISKY | {"fail_times": 5})).json()
+    approval = await _request(api, agent, q["id"])
+    await _decide(api, human, approval["id"])
+    started = (
+        await execute(api, agent, {"quote_id": q["id"], "approval_id": approval["id"]})
+    ).json()
+    done = await _finished(api, agent, started["id"])
+    assert done["status"] == "failed" and done["amount_usd"] == "0.000000"
+    for _ in range(200):
+        job = (
+            await api.client.get(f"/v1/jobs/{started['job_id']}", headers=api.auth(agent))
+        ).json()
+        if job["state"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.02)
+    assert (job["state"], job["attempts"]) == ("failed", 5)
+    await ledger_agrees(api)
+
+
 async def test_a_live_key_neither_sees_nor_decides_test_mode_approvals(api: Api) -> None:
     # Test and live data stay apart (DESIGN §3), in the approver's inbox too.
     agent = await make_key(api, AGENT_SCOPES)
