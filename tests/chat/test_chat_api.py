@@ -366,3 +366,36 @@ async def test_a_gemini_3_tool_round_trip_passes_its_signature_check(
         ]
         answered = await ask()
     assert answered["content"].startswith("Sandbox received the tool result")
+
+
+@pytest.mark.parametrize(("per_mtok", "runs"), [(("0.5", "1"), True), (("10", "20"), False)])
+async def test_a_quoted_call_stays_within_its_hold_whatever_prices_did_since(
+    live: Live, per_mtok: tuple[str, str], runs: bool
+) -> None:
+    svc = live.app.state.services
+    key = await live.agent_key(auto_quote_max_usd=None)
+    headers = {**live.auth(key), "Idempotency-Key": secrets.token_hex(8)}
+    r = await live.client.post("/v1/quotes", json={"tool": "llm.chat", "params": BODY},
+                               headers=headers)  # fmt: skip
+    quote = r.json()
+    async with svc.db.transaction() as tx:  # a price refresh after the quote: half, or 10x
+        await tx.execute(
+            "INSERT INTO provider_prices (target_id, source, input_usd_per_mtok,"
+            " output_usd_per_mtok, fetched_at) VALUES ('sb/sandbox-model', 'openrouter',"
+            " :i, :o, :t)",
+            {"i": per_mtok[0], "o": per_mtok[1], "t": int(time.time() * 1_000_000)},
+        )
+    await svc.prices.load(svc.db)
+    r = await post(live, key, {**BODY, "quote_id": quote["id"]})
+    if runs:
+        assert r.status_code == 200, r.text
+        receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
+        assert r.json()["toolcall"]["cost_usd"] == receipt["amount_usd"]
+        assert float(receipt["amount_usd"]) <= float(quote["max_cost_usd"])
+    else:  # its hold cannot pay for the call any more: refused before anything is held
+        assert r.status_code == 409, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["param"]) == ("quote_stale", "quote_id")
+        assert float(error["minimum_usd"]) > float(quote["max_cost_usd"])
+        assert await svc.db.fetch_val("SELECT count(*) FROM holds") == 0
+    await live.balanced()

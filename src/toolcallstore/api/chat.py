@@ -24,7 +24,7 @@ from toolcallstore.idempotency import optional_idempotency_key, replay_response
 from toolcallstore.ids import new_id
 from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.openai_out import replay_chunks
-from toolcallstore.lanes.plan import CallPlan, plan_call
+from toolcallstore.lanes.plan import CallPlan, plan_call, plan_quoted_call
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.request import budget_of, parse_chat_params
 from toolcallstore.money import micros_to_usd
@@ -121,9 +121,10 @@ async def _from_quote(
         )
     if approval_id is not None and not quote.requires_approval:
         raise invalid("approval_id", "This quote needs no approval; leave 'approval_id' out.")
-    call_plan = plan_call(svc.lanes, quote.params, livemode=principal.livemode,
-                          budget_micros=budget_of(quote.params), prices=svc.prices,
-                          byok_providers=frozenset(byok))  # fmt: skip
+    call_plan = plan_quoted_call(svc.lanes, quote.params,
+                                 held_micros=quote.estimate.max_cost_micros,
+                                 livemode=principal.livemode, prices=svc.prices,
+                                 byok_providers=frozenset(byok))  # fmt: skip
     plan = Plan(tool, quote.id, approval_id, quote.params, quote.project_id, None)
     return plan, call_plan
 

@@ -18,7 +18,13 @@ from typing import Any
 
 import orjson
 
-from toolcallstore.errors import InvalidRequest, NotFound, Unavailable, Unprocessable
+from toolcallstore.errors import (
+    InvalidRequest,
+    NotFound,
+    StateConflict,
+    Unavailable,
+    Unprocessable,
+)
 from toolcallstore.ids import now_us
 from toolcallstore.lanes.catalog import MILLION, Catalog, Lane, Model
 from toolcallstore.lanes.prices import LivePrices
@@ -155,6 +161,33 @@ def plan_call(
         param="max_cost_usd",
         minimum_usd=micros_to_usd(cheapest),
     )
+
+
+def plan_quoted_call(
+    catalog: Catalog,
+    params: dict[str, Any],
+    *,
+    held_micros: int,
+    livemode: bool,
+    prices: LivePrices | None,
+    byok_providers: frozenset[str] = frozenset(),
+) -> CallPlan:
+    """The plan of a quoted call, within what its quote holds: prices may have moved since the
+    quote, and a call may never charge more than its hold. If they rose beyond it: 409."""
+    try:
+        return plan_call(catalog, params, livemode=livemode, budget_micros=held_micros,
+                         prices=prices, byok_providers=byok_providers)  # fmt: skip
+    except Unprocessable as refused:
+        if refused.code != "max_cost_too_low":
+            raise
+        raise StateConflict(
+            f"Prices rose since this quote was made: its {micros_to_usd(held_micros)} USD no"
+            f" longer pays for the call (it needs at least {refused.details['minimum_usd']}"
+            " USD now). Create a new quote.",
+            code="quote_stale",
+            param="quote_id",
+            minimum_usd=refused.details["minimum_usd"],
+        ) from None
 
 
 def _priced(model: Model, prices: LivePrices | None, now: int) -> tuple[Model, str]:

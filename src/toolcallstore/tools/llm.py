@@ -13,7 +13,7 @@ from toolcallstore.lanes.base import StreamError
 from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.health import ProviderHealth
 from toolcallstore.lanes.openai_out import Assembly
-from toolcallstore.lanes.plan import plan_call
+from toolcallstore.lanes.plan import plan_call, plan_quoted_call
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.request import budget_of, parse_chat_params
 from toolcallstore.lanes.router import AllProvidersFailed, LaneCall, Refused
@@ -47,9 +47,9 @@ def register_llm_tool(
 
     async def execute(call: ToolCall) -> Outcome:
         byok = await tenant_keys(call.tenant_id) if call.livemode else {}
-        plan = plan_call(catalog, call.params, livemode=call.livemode,
-                         budget_micros=budget_of(call.params), prices=prices,
-                         byok_providers=frozenset(byok))  # fmt: skip
+        plan = plan_quoted_call(catalog, call.params, held_micros=call.estimate.max_cost_micros,
+                                livemode=call.livemode, prices=prices,
+                                byok_providers=frozenset(byok))  # fmt: skip
         lane_call = LaneCall(sender(), plan, call.params, call.livemode, sandbox_url, health(),
                              byok)  # fmt: skip
         assembly = Assembly(f"chatcmpl-{call.execution_id}", int(time.time()))
