@@ -73,6 +73,28 @@ async def test_without_auto_quote_a_key_must_quote_first(live: Live) -> None:
     assert r.json()["error"]["code"] == "quote_required"
 
 
+@pytest.mark.parametrize(
+    ("max_cost_usd", "status", "code"),
+    [
+        ("1.00", 403, "quote_required"),  # the caller's budget pays, the key's limit does not
+        (None, 403, "quote_required"),
+        ("0.0001", 422, "max_cost_too_low"),  # the caller's own budget cannot pay
+    ],
+)
+async def test_a_call_over_the_keys_inline_limit_needs_a_quote(
+    live: Live, max_cost_usd: str | None, status: int, code: str
+) -> None:
+    key = await live.agent_key(auto_quote_max_usd="0.0003")
+    body = {**BODY, "max_tokens": 1000, "max_cost_usd": max_cost_usd}
+    r = await post(live, key, {k: v for k, v in body.items() if v is not None})
+    error = r.json()["error"]
+    assert (r.status_code, error["code"]) == (status, code), error
+    if code == "max_cost_too_low":
+        assert error["message"].startswith("max_cost_usd 0.000100 cannot pay")
+    else:
+        assert "auto_quote_max_usd of 0.000300" in error["message"]
+
+
 async def test_llm_chat_runs_through_executions_like_any_tool(live: Live) -> None:
     key = await live.agent_key()
     r = await live.client.post("/v1/executions", json={"tool": "llm.chat", "params": BODY},

@@ -141,8 +141,22 @@ def _inline(
     limit = principal.key.auto_quote_max_micros
     asked = budget_of(params)
     budget = limit if asked is None else asked if limit is None else min(asked, limit)
-    call_plan = plan_call(catalog, params, livemode=principal.livemode, budget_micros=budget,
-                          prices=prices, byok_providers=frozenset(byok))  # fmt: skip
+
+    def plan(budget: int | None) -> CallPlan:
+        return plan_call(catalog, params, livemode=principal.livemode, budget_micros=budget,
+                         prices=prices, byok_providers=frozenset(byok))  # fmt: skip
+
+    try:
+        call_plan = plan(budget)
+    except Unprocessable as refused:
+        if refused.code != "max_cost_too_low" or limit is None or budget != limit:
+            raise  # the caller's own max_cost_usd cannot pay for the call
+        # The key's inline limit cannot, where the caller's budget (if any) can: a quote can.
+        wider = plan(asked)
+        raise quote_required(tool, wider.estimate(wider.lane.id),
+                             f"It may cost up to {micros_to_usd(wider.hold_micros)} USD, above"
+                             f" this key's auto_quote_max_usd of {micros_to_usd(limit)}.",
+                             ) from None  # fmt: skip
     estimate = call_plan.estimate(call_plan.lane.id)
     if limit is None:
         raise quote_required(tool, estimate, "This key has no auto_quote_max_usd.")
