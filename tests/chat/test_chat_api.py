@@ -292,10 +292,21 @@ async def test_quotes_use_a_fresh_live_price_and_say_so_else_models_json(live: L
     assert fresh["lines"][0]["input_usd_per_mtok"] == "0.84"  # the snapshot's 0.0000007/token
     r = await post(live, key, body)  # the call itself is priced the same way
     assert r.status_code == 200, r.text
+
+    async def listed() -> dict[str, Any]:  # and GET /v1/models shows that same price
+        models = (await live.client.get("/v1/models", headers=live.auth(key))).json()["data"]
+        model = next(m for m in models if m["id"] == body["model"])
+        pricing: dict[str, Any] = model["pricing"]
+        return pricing
+
+    assert (await listed())["input_usd_per_mtok"] == "0.84"
+    assert (await listed())["price_source"].startswith("openrouter@")
     async with svc.db.transaction() as tx:
         await tx.execute("UPDATE provider_prices SET fetched_at = 0")
     await svc.prices.load(svc.db)
     assert (await quoted())["price_source"] == "models.json"  # too old: the fallback
+    assert ((await listed())["input_usd_per_mtok"], (await listed())["price_source"]) == (
+        "0.9", "models.json")  # fmt: skip
     await live.balanced()
 
 

@@ -21,10 +21,10 @@ from toolcallstore.context import context_of
 from toolcallstore.errors import Unprocessable
 from toolcallstore.executions import Origin
 from toolcallstore.idempotency import optional_idempotency_key, replay_response
-from toolcallstore.ids import new_id
+from toolcallstore.ids import new_id, now_us
 from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.openai_out import replay_chunks
-from toolcallstore.lanes.plan import CallPlan, plan_call, plan_quoted_call
+from toolcallstore.lanes.plan import CallPlan, plan_call, plan_quoted_call, priced
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.request import budget_of, parse_chat_params
 from toolcallstore.money import micros_to_usd
@@ -202,7 +202,9 @@ async def list_models(request: Request) -> Response:
     for alias, goal in catalog.aliases.items():
         data.append({"id": alias, "object": "model", "created": 0, "owned_by": "toolcallstore",
                      "kind": "alias", "alias_of": goal})  # fmt: skip
-    for model in catalog.models.values():
+    now, prices = now_us(), services(request).prices
+    for listed in catalog.models.values():
+        model, source = priced(listed, prices, now)  # what a call made now pays
         data.append({"id": model.id, "object": "model", "created": 0,
                      "owned_by": model.target.provider, "kind": "target",
                      "context_tokens": model.context_tokens,
@@ -210,7 +212,8 @@ async def list_models(request: Request) -> Response:
                      "supports_tools": model.supports_tools,
                      "pricing": {"input_usd_per_mtok": catalog.list_price(model.input_per_mtok),
                                  "output_usd_per_mtok": catalog.list_price(model.output_per_mtok),
-                                 "fee_usd_per_call": str(catalog.fee)}})  # fmt: skip
+                                 "fee_usd_per_call": str(catalog.fee),
+                                 "price_source": source}})  # fmt: skip
     return JSONResponse({"object": "list", "data": data})
 
 

@@ -124,7 +124,7 @@ def plan_call(
     candidates, cheapest = [], None
     now = now_us()
     for listed in models:
-        model, source = _priced(listed, prices, now)
+        model, source = priced(listed, prices, now)
         if params.get("tools") and not model.supports_tools:
             continue
         room = min(model.max_output_tokens, model.context_tokens - prompt)
@@ -190,7 +190,9 @@ def plan_quoted_call(
         ) from None
 
 
-def _priced(model: Model, prices: LivePrices | None, now: int) -> tuple[Model, str]:
+def priced(model: Model, prices: LivePrices | None, now: int) -> tuple[Model, str]:
+    """The model at the price a call made now pays (a fresh live price, else models.json),
+    and where that price comes from."""
     live = None if prices is None else prices.lookup(model.id, now)
     if live is None:
         return model, "models.json"
