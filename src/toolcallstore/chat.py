@@ -174,10 +174,8 @@ class ChatCall(Response):
                 body = assembly.completion(settled.usage, settled.toolcall)
                 await self._send_json(send, 200, body)
             return
-        if self._error is not None:
-            info = {"code": "stream_interrupted", "message": error.message if error else "",
-                    "type": "provider_error"}  # fmt: skip
-            tail = assembly.error_chunk(info, settled.usage, settled.toolcall)
+        if error is not None:
+            tail = assembly.error_chunk(in_band(error), settled.usage, settled.toolcall)
         else:
             tail = assembly.final_chunk(settled.usage, settled.toolcall) + DONE
         await send({"type": "http.response.body", "body": tail, "more_body": False})
@@ -224,8 +222,7 @@ class ChatCall(Response):
                 await self._send_json(send, error.status, self._envelope(settled), error)
                 return
             settled = await self._settle(error, charge_delivered=True)
-            info = {"code": error.code, "message": error.message, "type": error.type}
-            tail = self._assembly.error_chunk(info, settled.usage, settled.toolcall)
+            tail = self._assembly.error_chunk(in_band(error), settled.usage, settled.toolcall)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except Exception:
             log.exception("could not close a failed chat call; the sweep will release it")
@@ -242,11 +239,11 @@ class ChatCall(Response):
         except Exception:
             log.exception("could not close a timed-out chat call; the sweep will release it")
             return
-        info = {"code": error.code, "message": error.message, "type": error.type}
         with contextlib.suppress(Exception):  # best effort: this client may not read at all
             async with asyncio.timeout(1):
                 if self._started:
-                    tail = self._assembly.error_chunk(info, settled.usage, settled.toolcall)
+                    tail = self._assembly.error_chunk(in_band(error), settled.usage,
+                                                      settled.toolcall)  # fmt: skip
                     await send({"type": "http.response.body", "body": tail, "more_body": False})
                 else:
                     await self._send_json(send, error.status, self._envelope(settled), error)
@@ -290,11 +287,15 @@ class ChatCall(Response):
         )
         settled = Settlement(outcome, None if charge_delivered else error, usage, toolcall)
         stored: tuple[int, dict[str, Any]] | None = None  # what an Idempotency-Key replays
-        if self.claim is not None and error is not None:
+        if self.claim is not None and error is not None and not charge_delivered:
             stored = error.status, error.envelope(self.ctx.request_id)
             stored[1]["error"]["toolcall"] = settled.toolcall
         elif self.claim is not None:
+            # A stream that ended in-band after its first token replays as it went: 200, what
+            # was delivered, then the same error chunk.
             stored = 200, self._assembly.completion(settled.usage, settled.toolcall)
+            if error is not None:
+                stored[1]["error"] = in_band(error)
         done = await self.svc.db.run_sync(_close, self.execution, self.origin, self.claim,
                                           settled, self.receipt_id, stored)  # fmt: skip
         if done is None:
@@ -311,6 +312,11 @@ def _close(
     if done is not None and claim is not None and stored is not None:
         store_response(tx, claim.api_key_id, claim.key, *stored)
     return done
+
+
+def in_band(error: APIError) -> dict[str, str]:
+    """The `error` of a stream's in-band end."""
+    return {"code": error.code, "message": error.message, "type": error.type}
 
 
 def _all_failed(attempts: list[Attempt], operator: bool) -> APIError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -198,6 +199,27 @@ async def test_a_failure_after_the_first_token_ends_the_stream_in_band_and_settl
     assert 1 < usage["completion_tokens"] < 20
     assert last["toolcall"]["usage_estimated"] is True
     assert receipt["amount_usd"] == last["toolcall"]["cost_usd"] != "0.000000"
+    await live.balanced()
+
+
+async def test_a_cut_stream_replays_as_it_went(live: Live) -> None:
+    # 200, the delivered part, the same in-band error chunk; not a 502 JSON it never was.
+    key = await live.agent_key()
+    idem = {**live.auth(key), "Idempotency-Key": secrets.token_hex(8)}
+    body = {"model": "cut", "messages": MESSAGES, "max_tokens": 50, "stream": True}
+    first = await live.client.post("/v1/chat/completions", json=body, headers=idem)
+    again = await live.client.post("/v1/chat/completions", json=body, headers=idem)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    original, replayed = ended_in_band(first), ended_in_band(again)
+
+    def text(payloads: list[Any]) -> str:
+        return "".join(p["choices"][0]["delta"].get("content") or ""
+                       for p in payloads[:-1] if p["choices"])  # fmt: skip
+
+    assert text(replayed) == text(original) != ""
+    for field in ("error", "usage", "toolcall"):
+        assert replayed[-1][field] == original[-1][field]
     await live.balanced()
 
 

@@ -130,6 +130,13 @@ def replay_chunks(completion: dict[str, Any]) -> list[bytes]:
     if message.get("tool_calls"):
         delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
     first = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+    if completion.get("error"):  # it ended in-band after its first token, and replays so
+        cut = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "error"}
+        return [
+            sse({**base, "choices": [first]}),
+            sse({**base, "choices": [cut], "error": completion["error"],
+                 "usage": completion["usage"], "toolcall": completion["toolcall"]}),
+        ]  # fmt: skip
     finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}
     return [
         sse({**base, "choices": [first]}),
