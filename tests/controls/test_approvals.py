@@ -27,6 +27,20 @@ async def _decide(api: Api, secret: str, approval_id: str, verb: str = "grant"):
     return await api.client.post(f"/v1/approvals/{approval_id}/{verb}", headers=api.auth(secret))
 
 
+async def _approved_job(api: Api, params: dict) -> tuple[str, dict]:
+    """An agent's key, and the 202 answer of its `sandbox.irreversible` call, which another
+    key approved: the call runs as a job."""
+    agent = await make_key(api, AGENT_SCOPES)
+    human = await make_key(api, ["approvals:grant"])
+    q = (await quote(api, agent, "sandbox.irreversible", params)).json()
+    approval = await _request(api, agent, q["id"])
+    await _decide(api, human, approval["id"])
+    started = await execute(api, agent, {"quote_id": q["id"], "approval_id": approval["id"]})
+    assert started.status_code == 202, started.text
+    answer: dict = started.json()
+    return agent, answer
+
+
 async def _finished(api: Api, secret: str, execution_id: str) -> dict:
     for _ in range(200):
         r = await api.client.get(f"/v1/executions/{execution_id}", headers=api.auth(secret))
@@ -145,14 +159,7 @@ async def test_quotes_above_the_tenants_threshold_need_approval(api: Api) -> Non
 async def test_a_cancelled_job_tool_gets_its_hold_released_by_the_sweep(api: Api) -> None:
     svc = api.app.state.services  # type: ignore[attr-defined]
     await svc.jobs.stop()  # no worker: the job stays queued until cancelled
-    agent = await make_key(api, AGENT_SCOPES)
-    human = await make_key(api, ["approvals:grant"])
-    q = (await quote(api, agent, "sandbox.irreversible", RISKY)).json()
-    approval = await _request(api, agent, q["id"])
-    await _decide(api, human, approval["id"])
-    started = (
-        await execute(api, agent, {"quote_id": q["id"], "approval_id": approval["id"]})
-    ).json()
+    agent, started = await _approved_job(api, RISKY)
     cancel = await api.client.post(f"/v1/jobs/{started['job_id']}/cancel", headers=api.auth(agent))
     assert cancel.status_code == 200 and cancel.json()["state"] == "cancelled"
     from toolcallstore.sweeper import sweep_holds
@@ -175,14 +182,7 @@ async def test_a_tool_job_that_already_ran_cannot_be_cancelled_into_a_free_effec
     # Its first attempt acted (the purchase happened) and then failed; while it waits to be
     # retried, a cancel would have let the sweep release its hold unpaid.
     monkeypatch.setattr(worker, "backoff_us", lambda attempt: 5_000_000)
-    agent = await make_key(api, AGENT_SCOPES)
-    human = await make_key(api, ["approvals:grant"])
-    q = (await quote(api, agent, "sandbox.irreversible", RISKY | {"fail_times": 1})).json()
-    approval = await _request(api, agent, q["id"])
-    await _decide(api, human, approval["id"])
-    started = (
-        await execute(api, agent, {"quote_id": q["id"], "approval_id": approval["id"]})
-    ).json()
+    agent, started = await _approved_job(api, RISKY | {"fail_times": 1})
     for _ in range(500):
         job = await _db(api).fetch_one("SELECT state, attempts FROM jobs WHERE id = :id",
                                        {"id": started["job_id"]})  # fmt: skip
@@ -201,14 +201,7 @@ async def test_a_tool_job_that_fails_every_attempt_fails_with_its_execution(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(worker, "backoff_us", lambda attempt: 10_000)
-    agent = await make_key(api, AGENT_SCOPES)
-    human = await make_key(api, ["approvals:grant"])
-    q = (await quote(api, agent, "sandbox.irreversible", RISKY | {"fail_times": 5})).json()
-    approval = await _request(api, agent, q["id"])
-    await _decide(api, human, approval["id"])
-    started = (
-        await execute(api, agent, {"quote_id": q["id"], "approval_id": approval["id"]})
-    ).json()
+    agent, started = await _approved_job(api, RISKY | {"fail_times": 5})
     done = await _finished(api, agent, started["id"])
     assert done["status"] == "failed" and done["amount_usd"] == "0.000000"
     for _ in range(200):
