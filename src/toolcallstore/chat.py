@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,17 +199,14 @@ class ChatCall(Response):
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             *self._extra_headers(),
-            *(
-                (k.lower().encode(), v.encode())
-                for k, v in (error.headers if error else {}).items()
-            ),
+            *_encoded(error.headers if error else {}),
         ]
         self._started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def _extra_headers(self) -> list[tuple[bytes, bytes]]:
-        return [(k.lower().encode(), v.encode()) for k, v in self.headers_out.items()]
+        return _encoded(self.headers_out)
 
     async def _fail(self, send: Send) -> None:
         """Our own error mid-call (a bug): before the answer started, nothing is charged and the
@@ -312,6 +310,10 @@ def _close(
     if done is not None and claim is not None and stored is not None:
         store_response(tx, claim.api_key_id, claim.key, *stored)
     return done
+
+
+def _encoded(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
 
 def in_band(error: APIError) -> dict[str, str]:

@@ -287,7 +287,7 @@ async def interrupt_execution(db: Database, execution: Row) -> bool:
 def close_abandoned(tx: SyncTransaction, api_key_id: str, key: str) -> tuple[int, Any] | None:
     """A retry found its key still claimed long after the claim's fence: the request died. If
     it had opened an execution whose hold has expired and the sweep has not closed it yet,
-    close it now as the sweep would, and return the answer that stores for the key."""
+    close it now as the sweep would, and return the answer it stored for the key."""
     found = tx.fetch_all(
         "SELECT e.* FROM holds h JOIN executions e ON e.id = h.execution_id"
         " WHERE h.state = 'open' AND h.expires_at <= :now"  # the holds_open index
