@@ -91,8 +91,8 @@ from controls_overhead import (  # noqa: E402
     start_bench_server,
     wait_for_audit,
 )
+from toolcallstore.controls.pricing import REPO_CONFIG  # noqa: E402
 from toolcallstore.db import Database  # noqa: E402
-from toolcallstore.pricing import REPO_CONFIG  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA = BENCH_DIR / "gateway_overhead.lua"

@@ -34,12 +34,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.api.quotes import find_tool, parse_tool_params
 from toolcallstore.app import create_app
 from toolcallstore.auth import require_scope
+from toolcallstore.controls.calls import find_tool, parse_tool_params
+from toolcallstore.controls.executions import run_tool
 from toolcallstore.db import database, loop_writer, sync
 from toolcallstore.errors import APIError
-from toolcallstore.executions import run_tool
 from toolcallstore.ids import new_id
 from toolcallstore.money import micros_to_usd
 from toolcallstore.responses import JSONResponse

@@ -15,8 +15,8 @@ import pytest
 from tests.chat.helpers import Live, live_server
 from tests.conftest import free_port
 from toolcallstore.ids import now_us
+from toolcallstore.lanes.price_jobs import PRICE_JOB_TYPE
 from toolcallstore.lanes.prices import LivePrice, LivePrices, PriceSourceError, refresh_prices
-from toolcallstore.price_jobs import PRICE_JOB_TYPE
 from toolcallstore.sandbox.openrouter import SNAPSHOT
 from toolcallstore.services import Services
 from toolcallstore.settings import Settings

@@ -20,20 +20,21 @@ from toolcallstore.audit import AuditWriter
 from toolcallstore.auth import AuthMiddleware, KeyCache
 from toolcallstore.byok import Keyring, tenant_keys
 from toolcallstore.context import context_of
+from toolcallstore.controls.executions import SWEEP_JOB_TYPE
+from toolcallstore.controls.pricing import load_pricing
+from toolcallstore.controls.sweeper import register_control_jobs
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
 from toolcallstore.errors import APIError, MethodNotAllowed, NotFound
-from toolcallstore.executions import SWEEP_JOB_TYPE
 from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
 from toolcallstore.ids import now_us
 from toolcallstore.lanes.catalog import load_catalog
+from toolcallstore.lanes.price_jobs import register_price_job, schedule_price_refresh
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.sender import Sender, upstream_client
 from toolcallstore.logs import AccessLog
 from toolcallstore.metrics import Metrics
 from toolcallstore.middleware import InputLimitsMiddleware, ObserveMiddleware, SandboxMount
-from toolcallstore.price_jobs import register_price_job, schedule_price_refresh
-from toolcallstore.pricing import load_pricing
 from toolcallstore.queue.sandbox import register_sandbox_handlers
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import NewJob
@@ -42,7 +43,6 @@ from toolcallstore.responses import error_response
 from toolcallstore.sandbox import create_sandbox_app
 from toolcallstore.services import Services
 from toolcallstore.settings import Settings, parse_queue_limits
-from toolcallstore.sweeper import register_control_jobs
 from toolcallstore.tools import ToolRegistry
 from toolcallstore.tools.llm import register_llm_tool
 from toolcallstore.tools.sandbox import register_sandbox_tools

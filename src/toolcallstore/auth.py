@@ -146,3 +146,11 @@ def authenticated(request: Request) -> Principal:
     if principal is None:
         raise Unauthenticated("This endpoint needs an API key.")
     return principal
+
+
+def target_tenant(request: Request, principal: Principal, tenant_id: str | None) -> str:
+    """The tenant a call acts on: the caller's own, or any tenant for an `admin` key."""
+    if tenant_id is None or tenant_id == principal.tenant_id:
+        return principal.tenant_id
+    require_scope(request, "admin")
+    return tenant_id

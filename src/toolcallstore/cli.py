@@ -10,8 +10,6 @@ from typing import Any
 
 import orjson
 
-from toolcallstore.api.jobs import job_object
-from toolcallstore.api.objects import key_object, tenant_object
 from toolcallstore.audit import verify_chain
 from toolcallstore.auth import SCOPES
 from toolcallstore.byok import ENV_NAME, Keyring, rotate
@@ -20,6 +18,7 @@ from toolcallstore.db import keys as key_repo
 from toolcallstore.db import tenants as tenant_repo
 from toolcallstore.db.migrate import migrate
 from toolcallstore.errors import ConfigError, ToolCallError
+from toolcallstore.objects import job_object, key_object, tenant_object
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import STATES
 from toolcallstore.settings import Settings

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from tests.conftest import free_port
 from toolcallstore.app import create_app
-from toolcallstore.pricing import REPO_CONFIG, to_micros_up
+from toolcallstore.controls.pricing import REPO_CONFIG, to_micros_up
 from toolcallstore.server import prepare
 from toolcallstore.settings import Settings
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from tests.chat.helpers import Live, live_server, models_file, sse_payloads, target_id
+from toolcallstore.controls.pricing import to_micros_up
 from toolcallstore.money import micros_to_usd
-from toolcallstore.pricing import to_micros_up
 from toolcallstore.settings import Settings
 
 PROVIDERS = {

@@ -40,8 +40,8 @@ async def set_cap(api: Api, **body: Any) -> httpx.Response:
 
 async def ledger_agrees(api: Api) -> dict[str, Any]:
     """The operator's reconciliation of this month (test mode): balanced, and its figures."""
+    from toolcallstore.controls.spend import period_of
     from toolcallstore.ids import now_us
-    from toolcallstore.spend import period_of
 
     r = await api.client.get(
         f"/v1/admin/reconciliation?period={period_of(now_us())}&livemode=false",

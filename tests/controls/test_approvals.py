@@ -4,9 +4,9 @@ import pytest
 
 from tests.conftest import Api
 from tests.controls.helpers import execute, ledger_agrees, make_key, quote, set_cap
+from toolcallstore.controls.sweeper import sweep_holds
 from toolcallstore.db.keys import insert_key
 from toolcallstore.queue import worker
-from toolcallstore.sweeper import sweep_holds
 
 RISKY = {"action": "buy example.com"}
 AGENT_SCOPES = ["quotes:create", "domains:register", "receipts:read", "jobs:read"]
@@ -129,7 +129,7 @@ async def test_expired_approvals_are_refused_and_swept(api: Api) -> None:
         )
     r = await execute(api, agent, {"quote_id": q["id"], "approval_id": approval["id"]})
     assert r.status_code == 403 and "expired" in r.json()["error"]["message"]
-    from toolcallstore.sweeper import sweep_holds
+    from toolcallstore.controls.sweeper import sweep_holds
 
     swept = await sweep_holds(_db(api), job_hold_seconds=60)
     assert swept["approvals_expired"] == 1
@@ -162,7 +162,7 @@ async def test_a_cancelled_job_tool_gets_its_hold_released_by_the_sweep(api: Api
     agent, started = await _approved_job(api, RISKY)
     cancel = await api.client.post(f"/v1/jobs/{started['job_id']}/cancel", headers=api.auth(agent))
     assert cancel.status_code == 200 and cancel.json()["state"] == "cancelled"
-    from toolcallstore.sweeper import sweep_holds
+    from toolcallstore.controls.sweeper import sweep_holds
 
     swept = await sweep_holds(_db(api), job_hold_seconds=60)
     assert swept["holds_released"] == 1  # at once: its job can no longer run, no expiry wait

@@ -3,7 +3,7 @@ import secrets
 
 from tests.conftest import Api
 from tests.controls.helpers import execute, ledger_agrees, make_key, quote
-from toolcallstore.sweeper import sweep_holds
+from toolcallstore.controls.sweeper import sweep_holds
 
 ECHO = {"tool": "sandbox.echo", "params": {"message": "hi"}}
 
@@ -156,8 +156,8 @@ async def test_reconciliation_lists_rows_that_do_not_add_up(api: Api) -> None:
             "UPDATE ledger_entries SET amount_micros = 1 WHERE receipt_id = :r AND kind = 'charge'",
             {"r": done["receipt_id"]},
         )
+    from toolcallstore.controls.spend import period_of
     from toolcallstore.ids import now_us
-    from toolcallstore.spend import period_of
 
     url = f"/v1/admin/reconciliation?period={period_of(now_us())}&livemode=false"
     report = (await api.client.get(url, headers=api.auth())).json()

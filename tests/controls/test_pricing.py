@@ -5,8 +5,8 @@ import orjson
 import pytest
 
 from toolcallstore.app import create_app
+from toolcallstore.controls.pricing import default_models_file, load_pricing, to_micros_up
 from toolcallstore.errors import ConfigError
-from toolcallstore.pricing import default_models_file, load_pricing, to_micros_up
 from toolcallstore.settings import Settings
 
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from toolcallstore.controls.pricing import load_pricing
 from toolcallstore.lanes.catalog import load_catalog
 from toolcallstore.lanes.prices import PriceSourceError, parse_openrouter, per_mtok
-from toolcallstore.pricing import load_pricing
 from toolcallstore.sandbox.openrouter import SNAPSHOT
 
 

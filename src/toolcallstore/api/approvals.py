@@ -9,14 +9,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.approvals import decide_approval, get_approval, request_approval
 from toolcallstore.auth import Principal, authenticated, require_scope
 from toolcallstore.context import context_of
+from toolcallstore.controls.approvals import decide_approval, get_approval, request_approval
+from toolcallstore.controls.quotes import Quote, get_quote, get_quote_in
 from toolcallstore.db import Row, SyncTransaction
 from toolcallstore.idempotency import idempotency_key, optional_idempotency_key
 from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
-from toolcallstore.quotes import Quote, get_quote, get_quote_in
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate

@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.api.objects import list_object
 from toolcallstore.auth import Principal, require_scope
 from toolcallstore.byok import (
     ENV_NAME,
@@ -31,6 +30,7 @@ from toolcallstore.byok import (
 from toolcallstore.db import SyncTransaction
 from toolcallstore.errors import NotFound, PermissionDenied, Unavailable
 from toolcallstore.idempotency import idempotency_key
+from toolcallstore.objects import list_object
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate

@@ -12,23 +12,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.api.executions import Opened, Plan, open_call, quote_required
-from toolcallstore.api.quotes import find_tool
 from toolcallstore.auth import Principal, authenticated, require_scope
 from toolcallstore.byok import tenant_keys
-from toolcallstore.chat import SSE_HEADERS, ChatCall
 from toolcallstore.context import context_of
+from toolcallstore.controls.calls import Opened, Plan, find_tool, open_call, quote_required
+from toolcallstore.controls.executions import Origin
+from toolcallstore.controls.quotes import get_quote, params_hash
 from toolcallstore.errors import Unprocessable
-from toolcallstore.executions import Origin
 from toolcallstore.idempotency import optional_idempotency_key, replay_response
 from toolcallstore.ids import new_id, now_us
 from toolcallstore.lanes.catalog import Catalog
+from toolcallstore.lanes.chat import SSE_HEADERS, ChatCall
 from toolcallstore.lanes.openai_out import replay_chunks
 from toolcallstore.lanes.plan import CallPlan, plan_call, plan_quoted_call, priced
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.request import budget_of, parse_chat_params
 from toolcallstore.money import micros_to_usd
-from toolcallstore.quotes import get_quote, params_hash
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.tools import Tool

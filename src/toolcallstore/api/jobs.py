@@ -13,8 +13,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from toolcallstore.auth import Principal, require_scope
+from toolcallstore.controls.executions import JOB_TYPE as TOOL_JOB_TYPE
 from toolcallstore.errors import NotFound, StateConflict
-from toolcallstore.executions import JOB_TYPE as TOOL_JOB_TYPE
+from toolcallstore.objects import job_object
 from toolcallstore.queue.store import TERMINAL, Job
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
@@ -23,31 +24,6 @@ from toolcallstore.validation import invalid
 POLL_S = 0.05  # how often a waiting request looks again: changes show within 50-100 ms
 MAX_WAIT_S = 60
 SSE_PING_S = 15.0
-
-
-def _seconds(us: int | None) -> float | None:
-    return None if us is None else round(us / 1_000_000, 6)
-
-
-def job_object(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "object": "job",
-        "type": job.type,
-        "queue": job.queue,
-        "state": job.state,
-        "progress": job.progress,
-        "progress_message": job.progress_message,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "result": job.result,
-        "errors": job.errors,
-        "cancel_requested": job.cancel_requested,
-        "run_at": _seconds(job.run_at),
-        "created": _seconds(job.created_at),
-        "updated": _seconds(job.updated_at),
-        "finished": _seconds(job.finished_at),
-    }
 
 
 def _view(job: Job) -> tuple[Any, ...]:

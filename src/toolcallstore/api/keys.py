@@ -12,9 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.api.objects import key_object, list_object
-from toolcallstore.api.tenants import target_tenant
-from toolcallstore.auth import SCOPES, Principal, authenticated, require_scope
+from toolcallstore.auth import SCOPES, Principal, authenticated, require_scope, target_tenant
 from toolcallstore.db import Transaction
 from toolcallstore.db import keys as repo
 from toolcallstore.db.keys import ApiKey
@@ -22,6 +20,7 @@ from toolcallstore.db.tenants import get_project, get_tenant
 from toolcallstore.errors import NotFound, PermissionDenied
 from toolcallstore.idempotency import idempotency_key
 from toolcallstore.money import usd_to_micros
+from toolcallstore.objects import key_object, list_object
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate

@@ -8,15 +8,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.auth import Principal, authenticated, require_scope
+from toolcallstore.auth import authenticated, require_scope
 from toolcallstore.context import context_of
+from toolcallstore.controls.calls import (
+    approval_threshold,
+    find_tool,
+    parse_tool_params,
+    project_for,
+)
+from toolcallstore.controls.quotes import Quote, approval_reasons, get_quote, insert_quote
 from toolcallstore.db import SyncTransaction
-from toolcallstore.errors import InvalidRequest, NotFound
 from toolcallstore.events import record_event
 from toolcallstore.idempotency import idempotency_key
 from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
-from toolcallstore.quotes import Quote, approval_reasons, get_quote, insert_quote
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.tools import Estimate, Tool
@@ -29,48 +34,6 @@ QUOTE_FIELDS = {
     "expires_in": Field(int),
 }
 MIN_TTL_S, MAX_TTL_S = 60, 86_400
-
-
-def find_tool(request: Request, name: str) -> Tool:
-    tool = services(request).tools.get(name)
-    if tool is None:
-        raise NotFound(f"No such tool '{name[:100]}'; GET /v1/tools lists them.", param="tool")
-    context_of(request).tool = tool.name
-    return tool
-
-
-def parse_tool_params(tool: Tool, params: dict[str, Any]) -> dict[str, Any]:
-    """The tool's own validation, with `param` naming the field inside `params`."""
-    try:
-        return tool.parse_params(params)
-    except InvalidRequest as error:
-        if "param" in error.details and not str(error.details["param"]).startswith("params."):
-            error.details["param"] = f"params.{error.details['param']}"
-        raise
-
-
-def project_for(tx: SyncTransaction, principal: Principal, project_id: str | None) -> str | None:
-    """The project a call is billed to: the key's own, or one of its tenant's projects."""
-    bound = principal.key.project_id
-    if bound is not None:
-        if project_id not in (None, bound):
-            raise NotFound("No such project.", param="project_id")
-        return bound
-    if project_id is not None:
-        found = tx.fetch_val(
-            "SELECT id FROM projects WHERE id = :id AND tenant_id = :t",
-            {"id": project_id, "t": principal.tenant_id},
-        )
-        if found is None:
-            raise NotFound("No such project.", param="project_id")
-    return project_id
-
-
-def approval_threshold(tx: SyncTransaction, tenant_id: str) -> int | None:
-    value = tx.fetch_val(
-        "SELECT approval_threshold_micros FROM tenants WHERE id = :id", {"id": tenant_id}
-    )
-    return None if value is None else int(value)
 
 
 def estimate_object(estimate: Estimate, *, operator: bool) -> dict[str, Any]:

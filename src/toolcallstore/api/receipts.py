@@ -10,14 +10,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from toolcallstore.auth import require_scope
+from toolcallstore.controls.ledger import receipt_object
+from toolcallstore.controls.reconciliation import reconcile
+from toolcallstore.controls.spend import period_of
 from toolcallstore.errors import NotFound
 from toolcallstore.ids import now_us
-from toolcallstore.ledger import receipt_object
 from toolcallstore.money import micros_to_usd
-from toolcallstore.reconciliation import reconcile
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
-from toolcallstore.spend import period_of
 from toolcallstore.validation import invalid, page_params
 
 PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")

@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.api.tenants import target_tenant
-from toolcallstore.auth import Principal, authenticated, require_scope
+from toolcallstore.auth import Principal, authenticated, require_scope, target_tenant
+from toolcallstore.controls.spend import counters, period_of
 from toolcallstore.db import Database, Row, Transaction
 from toolcallstore.errors import NotFound
 from toolcallstore.idempotency import optional_idempotency_key
@@ -17,7 +17,6 @@ from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd, usd_to_micros
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
-from toolcallstore.spend import counters, period_of
 from toolcallstore.validation import Field, invalid, read_json_object, validate
 
 CAP_FIELDS = {

@@ -8,12 +8,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.api.objects import list_object, project_object, tenant_object
-from toolcallstore.auth import Principal, require_scope
+from toolcallstore.auth import require_scope, target_tenant
 from toolcallstore.db import Transaction
 from toolcallstore.db import tenants as repo
 from toolcallstore.errors import NotFound
 from toolcallstore.idempotency import idempotency_key
+from toolcallstore.objects import list_object, project_object, tenant_object
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.validation import Field, page_params, read_json_object, validate
@@ -50,14 +50,6 @@ async def get_tenant(request: Request) -> Response:
     if row is None:
         raise NotFound("No such tenant.", param="tenant_id")
     return JSONResponse(tenant_object(row))
-
-
-def target_tenant(request: Request, principal: Principal, tenant_id: str | None) -> str:
-    """The tenant a call acts on: the caller's own, or any tenant for an `admin` key."""
-    if tenant_id is None or tenant_id == principal.tenant_id:
-        return principal.tenant_id
-    require_scope(request, "admin")
-    return tenant_id
 
 
 async def create_project(request: Request) -> Response:

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from toolcallstore.controls.pricing import to_micros_up
 from toolcallstore.lanes import TRANSLATORS
 from toolcallstore.lanes.base import (
     Event,
@@ -36,7 +37,6 @@ from toolcallstore.lanes.plan import Candidate, estimate_output_tokens
 from toolcallstore.lanes.request import chat_request
 from toolcallstore.lanes.sender import Sender, UpstreamFailed, route_target
 from toolcallstore.money import micros_to_usd
-from toolcallstore.pricing import to_micros_up
 
 
 @dataclass(eq=False)

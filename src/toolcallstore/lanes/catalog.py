@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, cast
 
+from toolcallstore.controls.pricing import Pricing, to_micros_up
 from toolcallstore.errors import ConfigError
 from toolcallstore.lanes.base import Target
-from toolcallstore.pricing import Pricing, to_micros_up
 
 Order = Literal["listed", "price", "latency"]
 _ENV_VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")

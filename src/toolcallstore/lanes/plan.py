@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from toolcallstore.controls.pricing import Estimate, to_micros_up
 from toolcallstore.errors import (
     InvalidRequest,
     NotFound,
@@ -29,7 +30,6 @@ from toolcallstore.ids import now_us
 from toolcallstore.lanes.catalog import MILLION, Catalog, Lane, Model
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.money import micros_to_usd
-from toolcallstore.pricing import Estimate, to_micros_up
 
 BYTES_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 4

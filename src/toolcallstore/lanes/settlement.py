@@ -7,11 +7,11 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
+from toolcallstore.controls.pricing import to_micros_up
 from toolcallstore.lanes.attempt import Attempt
 from toolcallstore.lanes.plan import CallPlan
 from toolcallstore.lanes.router import LaneCall
 from toolcallstore.money import micros_to_usd
-from toolcallstore.pricing import to_micros_up
 from toolcallstore.tools.registry import Outcome
 
 

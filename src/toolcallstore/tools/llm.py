@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from toolcallstore.controls.pricing import Estimate, Pricing
 from toolcallstore.lanes.base import StreamError
 from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.health import ProviderHealth
@@ -19,7 +20,6 @@ from toolcallstore.lanes.request import budget_of, parse_chat_params
 from toolcallstore.lanes.router import AllProvidersFailed, LaneCall, Refused
 from toolcallstore.lanes.sender import Sender
 from toolcallstore.lanes.settlement import settlement_of
-from toolcallstore.pricing import Estimate, Pricing
 from toolcallstore.tools.registry import CostlyFailure, Outcome, Tool, ToolCall, ToolRegistry
 
 CHAT_TOOL = "llm.chat"

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from toolcallstore.controls.pricing import Estimate, Pricing
 from toolcallstore.errors import ProviderError
-from toolcallstore.pricing import Estimate, Pricing
 
 Risk = Literal["low", "high"]
 Mode = Literal["sync", "job"]

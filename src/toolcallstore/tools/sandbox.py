@@ -11,10 +11,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from toolcallstore.controls.pricing import Estimate, Pricing
 from toolcallstore.db import Database
 from toolcallstore.errors import ProviderError
 from toolcallstore.ids import now_us
-from toolcallstore.pricing import Estimate, Pricing
 from toolcallstore.tools.registry import Outcome, Tool, ToolCall, ToolRegistry
 from toolcallstore.validation import Field, invalid, validate
 

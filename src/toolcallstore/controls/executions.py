@@ -20,20 +20,20 @@ from typing import Any
 import orjson
 
 from toolcallstore.audit import append_rows
+from toolcallstore.controls.ledger import Charge, write_receipt
+from toolcallstore.controls.quotes import Quote
+from toolcallstore.controls.spend import close_hold, hold_spend, settle_counters
 from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import APIError, InternalError, ProviderError
 from toolcallstore.events import record_events
 from toolcallstore.idempotency import store_response
 from toolcallstore.ids import new_id, now_us
-from toolcallstore.ledger import Charge, write_receipt
 from toolcallstore.money import micros_to_usd
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import NewJob
-from toolcallstore.quotes import Quote
-from toolcallstore.spend import close_hold, hold_spend, settle_counters
 from toolcallstore.tools import Outcome, Tool, ToolCall
 
-log = logging.getLogger("toolcallstore.executions")
+log = logging.getLogger("toolcallstore.controls.executions")
 
 JOB_TYPE = "tool.execute"
 SWEEP_JOB_TYPE = "controls.sweep"

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from toolcallstore.auth import Principal
+from toolcallstore.controls.quotes import Quote, get_quote_in
 from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import Gone, NotFound, PermissionDenied, StateConflict
 from toolcallstore.events import record_event
 from toolcallstore.ids import new_id, now_us
-from toolcallstore.quotes import Quote, get_quote_in
 
 
 def _visible(row: Row, principal: Principal, quote_project: str | None) -> bool:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from toolcallstore.approvals import expire_approvals
-from toolcallstore.db import Database, Row, SyncTransaction
-from toolcallstore.errors import APIError
-from toolcallstore.executions import (
+from toolcallstore.controls.approvals import expire_approvals
+from toolcallstore.controls.executions import (
     JOB_TYPE,
     SWEEP_JOB_TYPE,
     Origin,
@@ -23,12 +21,14 @@ from toolcallstore.executions import (
     interrupt_execution,
     run_tool,
 )
+from toolcallstore.controls.quotes import Quote
+from toolcallstore.db import Database, Row, SyncTransaction
+from toolcallstore.errors import APIError
 from toolcallstore.ids import now_us
 from toolcallstore.queue.worker import JobContext, Registry
-from toolcallstore.quotes import Quote
 from toolcallstore.tools import ToolCall, ToolRegistry
 
-log = logging.getLogger("toolcallstore.sweeper")
+log = logging.getLogger("toolcallstore.controls.sweeper")
 
 LIVE_JOB_STATES = ("queued", "running")
 SWEEP_BATCH = 500

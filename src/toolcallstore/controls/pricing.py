@@ -14,7 +14,7 @@ import orjson
 from toolcallstore.errors import ConfigError
 from toolcallstore.money import MICROS_PER_USD, micros_to_usd
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
+REPO_CONFIG = Path(__file__).resolve().parents[3] / "config"
 
 
 def to_micros_up(usd: Decimal) -> int:

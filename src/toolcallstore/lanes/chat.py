@@ -24,9 +24,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from toolcallstore.context import RequestContext
+from toolcallstore.controls.executions import Origin, close_execution
 from toolcallstore.db import Row, SyncTransaction
 from toolcallstore.errors import APIError, InternalError, InvalidRequest, ProviderError
-from toolcallstore.executions import Origin, close_execution
 from toolcallstore.idempotency import KeyClaim, store_response
 from toolcallstore.lanes.attempt import Attempt
 from toolcallstore.lanes.base import StreamError
@@ -37,7 +37,7 @@ from toolcallstore.lanes.settlement import attempt_record, settlement_of
 from toolcallstore.services import Services
 from toolcallstore.tools import Outcome
 
-log = logging.getLogger("toolcallstore.chat")
+log = logging.getLogger("toolcallstore.lanes.chat")
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

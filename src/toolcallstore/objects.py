@@ -7,6 +7,7 @@ from typing import Any
 from toolcallstore.db.database import Row
 from toolcallstore.db.keys import ApiKey
 from toolcallstore.money import micros_to_usd
+from toolcallstore.queue.store import Job
 
 
 def _seconds(us: int | None) -> int | None:
@@ -54,3 +55,28 @@ def key_object(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
 
 def list_object(data: list[dict[str, Any]], has_more: bool, url: str) -> dict[str, Any]:
     return {"object": "list", "url": url, "data": data, "has_more": has_more}
+
+
+def _fractional_seconds(us: int | None) -> float | None:
+    return None if us is None else round(us / 1_000_000, 6)
+
+
+def job_object(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "object": "job",
+        "type": job.type,
+        "queue": job.queue,
+        "state": job.state,
+        "progress": job.progress,
+        "progress_message": job.progress_message,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "result": job.result,
+        "errors": job.errors,
+        "cancel_requested": job.cancel_requested,
+        "run_at": _fractional_seconds(job.run_at),
+        "created": _fractional_seconds(job.created_at),
+        "updated": _fractional_seconds(job.updated_at),
+        "finished": _fractional_seconds(job.finished_at),
+    }
