@@ -211,7 +211,8 @@ async def _jobs_action(db: Database, args: argparse.Namespace) -> int:
 async def _audit_verify(db: Database, args: argparse.Namespace) -> int:
     report = await verify_chain(db)
     if report.ok:
-        print(f"audit chain intact: {report.rows_checked} rows verified")
+        tail = f"; {report.unsealed} newer rows not sealed yet" if report.unsealed else ""
+        print(f"audit chain intact: {report.rows_checked} rows verified{tail}")
         return 0
     print(
         f"audit chain BROKEN at seq {report.broken_at}: {report.problem} "

@@ -48,7 +48,9 @@ class SyncTransaction:
 
     `state` is shared by the bodies of one transaction, and rolled back with a failed body's
     savepoint; `before_commit` registers, once per key, work to do when all bodies have run
-    (the audit chain appends the rows the bodies left in `state`).
+    (the audit chain appends the rows the bodies left in `state`). `execute_last` is for the
+    statements that lock hot rows (the spend counters): on Postgres they go to the server in
+    the same message as the COMMIT, so their locks are held for no round trip.
     """
 
     def __init__(
@@ -57,6 +59,8 @@ class SyncTransaction:
         run_many: Callable[[str, Sequence[Sequence[Any]]], None],
         dialect: str,
         execute: Callable[[str, Values], Any] | None = None,
+        *,
+        retried: bool = False,
     ) -> None:
         self._run = run
         self._execute = execute or run
@@ -64,6 +68,10 @@ class SyncTransaction:
         self.dialect = dialect
         self.state: dict[str, Any] = {}
         self._hooks: dict[str, Callable[[SyncTransaction], None]] = {}
+        self.last: list[tuple[str, Values]] = []
+        # True when a statement sent with the COMMIT refused (CommitRefused) and the body runs
+        # again: it must then take its locks and decide inline.
+        self.retried = retried
 
     def fetch_one(self, sql: str, values: Values = None) -> Row | None:
         rows = self._run(sql, values)
@@ -84,6 +92,13 @@ class SyncTransaction:
     ) -> None:
         if rows:
             self._run_many(insert_sql(self.dialect, table, columns), rows)
+
+    def execute_last(self, sql: str, values: Values = None) -> None:
+        """Run `sql` after everything else, just before COMMIT (with it, on Postgres)."""
+        if self.dialect == "postgresql":
+            self.last.append((sql, values))
+        else:  # one writer holds the whole database until COMMIT anyway
+            self._execute(sql, values)
 
     def before_commit(self, key: str, hook: Callable[[SyncTransaction], None]) -> None:
         self._hooks.setdefault(key, hook)
@@ -198,6 +213,13 @@ def _run_bodies(conn: sqlite3.Connection, work: Work, *, isolate: bool) -> list[
     return outcomes
 
 
+# A statement sent with the COMMIT raises this SQLSTATE (from `toolcallstore_refuse`, migration
+# 0006) when its check no longer holds under the row lock: the transaction rolls back and its
+# body runs once more with `retried` set, to decide (and explain) inline.
+COMMIT_REFUSED_SQLSTATE = "TC409"
+_PG_ATTEMPTS = 3
+
+
 def pg_transaction(raw: Any, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
     """Runs in a greenlet: each statement awaits asyncpg through `await_only`."""
 
@@ -206,15 +228,49 @@ def pg_transaction(raw: Any, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         params = values or {}
         return [dict(r) for r in await_only(raw.fetch(pg_sql, *(params[n] for n in names)))]
 
-    await_only(raw.execute("BEGIN"))
-    tx = SyncTransaction(
-        run, lambda sql, rows: await_only(raw.executemany(sql, rows)), "postgresql"
-    )
-    try:
-        result = fn(tx, *args)
-        tx.run_hooks()
-    except BaseException:
-        await_only(raw.execute("ROLLBACK"))
-        raise
-    await_only(raw.execute("COMMIT"))
-    return result
+    for attempt in range(_PG_ATTEMPTS):
+        await_only(raw.execute("BEGIN"))
+        tx = SyncTransaction(
+            run,
+            lambda sql, rows: await_only(raw.executemany(sql, rows)),
+            "postgresql",
+            retried=attempt > 0,
+        )
+        try:
+            result = fn(tx, *args)
+            tx.run_hooks()
+        except BaseException:
+            await_only(raw.execute("ROLLBACK"))
+            raise
+        try:
+            # One message, simple protocol: the hot rows' locks live for this round trip only.
+            await_only(raw.execute(";\n".join([*(inline(*s) for s in tx.last), "COMMIT"])))
+        except BaseException as exc:
+            await_only(raw.execute("ROLLBACK"))
+            if getattr(exc, "sqlstate", None) != COMMIT_REFUSED_SQLSTATE:
+                raise
+            continue
+        return result
+    raise RuntimeError("a statement sent with COMMIT kept refusing on an inline retry")
+
+
+def inline(sql: str, values: Values) -> str:
+    """`sql` with its `:name` placeholders replaced by literals, for the simple protocol.
+
+    Only integers, None and our own identifiers may be inlined: strings holding a quote, a
+    backslash or a NUL are refused rather than escaped."""
+    params = values or {}
+
+    def literal(match: re.Match[str]) -> str:
+        value = params[match.group(1)]
+        if value is None:
+            return "NULL"
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise TypeError(f"cannot inline {type(value).__name__} into SQL")
+        if isinstance(value, int):
+            return str(value)
+        if any(c in value for c in "'\\\x00"):
+            raise ValueError(f"refusing to inline {value!r} into SQL")
+        return f"'{value}'"
+
+    return _NAMED.sub(literal, sql)
