@@ -53,7 +53,9 @@ async def test_four_processes_never_overshoot_one_cap(database_url: str, tmp_pat
         assert f"0.{cap:06d}" == "0.051800"
         assert (await set_cap(apis[0], monthly_cap_usd=f"0.{cap:06d}")).status_code == 200
         agent = await make_key(apis[0], ["llm:chat"], auto_quote_max_usd="1.00")
-        results = await asyncio.gather(*(execute(apis[i % PROCESSES], agent, ECHO) for i in range(CALLS)))
+        results = await asyncio.gather(
+            *(execute(apis[i % PROCESSES], agent, ECHO) for i in range(CALLS))
+        )
         statuses = [r.status_code for r in results]
         assert (statuses.count(200), statuses.count(402)) == (FITS, CALLS - FITS), statuses
         for r in results:
