@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="migrate, bootstrap on first start, serve HTTP")
     serve.add_argument("--host", help="bind address (TOOLCALLSTORE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (TOOLCALLSTORE_PORT, default 8080)")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        help="API processes sharing the port, each with its worker pool; Postgres only"
+        " (TOOLCALLSTORE_PROCESSES, default 1)",
+    )
     serve.set_defaults(run=_serve)
 
     sub.add_parser("migrate", help="apply pending migrations").set_defaults(run=_sync(_migrate))
@@ -244,5 +250,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         settings = settings.with_(host=args.host)
     if args.port:
         settings = settings.with_(port=args.port)
+    if args.processes is not None:
+        settings = settings.with_(processes=args.processes)
     serve(settings)
     return 0

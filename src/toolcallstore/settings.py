@@ -30,6 +30,8 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True
     db_readers: int = 2
+    # API processes sharing the port, each with its own worker pool (Postgres only).
+    processes: int = 1
     workers: int = 4
     # Per-queue concurrency caps, e.g. "media=2,webhooks=8"; the pool total is `workers`.
     queue_limits: str = ""
@@ -77,6 +79,11 @@ class Settings:
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as TOOLCALLSTORE_* variables: `from_env` of them gives them back (how
+        `serve --processes N` hands them to the processes it starts)."""
+        return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
 
     def sandbox_base(self) -> str:
         if self.sandbox_url:

@@ -15,7 +15,9 @@ from toolcallstore.queue.store import NewJob, Outcome, QueueStore, backoff_us
 
 @pytest.fixture(params=["sql", "memory"])
 async def store(request: pytest.FixtureRequest, db: Database) -> AsyncIterator[QueueStore]:
-    yield MemoryJobStore() if request.param == "memory" else SqlJobStore(db)
+    store: QueueStore = MemoryJobStore() if request.param == "memory" else SqlJobStore(db)
+    yield store
+    await store.close()
 
 
 async def make_due(store: QueueStore, job_id: str) -> None:

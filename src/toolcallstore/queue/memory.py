@@ -123,6 +123,9 @@ class MemoryJobStore:
                     cancel.add(job_id)
         return cancel
 
+    async def close(self) -> None:
+        return None
+
     async def rescue_expired(self) -> int:
         now = now_us()
         expired = [

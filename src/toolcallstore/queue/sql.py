@@ -1,7 +1,8 @@
 """`JobStore` on the project database: SQLite (single writer, BEGIN IMMEDIATE) or Postgres
-(FOR UPDATE SKIP LOCKED). Each state change is one statement whose WHERE re-checks the state
-and the lease holder, so a rescued or cancelled job can never be completed by a stale worker
-(the River #1302 bug)."""
+(FOR UPDATE SKIP LOCKED; the worker pool's hot statements on connections of their own,
+pg_direct.py). Each state change is one statement whose WHERE re-checks the state and the lease
+holder, so a rescued or cancelled job can never be completed by a stale worker (the River #1302
+bug)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 
 from toolcallstore.db import Database, SyncTransaction, Transaction
 from toolcallstore.ids import new_id, now_us
+from toolcallstore.queue import pg_direct
 from toolcallstore.queue.store import Job, NewJob, Outcome
 
 NOTIFY_CHANNEL = "toolcallstore_jobs"
@@ -25,16 +27,6 @@ WHERE id IN (
     ORDER BY priority, run_at, id LIMIT ?
 )
 RETURNING *
-"""
-_CLAIM_POSTGRES = """
-WITH next AS (
-    SELECT id FROM jobs WHERE state = 'queued' AND queue = $4 AND run_at <= $5
-    ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED
-)
-UPDATE jobs SET state = 'running', lease_until = $1, attempts = jobs.attempts + 1,
-    locked_by = $2, updated_at = $3
-FROM next WHERE jobs.id = next.id
-RETURNING jobs.*
 """
 _BULK_COLUMNS = (
     "id",
@@ -87,7 +79,19 @@ def _marks(values: list[Any]) -> str:
 class SqlJobStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._claim_sql = _CLAIM_POSTGRES if db.is_postgres else _CLAIM_SQLITE
+        # Postgres: claims on one connection, outcomes and heartbeats on another, so that a
+        # batch of completions never waits behind a claim (and the reverse).
+        self._claimer: pg_direct.DirectConnection | None = None
+        self._finisher: pg_direct.DirectConnection | None = None
+        if db.is_postgres:
+            self._claimer = pg_direct.DirectConnection(db.url, "toolcallstore-queue-claim")
+            self._finisher = pg_direct.DirectConnection(db.url, "toolcallstore-queue-finish")
+
+    async def close(self) -> None:
+        """Close the queue's own connections (reopened if the store is used again)."""
+        for direct in (self._claimer, self._finisher):
+            if direct is not None:
+                await direct.close()
 
     async def enqueue(self, job: NewJob) -> tuple[Job, bool]:
         values = _insert_values(job)
@@ -162,8 +166,12 @@ class SqlJobStore:
     async def claim(self, queue: str, worker: str, limit: int, lease_s: float) -> list[Job]:
         now = now_us()
         args = (now + int(lease_s * 1_000_000), worker, now, queue, now, limit)
-        async with self._db.transaction() as tx:
-            rows = await tx.fetch_raw(self._claim_sql, args)
+        rows: Any
+        if self._claimer is not None:
+            rows = await self._claimer.fetch(pg_direct.CLAIM, *args)
+        else:
+            async with self._db.transaction() as tx:
+                rows = await tx.fetch_raw(_CLAIM_SQLITE, args)
         return sorted((Job.from_row(r) for r in rows), key=lambda j: (j.priority, j.run_at, j.id))
 
     async def finish(self, job: Job, worker: str, outcome: Outcome) -> str | None:
@@ -173,35 +181,53 @@ class SqlJobStore:
     async def finish_many(
         self, worker: str, outcomes: list[tuple[Job, Outcome]]
     ) -> dict[str, str | None]:
-        """Record many outcomes in one transaction: the plain successes in one statement."""
-        states: dict[str, str | None] = {}
+        """Record many outcomes: the plain successes in one statement, the rest (retries,
+        failures, cancellations: rare) in one transaction after it."""
         plain = [(job, out) for job, out in outcomes if out.error is None and not out.cancelled]
+        states: dict[str, str | None] = {}
+        if plain and self._finisher is not None:
+            states = await self._succeed_pg(self._finisher, worker, plain)
+        if len(states) == len(outcomes):
+            return states
         async with self._db.transaction() as tx:
-            if plain:
-                now = now_us()
-                rows = "(?, ?)" + ", (?, ?)" * (len(plain) - 1)
-                args: list[Any] = []
-                for job, out in plain:
-                    args += [
-                        job.id,
-                        None if out.result is None else orjson.dumps(out.result).decode(),
-                    ]
-                done = await tx.fetch_raw(
-                    f"WITH v(id, result) AS (VALUES {rows})"
-                    " UPDATE jobs SET state = 'succeeded', result = v.result, progress = 100,"
-                    " lease_until = NULL, locked_by = NULL, updated_at = ?, finished_at = ?"
-                    " FROM v WHERE jobs.id = v.id AND jobs.state = 'running' AND jobs.locked_by = ?"
-                    " RETURNING jobs.id",
-                    [*args, now, now, worker],
-                )
-                succeeded = {row["id"] for row in done}
-                states.update(
-                    {job.id: "succeeded" if job.id in succeeded else None for job, _ in plain}
-                )
+            if plain and self._finisher is None:
+                states = await self._succeed_sqlite(tx, worker, plain)
             for job, out in outcomes:
                 if job.id not in states:
                     states[job.id] = await self._finish_in(tx, job, worker, out)
         return states
+
+    @staticmethod
+    def _result_text(outcome: Outcome) -> str | None:
+        return None if outcome.result is None else orjson.dumps(outcome.result).decode()
+
+    async def _succeed_pg(
+        self, direct: pg_direct.DirectConnection, worker: str, plain: list[tuple[Job, Outcome]]
+    ) -> dict[str, str | None]:
+        ids = [job.id for job, _ in plain]
+        results = [self._result_text(out) for _, out in plain]
+        done = await direct.fetch(pg_direct.SUCCEED, ids, results, now_us(), worker)
+        succeeded = {row["id"] for row in done}
+        return {job_id: "succeeded" if job_id in succeeded else None for job_id in ids}
+
+    async def _succeed_sqlite(
+        self, tx: Transaction, worker: str, plain: list[tuple[Job, Outcome]]
+    ) -> dict[str, str | None]:
+        now = now_us()
+        rows = "(?, ?)" + ", (?, ?)" * (len(plain) - 1)
+        args: list[Any] = []
+        for job, out in plain:
+            args += [job.id, self._result_text(out)]
+        done = await tx.fetch_raw(
+            f"WITH v(id, result) AS (VALUES {rows})"
+            " UPDATE jobs SET state = 'succeeded', result = v.result, progress = 100,"
+            " lease_until = NULL, locked_by = NULL, updated_at = ?, finished_at = ?"
+            " FROM v WHERE jobs.id = v.id AND jobs.state = 'running' AND jobs.locked_by = ?"
+            " RETURNING jobs.id",
+            [*args, now, now, worker],
+        )
+        succeeded = {row["id"] for row in done}
+        return {job.id: "succeeded" if job.id in succeeded else None for job, _ in plain}
 
     async def _finish_in(
         self, tx: Transaction, job: Job, worker: str, outcome: Outcome
@@ -248,13 +274,18 @@ class SqlJobStore:
         if not job_ids:
             return set()
         now = now_us()
-        async with self._db.transaction() as tx:
-            rows = await tx.fetch_raw(
-                "UPDATE jobs SET lease_until = ?, updated_at = ?"
-                f" WHERE id IN ({_marks(job_ids)}) AND state = 'running' AND locked_by = ?"
-                " RETURNING id, cancel_requested",
-                [now + int(lease_s * 1_000_000), now, *job_ids, worker],
-            )
+        lease = now + int(lease_s * 1_000_000)
+        rows: Any
+        if self._finisher is not None:
+            rows = await self._finisher.fetch(pg_direct.EXTEND, lease, now, job_ids, worker)
+        else:
+            async with self._db.transaction() as tx:
+                rows = await tx.fetch_raw(
+                    "UPDATE jobs SET lease_until = ?, updated_at = ?"
+                    f" WHERE id IN ({_marks(job_ids)}) AND state = 'running' AND locked_by = ?"
+                    " RETURNING id, cancel_requested",
+                    [lease, now, *job_ids, worker],
+                )
         return {r["id"] for r in rows if r["cancel_requested"]}
 
     async def rescue_expired(self) -> int:
@@ -314,13 +345,18 @@ class SqlJobStore:
     async def release(self, worker: str, job_ids: list[str]) -> int:
         if not job_ids:
             return 0
-        async with self._db.transaction() as tx:
-            rows = await tx.fetch_raw(
-                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_until = NULL,"
-                f" locked_by = NULL, updated_at = ? WHERE id IN ({_marks(job_ids)})"
-                " AND state = 'running' AND locked_by = ? RETURNING id",
-                [now_us(), *job_ids, worker],
-            )
+        rows: Any
+        if self._finisher is not None:
+            rows = await self._finisher.fetch(pg_direct.RELEASE, now_us(), job_ids, worker)
+        else:
+            async with self._db.transaction() as tx:
+                rows = await tx.fetch_raw(
+                    "UPDATE jobs SET state = 'queued', attempts = attempts - 1,"
+                    " lease_until = NULL, locked_by = NULL, updated_at = ?"
+                    f" WHERE id IN ({_marks(job_ids)}) AND state = 'running' AND locked_by = ?"
+                    " RETURNING id",
+                    [now_us(), *job_ids, worker],
+                )
         return len(rows)
 
     async def retry(self, job_id: str) -> Job | None:

@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from toolcallstore.ids import now_us, random_base62
 from toolcallstore.metrics import Metrics
+from toolcallstore.queue.listener import Listener
 from toolcallstore.queue.sql import NOTIFY_CHANNEL
 from toolcallstore.queue.store import Job, NewJob, Outcome, QueueStore, backoff_us
 
@@ -96,10 +95,14 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
-        # Outcomes waiting to be recorded: one transaction records a whole batch of them.
+        # Outcomes waiting to be recorded: one statement records a whole batch of them. Their
+        # jobs free their slots at once but stay leased (and heartbeated) until recorded; a
+        # crash before that means the job runs again after its lease, never that it is lost.
         self._done: list[tuple[Job, Outcome, float]] = []
+        self._finishing: dict[str, Job] = {}
         self._done_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.listener: Listener | None = None
 
     async def enqueue_many(self, jobs: list[NewJob]) -> list[str]:
         """Enqueue unkeyed jobs in one transaction and wake idle workers."""
@@ -120,14 +123,12 @@ class WorkerPool:
         self._wake.set()
 
     async def listen(self, postgres_url: str) -> Callable[[], Awaitable[None]]:
-        """Wake on NOTIFY from any process enqueueing on this Postgres; returns the closer."""
-        conn = await asyncpg.connect(postgres_url)
-        await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
-
-        async def close() -> None:
-            await conn.close()
-
-        return close
+        """Wake on NOTIFY from any process enqueueing on this Postgres, reconnecting whenever
+        the connection is lost (listener.py); returns the closer."""
+        listener = Listener(postgres_url, NOTIFY_CHANNEL, self._wake.set)
+        await listener.start()
+        self.listener = listener
+        return listener.close
 
     def start(self) -> dict[str, asyncio.Task[None]]:
         loops = {
@@ -156,6 +157,7 @@ class WorkerPool:
         if leftover:
             await asyncio.wait([self._running[j][0] for j in leftover], timeout=5)
         await self._record_done()
+        leftover = [job_id for job_id in leftover if job_id in self._running]
         if leftover:
             released = await self.store.release(self.worker_id, leftover)
             log.info("released unfinished jobs", extra={"fields": {"count": released}})
@@ -164,9 +166,13 @@ class WorkerPool:
         self._done_event.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.grace_s)
+        await self.store.close()
 
     def _free_slots(self, queue: str) -> int:
-        total = self.config.concurrency - len(self._running)
+        # Outcomes not yet recorded hold no slot, up to a backlog of one batch: beyond it, a
+        # slow database slows claiming instead of piling up unrecorded work.
+        backlog = max(0, len(self._finishing) - max(self.config.batch, self.config.concurrency))
+        total = self.config.concurrency - len(self._running) - backlog
         limit = self.config.queue_limits.get(queue)
         if limit is not None:
             busy = sum(1 for _, ctx in self._running.values() if ctx.job.queue == queue)
@@ -210,9 +216,13 @@ class WorkerPool:
             outcome = Outcome(error=f"no handler is registered for job type {job.type!r}")
         else:
             outcome = await self._call(spec, ctx)
-        # The job keeps its slot and its heartbeat until the completer has recorded it.
+        # The slot is free now; the lease and its heartbeat last until the completer has
+        # recorded the outcome.
+        self._running.pop(job.id, None)
+        self._finishing[job.id] = job
         self._done.append((job, outcome, started))
         self._done_event.set()
+        self._wake.set()
 
     async def _complete_loop(self) -> None:
         while not (self._stopping.is_set() and not self._running and not self._done):
@@ -240,7 +250,7 @@ class WorkerPool:
             for job, _, started in batch:
                 state = states.get(job.id) or "lease_lost"
                 self.metrics.job_runs.labels(job.type, state).observe(finished - started)
-                self._running.pop(job.id, None)
+                self._finishing.pop(job.id, None)
             self._wake.set()
 
     async def _call(self, spec: HandlerSpec, ctx: JobContext) -> Outcome:
@@ -257,7 +267,7 @@ class WorkerPool:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.config.lease_s / 3)
-            ids = list(self._running)
+            ids = [*self._running, *self._finishing]
             try:
                 cancel = await self.store.extend_leases(self.worker_id, ids, self.config.lease_s)
             except Exception:
