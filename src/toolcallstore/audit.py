@@ -10,14 +10,15 @@ SQLite has one writer: rows are chained as they are inserted. On Postgres a chai
 by every writer would serialise every billable transaction, so rows are inserted unchained,
 stamped with their transaction's id, and `seal` chains them later in (xid, id) order, taking
 only rows below the oldest transaction still running: no row can ever appear before a sealed
-one. One process seals at a time (an advisory lock); `AuditWriter.run` seals every
-`SEAL_SECONDS`, so a committed row is sealed within a second while no transaction stays open
-longer than that. `verify_chain` reports the unsealed tail.
+one. One process seals at a time (an advisory lock); `AuditWriter.run` seals round after round
+while rounds find rows, and every `SEAL_SECONDS` when idle, so a committed row is sealed within
+a second while no transaction stays open longer than that. `verify_chain` reports the unsealed tail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -184,7 +185,7 @@ class AuditWriter:
         self._room = asyncio.Event()
         self._high_water = max(batch_size * 4, 20_000)
         self._closing = False
-        self._sealed_at = 0.0
+        self._closed = asyncio.Event()
 
     @property
     def backlog(self) -> int:
@@ -201,24 +202,35 @@ class AuditWriter:
             await self._room.wait()
 
     async def run(self) -> None:
-        """Flush every `flush_ms` (sooner when a batch fills), and seal on Postgres, until
-        `close`."""
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._flush_s)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            await self._flush_with_retry()
-            if self._db.is_postgres and time.monotonic() - self._sealed_at >= self.SEAL_SECONDS:
-                await self._seal_logged()
-
-    async def _seal_logged(self) -> None:
-        self._sealed_at = time.monotonic()
+        """Flush every `flush_ms` (sooner when a batch fills) until `close`; on Postgres seal
+        alongside, in a task of its own."""
+        sealer = asyncio.create_task(self._seal_until_closed()) if self._db.is_postgres else None
         try:
-            await seal(self._db)
+            while not self._closing:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._flush_s)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                await self._flush_with_retry()
+        finally:
+            if sealer is not None:
+                await sealer
+
+    async def _seal_until_closed(self) -> None:
+        """Round after round while rounds find rows; idle, a look every SEAL_SECONDS."""
+        while not self._closing:
+            busy = await self._seal_logged()
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), self.SEAL_SECONDS)
+
+    async def _seal_logged(self) -> bool:
+        try:
+            return await seal(self._db) > 0
         except Exception:
             log.exception("audit sealing failed; will retry")
+            return False
 
     async def seal(self, wait_s: float = 5.0) -> int:
         """Flush, then chain every row committed so far (Postgres; 0 on SQLite), waiting up to
@@ -260,6 +272,7 @@ class AuditWriter:
 
     async def close(self) -> None:
         self._closing = True
+        self._closed.set()
         self._room.set()
         self._wake.set()
         await self._flush_with_retry()

@@ -24,6 +24,7 @@ from databases.core import Connection
 from sqlalchemy.util import greenlet_spawn
 
 from toolcallstore.db.loop_writer import CONNECTION_PRAGMAS, LoopWriter, Outcomes
+from toolcallstore.db.pg_sync import pg_transaction
 from toolcallstore.db.sync import (
     Row,
     SyncTransaction,
@@ -31,7 +32,6 @@ from toolcallstore.db.sync import (
     Work,
     insert_sql,
     numbered,
-    pg_transaction,
     sqlite_batch,
     sqlite_rows,
 )

@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy.util import await_only
-
 Row = dict[str, Any]
 Values = Mapping[str, Any] | None
 T = TypeVar("T")
@@ -211,66 +209,3 @@ def _run_bodies(conn: sqlite3.Connection, work: Work, *, isolate: bool) -> list[
             conn.execute("RELEASE body")
     tx.run_hooks()
     return outcomes
-
-
-# A statement sent with the COMMIT raises this SQLSTATE (from `toolcallstore_refuse`, migration
-# 0006) when its check no longer holds under the row lock: the transaction rolls back and its
-# body runs once more with `retried` set, to decide (and explain) inline.
-COMMIT_REFUSED_SQLSTATE = "TC409"
-_PG_ATTEMPTS = 3
-
-
-def pg_transaction(raw: Any, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-    """Runs in a greenlet: each statement awaits asyncpg through `await_only`."""
-
-    def run(sql: str, values: Values) -> list[Row]:
-        pg_sql, names = numbered(sql)
-        params = values or {}
-        return [dict(r) for r in await_only(raw.fetch(pg_sql, *(params[n] for n in names)))]
-
-    for attempt in range(_PG_ATTEMPTS):
-        await_only(raw.execute("BEGIN"))
-        tx = SyncTransaction(
-            run,
-            lambda sql, rows: await_only(raw.executemany(sql, rows)),
-            "postgresql",
-            retried=attempt > 0,
-        )
-        try:
-            result = fn(tx, *args)
-            tx.run_hooks()
-        except BaseException:
-            await_only(raw.execute("ROLLBACK"))
-            raise
-        try:
-            # One message, simple protocol: the hot rows' locks live for this round trip only.
-            await_only(raw.execute(";\n".join([*(inline(*s) for s in tx.last), "COMMIT"])))
-        except BaseException as exc:
-            await_only(raw.execute("ROLLBACK"))
-            if getattr(exc, "sqlstate", None) != COMMIT_REFUSED_SQLSTATE:
-                raise
-            continue
-        return result
-    raise RuntimeError("a statement sent with COMMIT kept refusing on an inline retry")
-
-
-def inline(sql: str, values: Values) -> str:
-    """`sql` with its `:name` placeholders replaced by literals, for the simple protocol.
-
-    Only integers, None and our own identifiers may be inlined: strings holding a quote, a
-    backslash or a NUL are refused rather than escaped."""
-    params = values or {}
-
-    def literal(match: re.Match[str]) -> str:
-        value = params[match.group(1)]
-        if value is None:
-            return "NULL"
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise TypeError(f"cannot inline {type(value).__name__} into SQL")
-        if isinstance(value, int):
-            return str(value)
-        if any(c in value for c in "'\\\x00"):
-            raise ValueError(f"refusing to inline {value!r} into SQL")
-        return f"'{value}'"
-
-    return _NAMED.sub(literal, sql)
