@@ -12,8 +12,8 @@ message. A statement whose values cannot be inlined safely runs at once with par
 
 from __future__ import annotations
 
+import functools
 import re
-import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -125,20 +125,29 @@ def pg_transaction(raw: Any, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
 def inline(sql: str, values: Values) -> str | None:
     """`sql` with its `:name` placeholders replaced by literals, for the simple protocol; None
     if a value has a type that is not inlined (it then runs with parameters)."""
+    parts, names = _split(sql)
     params = values or {}
-    literals = {}
-    for name in set(_NAMED.findall(sql)):
+    out = [parts[0]]
+    for name, part in zip(names, parts[1:], strict=True):
         text = literal(params[name])
         if text is None:
             return None
-        literals[name] = text
-    return _NAMED.sub(lambda match: literals[match.group(1)], sql)
+        out.append(text)
+        out.append(part)
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(sql: str) -> tuple[list[str], list[str]]:
+    """The text around each `:name` placeholder, and the names in order."""
+    pieces = _NAMED.split(sql)
+    return pieces[0::2], pieces[1::2]
 
 
 def literal(value: Any) -> str | None:
-    """A value as SQL text: integers and NULL as such, text dollar-quoted under a random tag
-    that does not occur in it (no escaping, so no setting can change its meaning); None for
-    any other type."""
+    """A value as SQL text: integers and NULL as such, text dollar-quoted under a tag that does
+    not occur in it (no escaping, so no server setting can change its meaning); None for any
+    other type."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):
@@ -148,8 +157,8 @@ def literal(value: Any) -> str | None:
     if isinstance(value, str):
         if "\x00" in value:
             return None  # Postgres text cannot hold it: let the driver refuse it
-        tag = "$q" + secrets.token_hex(4) + "$"
+        tag, n = "$t$", 0
         while tag in value:
-            tag = "$q" + secrets.token_hex(4) + "$"
+            tag, n = f"$t{n}$", n + 1
         return f"{tag}{value}{tag}"
     return None
