@@ -43,6 +43,7 @@ class JobContext:
 
 
 Handler = Callable[[JobContext], Awaitable[Any]]
+StateMap = dict[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -187,11 +188,7 @@ class WorkerPool:
                 slots = self._free_slots(queue)
                 if slots == 0:
                     continue
-                try:
-                    jobs = await self.store.claim(queue, self.worker_id, slots, self.config.lease_s)
-                except Exception:
-                    log.exception("claiming jobs failed; retrying")
-                    jobs = []
+                jobs = await self._claim(queue, slots)
                 claimed += len(jobs)
                 for job in jobs:
                     self._start(job)
@@ -199,6 +196,27 @@ class WorkerPool:
                 continue  # more may be due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_s)
+
+    async def _claim(self, queue: str, slots: int) -> list[Job]:
+        """Claim, recording the successes waiting to be recorded in the same round trip."""
+        batch = [done for done in self._done if done[1].error is None and not done[1].cancelled]
+        if batch:
+            self._done = [done for done in self._done if done not in batch]
+        try:
+            states, jobs = await self.store.finish_and_claim(
+                self.worker_id, [(job, out) for job, out, _ in batch], queue, slots,
+                self.config.lease_s,
+            )  # fmt: skip
+        except Exception:
+            self._done[:0] = batch  # kept for the completer: an outcome is never dropped
+            log.exception("claiming jobs failed; retrying")
+            return []
+        left = [done for done in batch if done[0].id not in states]
+        if left:  # the completer records them, waiting for their rows if it must
+            self._done[:0] = left
+            self._done_event.set()
+        self._recorded([done for done in batch if done[0].id in states], dict(states))
+        return jobs
 
     def _start(self, job: Job) -> None:
         ctx = JobContext(job, self.worker_id, self.store)
@@ -246,12 +264,15 @@ class WorkerPool:
             except BaseException:
                 self._done[:0] = batch  # keep them: an outcome is never dropped
                 raise
-            finished = time.perf_counter()
-            for job, _, started in batch:
-                state = states.get(job.id) or "lease_lost"
-                self.metrics.job_runs.labels(job.type, state).observe(finished - started)
-                self._finishing.pop(job.id, None)
+            self._recorded(batch, states)
             self._wake.set()
+
+    def _recorded(self, batch: list[tuple[Job, Outcome, float]], states: StateMap) -> None:
+        finished = time.perf_counter()
+        for job, _, started in batch:
+            state = states.get(job.id) or "lease_lost"
+            self.metrics.job_runs.labels(job.type, state).observe(finished - started)
+            self._finishing.pop(job.id, None)
 
     async def _call(self, spec: HandlerSpec, ctx: JobContext) -> Outcome:
         try:
