@@ -66,11 +66,18 @@ SELECT claimed.*, NULL::text AS done_id FROM claimed
 UNION ALL
 SELECT (NULL::jobs).*, done.id FROM done
 """
+# A heartbeat never waits for a row another transaction holds (it skips it until the next
+# beat, a third of a lease later): it must not fall behind while others' leases run out.
 # Parameters: lease, now, ids, worker.
 EXTEND = """
+WITH held AS (
+    SELECT id FROM jobs
+    WHERE id = ANY($3::text[]) AND state = 'running' AND locked_by = $4
+    FOR UPDATE SKIP LOCKED
+)
 UPDATE jobs SET lease_until = $1, updated_at = $2
-WHERE id = ANY($3::text[]) AND state = 'running' AND locked_by = $4
-RETURNING id, cancel_requested
+FROM held WHERE jobs.id = held.id
+RETURNING jobs.id, jobs.cancel_requested
 """
 # Parameters: now, ids, worker.
 RELEASE = """

@@ -68,8 +68,9 @@ def _in_claim_order(rows: Any) -> list[Job]:
 class SqlJobStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        # Postgres: claims on one connection, outcomes and heartbeats on another, so that a
-        # batch of completions never waits behind a claim (and the reverse).
+        # Postgres: claims (with the successes they carry) and heartbeats on one connection,
+        # where no statement waits for a row lock; the other outcomes on another, where one
+        # may, so a claim or a heartbeat never queues behind it.
         self._claimer: pg_direct.DirectConnection | None = None
         self._finisher: pg_direct.DirectConnection | None = None
         if db.is_postgres:
@@ -285,8 +286,9 @@ class SqlJobStore:
         now = now_us()
         lease = now + int(lease_s * 1_000_000)
         rows: Any
-        if self._finisher is not None:
-            rows = await self._finisher.fetch(pg_direct.EXTEND, lease, now, job_ids, worker)
+        if self._claimer is not None:
+            # With the claims: neither ever waits for a row lock, while the completer may.
+            rows = await self._claimer.fetch(pg_direct.EXTEND, lease, now, job_ids, worker)
         else:
             async with self._db.transaction() as tx:
                 sql = sqlite_hot.extend(len(job_ids))
