@@ -199,16 +199,20 @@ class WorkerPool:
 
     async def _claim(self, queue: str, slots: int) -> list[Job]:
         """Claim, recording the successes waiting to be recorded in the same round trip."""
-        batch = [done for done in self._done if done[1].error is None and not done[1].cancelled]
-        if batch:
-            self._done = [done for done in self._done if done not in batch]
+        batch: list[tuple[Job, Outcome, float]] = []
+        others: list[tuple[Job, Outcome, float]] = []
+        for done in self._done:
+            (batch if done[1].error is None and not done[1].cancelled else others).append(done)
+        self._done = others
         try:
             states, jobs = await self.store.finish_and_claim(
                 self.worker_id, [(job, out) for job, out, _ in batch], queue, slots,
                 self.config.lease_s,
             )  # fmt: skip
-        except Exception:
+        except BaseException as exc:
             self._done[:0] = batch  # kept for the completer: an outcome is never dropped
+            if not isinstance(exc, Exception):
+                raise
             log.exception("claiming jobs failed; retrying")
             return []
         left = [done for done in batch if done[0].id not in states]
