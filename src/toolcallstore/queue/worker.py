@@ -103,7 +103,6 @@ class WorkerPool:
         self._finishing: dict[str, Job] = {}
         self._done_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.listener: Listener | None = None
 
     async def enqueue_many(self, jobs: list[NewJob]) -> list[str]:
         """Enqueue unkeyed jobs in one transaction and wake idle workers."""
@@ -128,7 +127,6 @@ class WorkerPool:
         the connection is lost (listener.py); returns the closer."""
         listener = Listener(postgres_url, NOTIFY_CHANNEL, self._wake.set)
         await listener.start()
-        self.listener = listener
         return listener.close
 
     def start(self) -> dict[str, asyncio.Task[None]]:
@@ -238,8 +236,8 @@ class WorkerPool:
             outcome = Outcome(error=f"no handler is registered for job type {job.type!r}")
         else:
             outcome = await self._call(spec, ctx)
-        # The slot is free now; the lease and its heartbeat last until the completer has
-        # recorded the outcome.
+        # The slot is free now; the lease and its heartbeat last until the outcome is recorded
+        # (by the next claim, or by the completer).
         self._running.pop(job.id, None)
         self._finishing[job.id] = job
         self._done.append((job, outcome, started))
