@@ -16,6 +16,7 @@ from tests.conftest import free_port, requires_postgres, start_server
 from toolcallstore.db import Database
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import NewJob
+from toolcallstore.settings import Settings
 
 PID = re.compile(r'toolcallstore_process_info\{pid="(\d+)"\}')
 
@@ -96,3 +97,11 @@ def test_sqlite_refuses_several_processes_with_a_reason(tmp_path: Path) -> None:
     assert "--processes 2 needs Postgres" in done.stderr
     assert "one writer" in done.stderr
     assert not (tmp_path / "one.db").exists()  # refused before touching anything
+
+
+def test_the_settings_a_parent_exports_are_the_ones_its_processes_read() -> None:
+    custom = Settings(
+        database_url="postgresql://u@h:5432/d", port=9123, processes=3, access_log=False,
+        job_lease_seconds=2.5, queue_limits="media=2", master_key="k1:AAAA",
+    )  # fmt: skip
+    assert Settings.from_env(custom.to_env()) == custom

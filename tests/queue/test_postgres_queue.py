@@ -127,3 +127,31 @@ async def test_listen_reconnects_after_its_connection_is_killed_and_polls_once(
     # And the new connection listens: a NOTIFY wakes the pool again.
     await _runs_soon(db, producer, ran)
     await producer.close()
+
+
+async def _lease(store: SqlJobStore, job_id: str) -> int:
+    job = await store.get(job_id)
+    assert job is not None and job.lease_until is not None
+    return job.lease_until
+
+
+async def test_a_heartbeat_skips_a_row_held_elsewhere_instead_of_waiting_for_it(
+    db: Database,
+) -> None:
+    store = SqlJobStore(db)
+    for n in range(2):
+        await store.enqueue(NewJob("t", {"n": n}))
+    held, free = await store.claim("default", "w", 2, lease_s=5)
+    locker = await asyncpg.connect(db.url)
+    try:
+        async with locker.transaction():
+            await locker.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", held.id)
+            # Waiting here would let every other lease of this worker run out meanwhile.
+            await asyncio.wait_for(store.extend_leases("w", [held.id, free.id], 60), 5)
+        assert await _lease(store, free.id) > free.lease_until + 30_000_000  # type: ignore[operator]
+        assert await _lease(store, held.id) == held.lease_until  # skipped: the next beat extends it
+        await store.extend_leases("w", [held.id], 60)
+        assert await _lease(store, held.id) > held.lease_until + 30_000_000  # type: ignore[operator]
+    finally:
+        await locker.close()
+        await store.close()

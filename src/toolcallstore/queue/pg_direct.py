@@ -36,11 +36,48 @@ FROM unnest($1::text[], $2::text[]) AS v(id, result)
 WHERE jobs.id = v.id AND jobs.state = 'running' AND jobs.locked_by = $4
 RETURNING jobs.id
 """
+# SUCCEED then CLAIM in one statement, one commit: the pool's usual round trip when handlers
+# finish fast. The two touch disjoint rows (running ones, queued ones) and see one snapshot. A
+# success whose row another transaction has locked (a cancel, a rescue in flight) is skipped,
+# not waited for, so the claim never queues behind it: the caller records it apart.
+# Claimed rows come back with `done_id` NULL, recorded successes as rows holding only it.
+# Parameters: lease, worker, now, queue, now, limit, ids, results.
+SUCCEED_AND_CLAIM = """
+WITH held AS (
+    SELECT id FROM jobs
+    WHERE id = ANY($7::text[]) AND state = 'running' AND locked_by = $2
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    UPDATE jobs SET state = 'succeeded', result = v.result, progress = 100,
+        lease_until = NULL, locked_by = NULL, updated_at = $3, finished_at = $3
+    FROM unnest($7::text[], $8::text[]) AS v(id, result), held
+    WHERE jobs.id = v.id AND held.id = v.id
+    RETURNING jobs.id
+), next AS (
+    SELECT id FROM jobs WHERE state = 'queued' AND queue = $4 AND run_at <= $5
+    ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs SET state = 'running', lease_until = $1, attempts = jobs.attempts + 1,
+        locked_by = $2, updated_at = $3
+    FROM next WHERE jobs.id = next.id
+    RETURNING jobs.*
+)
+SELECT claimed.*, NULL::text AS done_id FROM claimed
+UNION ALL
+SELECT (NULL::jobs).*, done.id FROM done
+"""
+# A heartbeat never waits for a row another transaction holds (it skips it until the next
+# beat, a third of a lease later): it must not fall behind while others' leases run out.
 # Parameters: lease, now, ids, worker.
 EXTEND = """
+WITH held AS (
+    SELECT id FROM jobs
+    WHERE id = ANY($3::text[]) AND state = 'running' AND locked_by = $4
+    FOR UPDATE SKIP LOCKED
+)
 UPDATE jobs SET lease_until = $1, updated_at = $2
-WHERE id = ANY($3::text[]) AND state = 'running' AND locked_by = $4
-RETURNING id, cancel_requested
+FROM held WHERE jobs.id = held.id
+RETURNING jobs.id, jobs.cancel_requested
 """
 # Parameters: now, ids, worker.
 RELEASE = """

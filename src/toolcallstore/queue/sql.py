@@ -12,22 +12,11 @@ import orjson
 
 from toolcallstore.db import Database, SyncTransaction, Transaction
 from toolcallstore.ids import new_id, now_us
-from toolcallstore.queue import pg_direct
+from toolcallstore.queue import pg_direct, sqlite_hot
 from toolcallstore.queue.store import Job, NewJob, Outcome
 
 NOTIFY_CHANNEL = "toolcallstore_jobs"
 
-# Hot statements use `?` placeholders and go to the driver directly (Transaction.fetch_raw).
-# Parameters: lease, worker, now, queue, now, limit.
-_CLAIM_SQLITE = """
-UPDATE jobs SET state = 'running', lease_until = ?, attempts = attempts + 1,
-    locked_by = ?, updated_at = ?
-WHERE id IN (
-    SELECT id FROM jobs WHERE state = 'queued' AND queue = ? AND run_at <= ?
-    ORDER BY priority, run_at, id LIMIT ?
-)
-RETURNING *
-"""
 _BULK_COLUMNS = (
     "id",
     "queue",
@@ -72,15 +61,16 @@ def _insert_values(job: NewJob) -> dict[str, Any]:
     }
 
 
-def _marks(values: list[Any]) -> str:
-    return ", ".join("?" for _ in values)
+def _in_claim_order(rows: Any) -> list[Job]:
+    return sorted((Job.from_row(r) for r in rows), key=lambda j: (j.priority, j.run_at, j.id))
 
 
 class SqlJobStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        # Postgres: claims on one connection, outcomes and heartbeats on another, so that a
-        # batch of completions never waits behind a claim (and the reverse).
+        # Postgres: claims (with the successes they carry) and heartbeats on one connection,
+        # where no statement waits for a row lock; the other outcomes on another, where one
+        # may, so a claim or a heartbeat never queues behind it.
         self._claimer: pg_direct.DirectConnection | None = None
         self._finisher: pg_direct.DirectConnection | None = None
         if db.is_postgres:
@@ -171,8 +161,35 @@ class SqlJobStore:
             rows = await self._claimer.fetch(pg_direct.CLAIM, *args)
         else:
             async with self._db.transaction() as tx:
-                rows = await tx.fetch_raw(_CLAIM_SQLITE, args)
-        return sorted((Job.from_row(r) for r in rows), key=lambda j: (j.priority, j.run_at, j.id))
+                rows = await tx.fetch_raw(sqlite_hot.CLAIM, args)
+        return _in_claim_order(rows)
+
+    async def finish_and_claim(
+        self,
+        worker: str,
+        succeeded: list[tuple[Job, Outcome]],
+        queue: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[dict[str, str], list[Job]]:
+        """Record plain successes and claim, in one statement on Postgres (successes whose row
+        is locked are left out, not waited for) and in one write transaction on SQLite."""
+        if not succeeded:
+            return {}, await self.claim(queue, worker, limit, lease_s)
+        now = now_us()
+        args = (now + int(lease_s * 1_000_000), worker, now, queue, now, limit)
+        if self._claimer is not None:
+            ids = [job.id for job, _ in succeeded]
+            results = [self._result_text(out) for _, out in succeeded]
+            rows = await self._claimer.fetch(pg_direct.SUCCEED_AND_CLAIM, *args, ids, results)
+            done = [row["done_id"] for row in rows if row["done_id"] is not None]
+            claimed = [row for row in rows if row["done_id"] is None]
+        else:
+            async with self._db.transaction() as tx:
+                states = await self._succeed_sqlite(tx, worker, succeeded)
+                claimed = await tx.fetch_raw(sqlite_hot.CLAIM, args)
+            done = [job_id for job_id, state in states.items() if state is not None]
+        return dict.fromkeys(done, "succeeded"), _in_claim_order(claimed)
 
     async def finish(self, job: Job, worker: str, outcome: Outcome) -> str | None:
         async with self._db.transaction() as tx:
@@ -214,18 +231,11 @@ class SqlJobStore:
         self, tx: Transaction, worker: str, plain: list[tuple[Job, Outcome]]
     ) -> dict[str, str | None]:
         now = now_us()
-        rows = "(?, ?)" + ", (?, ?)" * (len(plain) - 1)
         args: list[Any] = []
         for job, out in plain:
             args += [job.id, self._result_text(out)]
-        done = await tx.fetch_raw(
-            f"WITH v(id, result) AS (VALUES {rows})"
-            " UPDATE jobs SET state = 'succeeded', result = v.result, progress = 100,"
-            " lease_until = NULL, locked_by = NULL, updated_at = ?, finished_at = ?"
-            " FROM v WHERE jobs.id = v.id AND jobs.state = 'running' AND jobs.locked_by = ?"
-            " RETURNING jobs.id",
-            [*args, now, now, worker],
-        )
+        sql = sqlite_hot.succeed(len(plain))
+        done = await tx.fetch_raw(sql, [*args, now, now, worker])
         succeeded = {row["id"] for row in done}
         return {job.id: "succeeded" if job.id in succeeded else None for job, _ in plain}
 
@@ -276,16 +286,13 @@ class SqlJobStore:
         now = now_us()
         lease = now + int(lease_s * 1_000_000)
         rows: Any
-        if self._finisher is not None:
-            rows = await self._finisher.fetch(pg_direct.EXTEND, lease, now, job_ids, worker)
+        if self._claimer is not None:
+            # With the claims: neither ever waits for a row lock, while the completer may.
+            rows = await self._claimer.fetch(pg_direct.EXTEND, lease, now, job_ids, worker)
         else:
             async with self._db.transaction() as tx:
-                rows = await tx.fetch_raw(
-                    "UPDATE jobs SET lease_until = ?, updated_at = ?"
-                    f" WHERE id IN ({_marks(job_ids)}) AND state = 'running' AND locked_by = ?"
-                    " RETURNING id, cancel_requested",
-                    [lease, now, *job_ids, worker],
-                )
+                sql = sqlite_hot.extend(len(job_ids))
+                rows = await tx.fetch_raw(sql, [lease, now, *job_ids, worker])
         return {r["id"] for r in rows if r["cancel_requested"]}
 
     async def rescue_expired(self) -> int:
@@ -350,13 +357,8 @@ class SqlJobStore:
             rows = await self._finisher.fetch(pg_direct.RELEASE, now_us(), job_ids, worker)
         else:
             async with self._db.transaction() as tx:
-                rows = await tx.fetch_raw(
-                    "UPDATE jobs SET state = 'queued', attempts = attempts - 1,"
-                    " lease_until = NULL, locked_by = NULL, updated_at = ?"
-                    f" WHERE id IN ({_marks(job_ids)}) AND state = 'running' AND locked_by = ?"
-                    " RETURNING id",
-                    [now_us(), *job_ids, worker],
-                )
+                sql = sqlite_hot.release(len(job_ids))
+                rows = await tx.fetch_raw(sql, [now_us(), *job_ids, worker])
         return len(rows)
 
     async def retry(self, job_id: str) -> Job | None:

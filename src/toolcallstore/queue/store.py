@@ -108,6 +108,19 @@ class JobStore(Protocol):
         (None where the lease was lost). Each outcome commits or not as a whole; when this
         returns, every one of them is durable."""
 
+    async def finish_and_claim(
+        self,
+        worker: str,
+        succeeded: list[tuple[Job, Outcome]],
+        queue: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[dict[str, str], list[Job]]:
+        """Record plain successes where `worker` holds the lease, then `claim`, in one round
+        trip where the store can. Returns the state of each outcome it recorded (durable when
+        this returns); those it left out (lease lost, or row locked elsewhere) are for
+        `finish_many`."""
+
     async def extend_leases(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
         """Heartbeat: extend the leases `worker` holds; returns ids whose cancel was requested."""
 

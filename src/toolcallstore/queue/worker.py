@@ -43,6 +43,7 @@ class JobContext:
 
 
 Handler = Callable[[JobContext], Awaitable[Any]]
+StateMap = dict[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,6 @@ class WorkerPool:
         self._finishing: dict[str, Job] = {}
         self._done_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.listener: Listener | None = None
 
     async def enqueue_many(self, jobs: list[NewJob]) -> list[str]:
         """Enqueue unkeyed jobs in one transaction and wake idle workers."""
@@ -127,7 +127,6 @@ class WorkerPool:
         the connection is lost (listener.py); returns the closer."""
         listener = Listener(postgres_url, NOTIFY_CHANNEL, self._wake.set)
         await listener.start()
-        self.listener = listener
         return listener.close
 
     def start(self) -> dict[str, asyncio.Task[None]]:
@@ -187,11 +186,7 @@ class WorkerPool:
                 slots = self._free_slots(queue)
                 if slots == 0:
                     continue
-                try:
-                    jobs = await self.store.claim(queue, self.worker_id, slots, self.config.lease_s)
-                except Exception:
-                    log.exception("claiming jobs failed; retrying")
-                    jobs = []
+                jobs = await self._claim(queue, slots)
                 claimed += len(jobs)
                 for job in jobs:
                     self._start(job)
@@ -199,6 +194,31 @@ class WorkerPool:
                 continue  # more may be due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_s)
+
+    async def _claim(self, queue: str, slots: int) -> list[Job]:
+        """Claim, recording the successes waiting to be recorded in the same round trip."""
+        batch: list[tuple[Job, Outcome, float]] = []
+        others: list[tuple[Job, Outcome, float]] = []
+        for done in self._done:
+            (batch if done[1].error is None and not done[1].cancelled else others).append(done)
+        self._done = others
+        try:
+            states, jobs = await self.store.finish_and_claim(
+                self.worker_id, [(job, out) for job, out, _ in batch], queue, slots,
+                self.config.lease_s,
+            )  # fmt: skip
+        except BaseException as exc:
+            self._done[:0] = batch  # kept for the completer: an outcome is never dropped
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("claiming jobs failed; retrying")
+            return []
+        left = [done for done in batch if done[0].id not in states]
+        if left:  # the completer records them, waiting for their rows if it must
+            self._done[:0] = left
+            self._done_event.set()
+        self._recorded([done for done in batch if done[0].id in states], dict(states))
+        return jobs
 
     def _start(self, job: Job) -> None:
         ctx = JobContext(job, self.worker_id, self.store)
@@ -216,8 +236,8 @@ class WorkerPool:
             outcome = Outcome(error=f"no handler is registered for job type {job.type!r}")
         else:
             outcome = await self._call(spec, ctx)
-        # The slot is free now; the lease and its heartbeat last until the completer has
-        # recorded the outcome.
+        # The slot is free now; the lease and its heartbeat last until the outcome is recorded
+        # (by the next claim, or by the completer).
         self._running.pop(job.id, None)
         self._finishing[job.id] = job
         self._done.append((job, outcome, started))
@@ -246,12 +266,15 @@ class WorkerPool:
             except BaseException:
                 self._done[:0] = batch  # keep them: an outcome is never dropped
                 raise
-            finished = time.perf_counter()
-            for job, _, started in batch:
-                state = states.get(job.id) or "lease_lost"
-                self.metrics.job_runs.labels(job.type, state).observe(finished - started)
-                self._finishing.pop(job.id, None)
+            self._recorded(batch, states)
             self._wake.set()
+
+    def _recorded(self, batch: list[tuple[Job, Outcome, float]], states: StateMap) -> None:
+        finished = time.perf_counter()
+        for job, _, started in batch:
+            state = states.get(job.id) or "lease_lost"
+            self.metrics.job_runs.labels(job.type, state).observe(finished - started)
+            self._finishing.pop(job.id, None)
 
     async def _call(self, spec: HandlerSpec, ctx: JobContext) -> Outcome:
         try:
