@@ -46,6 +46,9 @@ from toolcallstore.settings import Settings, parse_queue_limits
 from toolcallstore.tools import ToolRegistry
 from toolcallstore.tools.llm import register_llm_tool
 from toolcallstore.tools.sandbox import register_sandbox_tools
+from toolcallstore.webhooks.delivery import register_delivery_job
+from toolcallstore.webhooks.dispatch import run_dispatcher
+from toolcallstore.webhooks.http import HttpPoster
 
 log = logging.getLogger("toolcallstore.app")
 
@@ -98,6 +101,8 @@ def create_app(settings: Settings) -> Starlette:
     async def keys_of(tenant_id: str) -> dict[str, str]:
         return await tenant_keys(db, svc.keyring, tenant_id)
 
+    poster = HttpPoster()
+    register_delivery_job(registry, db, svc.keyring, poster)
     register_llm_tool(tools, lanes, sender, lambda: svc.health, svc.prices,
                       settings.sandbox_base(), keys_of)  # fmt: skip
 
@@ -114,6 +119,7 @@ def create_app(settings: Settings) -> Starlette:
             svc.tasks["maintenance"] = asyncio.create_task(maintain(svc), name="maintenance")
             svc.tasks["sweeper"] = asyncio.create_task(schedule_sweeps(svc), name="sweeper")
             svc.tasks["prices"] = asyncio.create_task(schedule_price_refresh(svc), name="prices")
+            svc.tasks["webhooks"] = asyncio.create_task(dispatch_webhooks(svc), name="webhooks")
             if settings.workers > 0:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
@@ -121,6 +127,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await stop_services(svc)
+            await poster.aclose()
             if close_listener is not None:
                 await close_listener()
 
@@ -146,7 +153,7 @@ async def stop_services(svc: Services) -> None:
     await svc.jobs.stop()
     for name in ("workers", "heartbeat", "rescuer", "completer"):
         svc.tasks.pop(name, None)
-    for name in ("maintenance", "sweeper", "prices"):
+    for name in ("maintenance", "sweeper", "prices", "webhooks"):
         task = svc.tasks.pop(name, None)
         if task is not None and not task.done():
             try:
@@ -195,6 +202,15 @@ async def schedule_sweeps(svc: Services) -> None:
                 log.exception("could not enqueue the sweep; will retry")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(svc.stopping.wait(), svc.settings.hold_sweep_seconds)
+
+
+async def dispatch_webhooks(svc: Services) -> None:
+    """Fan new events out to webhook deliveries (only where this process runs jobs)."""
+    if svc.settings.workers <= 0:
+        await svc.stopping.wait()  # idle, not stopped: /readyz counts a stopped task as broken
+        return
+    interval = svc.settings.webhook_dispatch_ms / 1000
+    await run_dispatcher(svc.db, svc.stopping, interval, svc.jobs.wake)
 
 
 def allowed_methods(request: Request) -> list[str]:

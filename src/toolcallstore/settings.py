@@ -58,6 +58,8 @@ class Settings:
     # encrypts, the rest only decrypt until `toolcallstore byok rotate`); empty disables BYOK.
     # Kept out of repr so that printing the settings never prints it.
     master_key: str = field(default="", repr=False)
+    # How often new events are fanned out to webhook endpoints (deliveries go through the queue).
+    webhook_dispatch_ms: int = 200
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -6,6 +6,7 @@ from toolcallstore.api import (
     approvals,
     byok,
     chat,
+    events,
     executions,
     health,
     jobs,
@@ -14,6 +15,7 @@ from toolcallstore.api import (
     receipts,
     spend_caps,
     tenants,
+    webhook_endpoints,
 )
 
 
@@ -31,4 +33,6 @@ def routes() -> list[BaseRoute]:
         *keys.routes,
         *tenants.routes,
         *byok.routes,
+        *webhook_endpoints.routes,
+        *events.routes,
     ]

@@ -192,6 +192,7 @@ def close_execution(
             (f"execution.{state}", {**ids, "tool": execution["tool"]}),
             ("receipt.created", {**ids, "status": state, "amount_micros": settled}),
         ],
+        livemode=bool(execution["livemode"]),
     )
     append_rows(
         tx,

@@ -1,0 +1,2 @@
+-- Placeholder so that 0008 applies on this branch (migrations are numbered 1..n): another
+-- branch owns migration 0006; at merge this file gives way to that one.
