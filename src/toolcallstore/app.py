@@ -18,6 +18,10 @@ from starlette.routing import Route
 from toolcallstore import api
 from toolcallstore.audit import AuditWriter
 from toolcallstore.auth import AuthMiddleware, KeyCache
+from toolcallstore.billing.accounts import Suspensions
+from toolcallstore.billing.config import load_billing_config
+from toolcallstore.billing.metering import register_meter_job, schedule_metering
+from toolcallstore.billing.stripe_api import StripePayments
 from toolcallstore.byok import Keyring, tenant_keys
 from toolcallstore.context import context_of
 from toolcallstore.controls.executions import SWEEP_JOB_TYPE
@@ -103,6 +107,7 @@ def create_app(settings: Settings) -> Starlette:
 
     poster = HttpPoster()
     register_delivery_job(registry, db, svc.keyring, poster)
+    setup_billing(svc, registry)
     register_llm_tool(tools, lanes, sender, lambda: svc.health, svc.prices,
                       settings.sandbox_base(), keys_of)  # fmt: skip
 
@@ -120,6 +125,7 @@ def create_app(settings: Settings) -> Starlette:
             svc.tasks["sweeper"] = asyncio.create_task(schedule_sweeps(svc), name="sweeper")
             svc.tasks["prices"] = asyncio.create_task(schedule_price_refresh(svc), name="prices")
             svc.tasks["webhooks"] = asyncio.create_task(dispatch_webhooks(svc), name="webhooks")
+            svc.tasks["metering"] = asyncio.create_task(meter_usage(svc), name="metering")
             if settings.workers > 0:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
@@ -128,6 +134,8 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await stop_services(svc)
             await poster.aclose()
+            if svc.payments is not None:
+                await svc.payments.aclose()
             if close_listener is not None:
                 await close_listener()
 
@@ -136,7 +144,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(ObserveMiddleware, metrics=svc.metrics, audit=svc.audit),
             Middleware(InputLimitsMiddleware, max_bytes=settings.max_body_bytes),
-            Middleware(AuthMiddleware, keys=svc.keys),
+            Middleware(AuthMiddleware, keys=svc.keys, suspended=suspended_of(svc)),
         ],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_http_exception},
         lifespan=lifespan,
@@ -153,7 +161,7 @@ async def stop_services(svc: Services) -> None:
     await svc.jobs.stop()
     for name in ("workers", "heartbeat", "rescuer", "completer"):
         svc.tasks.pop(name, None)
-    for name in ("maintenance", "sweeper", "prices", "webhooks"):
+    for name in ("maintenance", "sweeper", "prices", "webhooks", "metering"):
         task = svc.tasks.pop(name, None)
         if task is not None and not task.done():
             try:
@@ -211,6 +219,32 @@ async def dispatch_webhooks(svc: Services) -> None:
         return
     interval = svc.settings.webhook_dispatch_ms / 1000
     await run_dispatcher(svc.db, svc.stopping, interval, svc.jobs.wake)
+
+
+def setup_billing(svc: Services, registry: Registry) -> None:
+    """Stripe billing when TOOLCALLSTORE_STRIPE_API_KEY is set: the client, the metering job,
+    and the suspension check of live keys."""
+    settings = svc.settings
+    svc.billing = load_billing_config(settings.billing_file)
+    if not settings.stripe_api_key:
+        return
+    svc.payments = StripePayments(settings.stripe_api_key, settings.stripe_api_base, svc.billing)
+    svc.suspensions = Suspensions(svc.db, svc.billing.payment_grace_days,
+                                  ttl=settings.key_cache_seconds)  # fmt: skip
+    register_meter_job(registry, svc.db, svc.payments)
+
+
+def suspended_of(svc: Services) -> Callable[[str], Awaitable[bool]] | None:
+    suspensions = svc.suspensions
+    return None if suspensions is None else suspensions.suspended
+
+
+async def meter_usage(svc: Services) -> None:
+    """Send settled live usage to Stripe's meter every METER_INTERVAL_SECONDS."""
+    if svc.payments is None or svc.settings.workers <= 0:
+        await svc.stopping.wait()  # idle, not stopped: /readyz counts a stopped task as broken
+        return
+    await schedule_metering(svc.jobs.enqueue, svc.stopping, svc.settings.meter_interval_seconds)
 
 
 def allowed_methods(request: Request) -> list[str]:

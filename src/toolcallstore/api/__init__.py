@@ -4,6 +4,7 @@ from starlette.routing import BaseRoute
 
 from toolcallstore.api import (
     approvals,
+    billing,
     byok,
     chat,
     events,
@@ -35,4 +36,5 @@ def routes() -> list[BaseRoute]:
         *byok.routes,
         *webhook_endpoints.routes,
         *events.routes,
+        *billing.routes,
     ]

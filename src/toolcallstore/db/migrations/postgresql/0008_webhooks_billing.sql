@@ -74,6 +74,8 @@ CREATE TABLE billing_accounts (
     -- the Stripe `created` of the newest subscription event applied (events come in any order)
     subscription_event_at BIGINT,
     payment_failed_at BIGINT,
+    -- the Stripe `created` of the newest invoice event applied
+    payment_event_at BIGINT,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );

@@ -74,6 +74,8 @@ CREATE TABLE billing_accounts (
     -- the Stripe `created` of the newest subscription event applied (events come in any order)
     subscription_event_at INTEGER,
     payment_failed_at INTEGER,
+    -- the Stripe `created` of the newest invoice event applied
+    payment_event_at INTEGER,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
