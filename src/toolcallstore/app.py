@@ -225,6 +225,11 @@ def setup_billing(svc: Services, registry: Registry) -> None:
     """Stripe billing when TOOLCALLSTORE_STRIPE_API_KEY is set: the client, the metering job,
     and the suspension check of live keys."""
     settings = svc.settings
+    if not settings.stripe_api_key and os.environ.get("STRIPE_API_KEY"):
+        settings = settings.with_(stripe_api_key=os.environ["STRIPE_API_KEY"])
+    if not settings.stripe_webhook_secret and os.environ.get("STRIPE_WEBHOOK_SECRET"):
+        settings = settings.with_(stripe_webhook_secret=os.environ["STRIPE_WEBHOOK_SECRET"])
+    svc.settings = settings
     svc.billing = load_billing_config(settings.billing_file)
     if not settings.stripe_api_key:
         return

@@ -12,6 +12,9 @@ import httpx
 import uvicorn
 
 from tests.conftest import free_port
+from toolcallstore.controls.spend import period_of
+from toolcallstore.db import SyncTransaction
+from toolcallstore.ids import new_id, now_us
 
 STRIPE_KEY = "sk_test_sandbox"
 WEBHOOK_SECRET = "whsec_test_" + "s3cr3t" * 4
@@ -55,3 +58,44 @@ async def emit(stripe_base: str, target: str, type_: str, obj: dict[str, Any],
     response.raise_for_status()
     found: dict[str, Any] = response.json()
     return found
+
+
+def insert_receipts(
+    tx: SyncTransaction, tenant_id: str, count: int, created_at: int | None = None
+) -> list[str]:
+    """Settled live receipts with their ledger entries, as executions leave them."""
+    now = now_us() if created_at is None else created_at
+    period = period_of(now)
+    receipts, entries = [], []
+    for i in range(count):
+        receipt_id, price = new_id("rcpt"), 1000 + i
+        receipts.append(
+            (
+                receipt_id,
+                tenant_id,
+                new_id("exe"),
+                new_id("q"),
+                "sandbox.echo",
+                "succeeded",
+                price,
+                0,
+                price,
+                "[]",
+                "[]",
+                "{}",
+                0,
+                1,
+                period,
+                now,
+            )
+        )
+        entries.append((new_id("le"), tenant_id, receipt_id, "charge", price, "sandbox.echo",
+                        "sandbox", period, 1, now))  # fmt: skip
+    tx.insert_many("receipts", (
+        "id", "tenant_id", "execution_id", "quote_id", "tool", "status", "price_micros",
+        "provider_cost_micros", "margin_micros", "providers", "attempts", "usage", "estimated",
+        "livemode", "period", "created_at"), receipts)  # fmt: skip
+    tx.insert_many("ledger_entries", (
+        "id", "tenant_id", "receipt_id", "kind", "amount_micros", "tool", "provider", "period",
+        "livemode", "created_at"), entries)  # fmt: skip
+    return [r[0] for r in receipts]

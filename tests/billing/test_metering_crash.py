@@ -11,55 +11,16 @@ from typing import Any
 
 import httpx
 
-from tests.billing.helpers import STRIPE_KEY, Served
+from tests.billing.helpers import STRIPE_KEY, Served, insert_receipts
 from tests.conftest import kill_server, start_server, stop_server
 from toolcallstore.controls.spend import period_of
-from toolcallstore.db import Database, SyncTransaction
+from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
-from toolcallstore.ids import new_id, now_us
+from toolcallstore.ids import now_us
 from toolcallstore.sandbox import create_sandbox_app
 
 RECEIPTS = 10_000
 STRIPE_AUTH = {"Authorization": f"Bearer {STRIPE_KEY}"}
-
-
-def insert_receipts(tx: SyncTransaction, tenant_id: str, count: int) -> list[str]:
-    """Settled live receipts with their ledger entries, as executions leave them."""
-    now = now_us()
-    period = period_of(now)
-    receipts, entries = [], []
-    for i in range(count):
-        receipt_id, price = new_id("rcpt"), 1000 + i
-        receipts.append(
-            (
-                receipt_id,
-                tenant_id,
-                new_id("exe"),
-                new_id("q"),
-                "sandbox.echo",
-                "succeeded",
-                price,
-                0,
-                price,
-                "[]",
-                "[]",
-                "{}",
-                0,
-                1,
-                period,
-                now,
-            )
-        )
-        entries.append((new_id("le"), tenant_id, receipt_id, "charge", price, "sandbox.echo",
-                        "sandbox", period, 1, now))  # fmt: skip
-    tx.insert_many("receipts", (
-        "id", "tenant_id", "execution_id", "quote_id", "tool", "status", "price_micros",
-        "provider_cost_micros", "margin_micros", "providers", "attempts", "usage", "estimated",
-        "livemode", "period", "created_at"), receipts)  # fmt: skip
-    tx.insert_many("ledger_entries", (
-        "id", "tenant_id", "receipt_id", "kind", "amount_micros", "tool", "provider", "period",
-        "livemode", "created_at"), entries)  # fmt: skip
-    return [r[0] for r in receipts]
 
 
 async def meter_events(stripe: str) -> dict[str, Any]:

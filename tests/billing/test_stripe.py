@@ -15,8 +15,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.billing.helpers import STRIPE_KEY, WEBHOOK_SECRET, Served, emit
+from tests.billing.helpers import STRIPE_KEY, WEBHOOK_SECRET, Served, emit, insert_receipts
 from toolcallstore.app import create_app
+from toolcallstore.billing.metering import send_metered_usage
 from toolcallstore.bootstrap import bootstrap
 from toolcallstore.controls.spend import period_of
 from toolcallstore.db import Database
@@ -268,3 +269,28 @@ async def test_checkout_refuses_unknown_plans_and_reports_stripe_errors(billing:
         "/v1/billing/checkout", json={"plan": "starter"}, headers=billing.idem(billing.live)
     )
     assert reader.status_code == 200  # the live key holds billing:manage
+
+
+async def test_receipts_older_than_stripe_accepts_are_listed_not_sent(billing: Billing) -> None:
+    await checkout(billing)
+    forty_days_ago = now_us() - 40 * 86_400 * 1_000_000
+    (old,) = await billing.db.run_sync(insert_receipts, billing.tenant_id, 1, forty_days_ago)
+    result = await send_metered_usage(billing.db, billing.services.payments)
+    assert result == {"metered": 0}
+    report = await reconciliation(billing, period_of(forty_days_ago))
+    (unmetered,) = report["stripe_metered_usage"]["unmetered"]
+    assert unmetered["reason"] == "older_than_stripe_accepts" and unmetered["receipts"] == 1
+    (difference,) = report["stripe_metered_usage"]["differences"]
+    assert difference["kind"] == "metered_differs_from_ledger"
+    assert difference["difference_usd"] == "-0.001000"
+
+
+async def test_a_checkout_opened_elsewhere_adopts_its_customer(billing: Billing) -> None:
+    session = {"id": "cs_test_dashboard", "object": "checkout.session",
+               "client_reference_id": billing.tenant_id, "customer": "cus_dashboard",
+               "subscription": "sub_dashboard", "metadata": {"plan": "pro"}}  # fmt: skip
+    answer = await emit(billing.stripe, billing.webhook, "checkout.session.completed", session)
+    assert answer["status"] == 200
+    shown = await account(billing)
+    assert (shown["customer"], shown["plan"]) == ("cus_dashboard", "pro")
+    assert await tenant_cap(billing) == 2_000_000_000

@@ -3,6 +3,10 @@ validation, scopes, modes and the 16-endpoint limit."""
 
 from __future__ import annotations
 
+import base64
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +15,7 @@ from standardwebhooks import Webhook
 from tests.conftest import Api, running_api
 from tests.webhooks.helpers import (
     FAST,
+    MASTER_KEY,
     Receiver,
     create_endpoint,
     live_key,
@@ -129,6 +134,7 @@ async def test_list_patch_delete(hooks_api: Api) -> None:
         ({"url": "ftp://example.com/x", "events": ["*"]}, "url"),
         ({"url": "http://10.0.0.5/x", "events": ["*"]}, "url"),
         ({"url": "not a url", "events": ["*"]}, "url"),
+        ({"url": "http://user:pw@127.0.0.1:9/x", "events": ["*"]}, "url"),
         ({"url": "http://127.0.0.1:9/x", "events": []}, "events"),
         ({"url": "http://127.0.0.1:9/x", "events": ["nope.created"]}, "events[0]"),
         ({"url": "http://127.0.0.1:9/x", "events": "*"}, "events"),
@@ -190,3 +196,37 @@ async def test_without_a_master_key_webhooks_are_unavailable(settings: Settings)
         )  # fmt: skip
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "webhooks_unavailable"
+
+
+async def test_byok_rotate_reseals_webhook_secrets_under_the_new_master_key(
+    settings: Settings,
+) -> None:
+    old_key, new_key = MASTER_KEY, "k2:" + base64.b64encode(os.urandom(32)).decode()
+    receiver = await Receiver().start()
+    try:
+        async with running_api(settings.with_(**FAST)) as api:
+            endpoint = await create_endpoint(api, receiver.url, ["quote.created"])
+            rotated = await api.client.post(
+                f"/v1/webhook_endpoints/{endpoint['id']}/rotate_secret", json={},
+                headers=api.idem(),
+            )  # fmt: skip
+            secret, previous = rotated.json()["secret"], endpoint["secret"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCALLSTORE_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "toolcallstore", "--database-url", settings.database_url,
+             "byok", "rotate"],
+            env={**env, "TOOLCALLSTORE_MASTER_KEY": f"{new_key},{old_key}"},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "signing secrets of 1 webhook endpoint(s)" in done.stdout
+        assert secret not in done.stdout + done.stderr
+        # Only the new master key now: both secrets still sign.
+        async with running_api(settings.with_(**{**FAST, "master_key": new_key})) as api:
+            await quote(api)
+            await wait_for(lambda: len(receiver.received) == 1)
+        delivery = receiver.received[0]
+        Webhook(secret).verify(delivery.body, delivery.headers)
+        Webhook(previous).verify(delivery.body, delivery.headers)
+    finally:
+        await receiver.stop()

@@ -60,7 +60,18 @@ def _account_for(tx: SyncTransaction, obj: dict[str, Any]) -> Row | None:
     tenant = obj.get("client_reference_id") or (obj.get("metadata") or {}).get("tenant_id")
     if tenant is None:
         return None
-    return tx.fetch_one("SELECT * FROM billing_accounts WHERE tenant_id = :t", {"t": tenant})
+    row = tx.fetch_one("SELECT * FROM billing_accounts WHERE tenant_id = :t", {"t": tenant})
+    known = tx.fetch_val("SELECT count(*) FROM tenants WHERE id = :t", {"t": tenant})
+    if row is None and customer is not None and known:
+        # A session opened elsewhere (the dashboard) for one of our tenants: adopt its customer.
+        now = now_us()
+        tx.execute(
+            "INSERT INTO billing_accounts (tenant_id, stripe_customer_id, created_at, updated_at)"
+            " VALUES (:t, :c, :now, :now) ON CONFLICT DO NOTHING",
+            {"t": tenant, "c": customer, "now": now},
+        )
+        row = tx.fetch_one("SELECT * FROM billing_accounts WHERE tenant_id = :t", {"t": tenant})
+    return row
 
 
 def _plan_of(config: BillingConfig, type_: str, obj: dict[str, Any]) -> tuple[Plan | None, str]:

@@ -30,9 +30,12 @@ _UNMETERED = (
     "SELECT r.id, r.tenant_id, r.price_micros, r.period, r.created_at, a.stripe_customer_id"
     " FROM receipts r JOIN billing_accounts a ON a.tenant_id = r.tenant_id"
     " WHERE r.livemode = 1 AND r.price_micros > 0"
+    " AND r.created_at > :oldest AND r.id > :after"
     " AND NOT EXISTS (SELECT 1 FROM meter_reports m WHERE m.receipt_id = r.id)"
     " ORDER BY r.id LIMIT :n"
 )
+# Stripe takes meter events up to 35 days old; a day's margin for a run that lags.
+METER_WINDOW_US = 34 * 86_400 * 1_000_000
 _REPORT_COLUMNS = (
     "receipt_id", "tenant_id", "stripe_customer_id", "value_micros", "period", "sent_at"
 )  # fmt: skip
@@ -67,19 +70,24 @@ def _record(tx: SyncTransaction, rows: list[Row]) -> None:
 
 
 async def send_metered_usage(db: Database, payments: PaymentsProvider) -> dict[str, Any]:
-    """Meter every unmetered receipt, a batch at a time; raises after recording what was
-    accepted if Stripe refused any."""
-    total = 0
+    """Meter every unmetered receipt of the last 34 days, a batch at a time, once over; raises
+    at the end, after recording what was accepted, if Stripe refused any."""
+    total, refused, first_error, after = 0, 0, "", ""
+    oldest = now_us() - METER_WINDOW_US
     while True:
-        rows = await db.fetch_all(_UNMETERED, {"n": BATCH})
+        rows = await db.fetch_all(_UNMETERED, {"n": BATCH, "oldest": oldest, "after": after})
         if not rows:
-            return {"metered": total}
+            break
         sent, error = await _send_batch(payments, rows)
         if sent:
             await db.run_sync(_record, sent)
         total += len(sent)
-        if error:
-            raise RuntimeError(f"{len(rows) - len(sent)} meter events were refused; first: {error}")
+        refused += len(rows) - len(sent)
+        first_error = first_error or error
+        after = rows[-1]["id"]  # refused rows wait for the next run instead of blocking this one
+    if refused:
+        raise RuntimeError(f"{refused} meter events were refused; first: {first_error}")
+    return {"metered": total}
 
 
 def register_meter_job(registry: Registry, db: Database, payments: PaymentsProvider) -> None:

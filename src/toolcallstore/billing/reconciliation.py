@@ -9,7 +9,9 @@ from decimal import Decimal
 from typing import Any
 
 from toolcallstore.billing.base import PaymentsProvider
-from toolcallstore.db import Database
+from toolcallstore.billing.metering import METER_WINDOW_US
+from toolcallstore.db import Database, Row
+from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
 
 _CHARGES = (
@@ -22,12 +24,21 @@ _CHARGES = (
 )
 _UNMETERED = (
     "SELECT r.tenant_id, count(*) AS receipts, sum(r.price_micros) AS amount,"
-    " max(CASE WHEN a.tenant_id IS NULL THEN 0 ELSE 1 END) AS has_customer"
+    " max(CASE WHEN a.tenant_id IS NULL THEN 0 ELSE 1 END) AS has_customer,"
+    " min(r.created_at) AS oldest"
     " FROM receipts r LEFT JOIN billing_accounts a ON a.tenant_id = r.tenant_id"
     " WHERE r.period = :period AND r.livemode = 1 AND r.price_micros > 0"
     " AND NOT EXISTS (SELECT 1 FROM meter_reports m WHERE m.receipt_id = r.id)"
     " GROUP BY r.tenant_id ORDER BY r.tenant_id"
 )
+
+
+def _reason(row: Row) -> str:
+    if not row["has_customer"]:
+        return "no_stripe_customer"
+    if int(row["oldest"]) <= now_us() - METER_WINDOW_US:
+        return "older_than_stripe_accepts"
+    return "awaiting_send"
 
 
 def month_bounds(period: str) -> tuple[int, int]:
@@ -48,7 +59,7 @@ async def stripe_side(db: Database, payments: PaymentsProvider, period: str) -> 
     unmetered = [
         {"tenant_id": r["tenant_id"], "receipts": int(r["receipts"]),
          "amount_usd": _usd(int(r["amount"])),
-         "reason": "awaiting_send" if r["has_customer"] else "no_stripe_customer"}
+         "reason": _reason(r)}
         for r in await db.fetch_all(_UNMETERED, values)
     ]  # fmt: skip
     unsent = {u["tenant_id"]: u for u in unmetered if u["reason"] == "awaiting_send"}

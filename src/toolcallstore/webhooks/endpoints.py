@@ -251,3 +251,47 @@ def signing_secrets(keyring: Keyring, row: Row, now: int) -> list[str]:
     if until is not None and until > now and row["previous_ciphertext"]:
         found.append(_decrypt(keyring, row, "previous"))
     return found
+
+
+ROTATE_BATCH = 100
+
+
+def _reseal_batch(tx: SyncTransaction, keyring: Keyring) -> int:
+    lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+    rows = tx.fetch_all(
+        "SELECT * FROM webhook_endpoints WHERE deleted_at IS NULL AND (master_key_id <> :kid"
+        " OR (previous_ciphertext IS NOT NULL AND previous_master_key_id <> :kid))"
+        f" LIMIT :n{lock}",
+        {"kid": keyring.current_kid, "n": ROTATE_BATCH},
+    )
+    for row in rows:
+        values: dict[str, Any] = {"id": row["id"]}
+        for slot, prefix in (("current", ""), ("previous", "previous_")):
+            if not row[f"{prefix}ciphertext"]:
+                values.update({f"{prefix}kid": row[f"{prefix}master_key_id"],
+                               f"{prefix}nonce": row[f"{prefix}nonce"],
+                               f"{prefix}sealed": row[f"{prefix}ciphertext"]})  # fmt: skip
+                continue
+            aad = _aad(row["tenant_id"], row["id"], slot)
+            kid, nonce, sealed = keyring.encrypt(_decrypt(keyring, row, slot), aad)
+            values.update({f"{prefix}kid": kid, f"{prefix}nonce": nonce,
+                           f"{prefix}sealed": sealed})  # fmt: skip
+        tx.execute(
+            "UPDATE webhook_endpoints SET master_key_id = :kid, nonce = :nonce,"
+            " ciphertext = :sealed, previous_master_key_id = :previous_kid,"
+            " previous_nonce = :previous_nonce, previous_ciphertext = :previous_sealed"
+            " WHERE id = :id",
+            values,
+        )
+    return len(rows)
+
+
+async def reseal_secrets(db: Database, keyring: Keyring) -> int:
+    """Re-encrypt every live endpoint's secrets under the current master key (`toolcallstore
+    byok rotate`); returns how many endpoints changed. An unreadable one stops it."""
+    total = 0
+    while True:
+        done = await db.run_sync(_reseal_batch, keyring)
+        total += done
+        if done < ROTATE_BATCH:
+            return total

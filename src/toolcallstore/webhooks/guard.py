@@ -56,6 +56,8 @@ def url_problem(url: str, *, livemode: bool) -> str | None:
     host = parts.hostname
     if not host:
         return "the URL has no host"
+    if parts.username is not None or parts.password is not None:
+        return "the URL must not carry credentials (they would show wherever the URL does)"
     if port == 0:
         return "the URL's port must be 1-65535"
     literal = _literal_address(host)
