@@ -230,3 +230,24 @@ async def test_byok_rotate_reseals_webhook_secrets_under_the_new_master_key(
         Webhook(previous).verify(delivery.body, delivery.headers)
     finally:
         await receiver.stop()
+
+
+async def test_another_tenants_endpoints_and_events_are_404(hooks_api: Api) -> None:
+    mine = await create_endpoint(hooks_api, "http://127.0.0.1:9/x")
+    await quote(hooks_api)
+    events = (await hooks_api.client.get("/v1/events", headers=hooks_api.auth())).json()["data"]
+    other = await hooks_api.client.post(
+        "/v1/tenants", json={"name": "other"}, headers=hooks_api.idem()
+    )
+    assert other.status_code == 200, other.text
+    key = await make_key(hooks_api, ["webhooks:manage"], tenant_id=other.json()["id"])
+    for path in (f"/v1/webhook_endpoints/{mine['id']}", f"/v1/events/{events[0]['id']}"):
+        response = await hooks_api.client.get(path, headers=hooks_api.auth(key))
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found"
+    redeliver = await hooks_api.client.post(
+        f"/v1/events/{events[0]['id']}/redeliver", json={}, headers=hooks_api.idem(key)
+    )
+    assert redeliver.status_code == 404
+    listed = await hooks_api.client.get("/v1/events", headers=hooks_api.auth(key))
+    assert listed.json()["data"] == []

@@ -25,6 +25,7 @@ DELIVER_JOB_TYPE = "webhooks.deliver"
 QUEUE = "webhooks"
 MAX_ATTEMPTS = 8  # immediately, then the seven delays of delivery.RETRY_DELAYS_S
 DISPATCH_BATCH = 1000
+_ANY_UNDISPATCHED = "SELECT id FROM events WHERE dispatched_at IS NULL LIMIT 1"
 _DELIVERY_COLUMNS = (
     "id", "tenant_id", "event_id", "endpoint_id", "kind", "state", "job_id", "attempts",
     "created_at",
@@ -98,7 +99,9 @@ async def run_dispatcher(
     while not stopping.is_set():
         taken = 0
         try:
-            taken = await db.run_sync(dispatch_events)
+            # A read first: an idle tick must not take the (SQLite) writer.
+            if await db.fetch_val(_ANY_UNDISPATCHED) is not None:
+                taken = await db.run_sync(dispatch_events)
             if taken:
                 wake_workers()
         except Exception:
