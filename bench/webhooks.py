@@ -159,6 +159,7 @@ def main() -> None:
         args.database_url,
         TOOLCALLSTORE_MASTER_KEY="k1:" + base64.b64encode(os.urandom(32)).decode(),
         TOOLCALLSTORE_WORKERS=str(args.concurrency),
+        TOOLCALLSTORE_QUEUE_LIMITS=f"webhooks={args.concurrency}",
         TOOLCALLSTORE_WEBHOOK_DISPATCH_MS="20",
         TOOLCALLSTORE_ACCESS_LOG="false",
     )

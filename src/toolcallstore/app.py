@@ -51,6 +51,7 @@ from toolcallstore.tools import ToolRegistry
 from toolcallstore.tools.llm import register_llm_tool
 from toolcallstore.tools.sandbox import register_sandbox_tools
 from toolcallstore.webhooks.delivery import register_delivery_job
+from toolcallstore.webhooks.dispatch import QUEUE as WEBHOOK_QUEUE
 from toolcallstore.webhooks.dispatch import run_dispatcher
 from toolcallstore.webhooks.http import HttpPoster
 
@@ -70,9 +71,12 @@ def create_app(settings: Settings) -> Starlette:
     register_sandbox_handlers(registry, db)
     register_control_jobs(registry, db, tools, job_hold_seconds=settings.job_hold_seconds)
     job_store = SqlJobStore(db)
+    queue_limits = parse_queue_limits(settings.queue_limits)
+    # Slow receivers (up to 15 s each) must not take every worker from tool and billing jobs.
+    queue_limits.setdefault(WEBHOOK_QUEUE, max(1, settings.workers // 2))
     pool_config = PoolConfig(
         concurrency=settings.workers,
-        queue_limits=parse_queue_limits(settings.queue_limits),
+        queue_limits=queue_limits,
         lease_s=settings.job_lease_seconds,
         poll_s=settings.job_poll_ms / 1000,
     )

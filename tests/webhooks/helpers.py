@@ -36,13 +36,20 @@ class Receiver:
     delay_s: float = 0.0
     received: list[Received] = field(default_factory=list)
     url: str = ""
+    in_flight: int = 0
+    most_in_flight: int = 0
     _runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.received.append(Received({k.lower(): v for k, v in request.headers.items()}, body))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
         status, headers, answer = self.script.pop(0) if self.script else (200, {}, b"ok")
         return web.Response(status=status, headers=headers, body=answer)
 

@@ -287,3 +287,16 @@ async def test_deliveries_carry_the_body_of_the_stored_event(
     payload = orjson.loads(receiver.received[0].body)
     assert payload["data"]["quote_id"] == q["id"]
     assert payload["type"] == "quote.created"
+
+
+async def test_slow_receivers_get_at_most_half_the_workers(hooks_api: Api) -> None:
+    slow = await Receiver(delay_s=0.5).start()
+    try:
+        await create_endpoint(hooks_api, slow.url, ["quote.created"])
+        for i in range(6):
+            await quote(hooks_api, f"m{i}")
+        await wait_for(lambda: len(slow.received) == 6, timeout=30)
+        # The pool has 4 workers: deliveries take at most 2, the rest stay for other jobs.
+        assert slow.most_in_flight == 2
+    finally:
+        await slow.stop()
