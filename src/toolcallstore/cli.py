@@ -22,6 +22,7 @@ from toolcallstore.objects import job_object, key_object, tenant_object
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import STATES
 from toolcallstore.settings import Settings
+from toolcallstore.webhooks.endpoints import reseal_secrets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,6 +239,8 @@ def _byok_rotate(settings: Settings, args: argparse.Namespace) -> int:
     async def run(db: Database, args: argparse.Namespace) -> int:
         count = await rotate(db, keyring)
         print(f"re-encrypted {count} BYOK key(s) under master key id '{keyring.current_kid}'")
+        endpoints = await reseal_secrets(db, keyring)
+        print(f"re-encrypted the signing secrets of {endpoints} webhook endpoint(s)")
         return 0
 
     return _sync(run)(settings, args)

@@ -60,6 +60,15 @@ class Settings:
     # encrypts, the rest only decrypt until `toolcallstore byok rotate`); empty disables BYOK.
     # Kept out of repr so that printing the settings never prints it.
     master_key: str = field(default="", repr=False)
+    # How often new events are fanned out to webhook endpoints (deliveries go through the queue).
+    webhook_dispatch_ms: int = 200
+    # Stripe billing: off without an API key. The base is Stripe's unless set (the sandbox's
+    # /sandbox/stripe in tests and demos); the webhook secret verifies POST /v1/stripe/webhook.
+    stripe_api_key: str = field(default="", repr=False)
+    stripe_api_base: str = ""
+    stripe_webhook_secret: str = field(default="", repr=False)
+    billing_file: str = ""
+    meter_interval_seconds: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

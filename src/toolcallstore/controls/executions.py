@@ -213,7 +213,7 @@ def _record(
     record_events(tx, execution["tenant_id"], [
         (f"execution.{done['state']}", {**ids, "tool": execution["tool"]}),
         (receipt_event, {**ids, "status": done["state"], "amount_micros": settled}),
-    ])  # fmt: skip
+    ], livemode=bool(execution["livemode"]))  # fmt: skip
     append_rows(tx, [audit_row(origin, execution["tenant_id"], execution["tool"], reason,
                                cost_micros=settled, quote_id=execution["quote_id"],
                                approval_id=execution["approval_id"],

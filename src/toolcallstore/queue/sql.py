@@ -153,6 +153,27 @@ class SqlJobStore:
                     )
         return ids
 
+    @staticmethod
+    def enqueue_many_in(tx: SyncTransaction, jobs: list[tuple[str, NewJob]]) -> None:
+        """Insert unkeyed jobs with ids the caller chose, inside the caller's transaction (a
+        webhook delivery row and the job that delivers it commit together)."""
+        if any(job.unique_key is not None for _, job in jobs):
+            raise ValueError("jobs with a unique_key must go through enqueue()")
+        now = now_us()
+        rows = [
+            (job_id, job.queue, job.type, job.tenant_id, orjson.dumps(job.payload).decode(),
+             job.priority, "queued", now if job.run_at is None else job.run_at, 0,
+             job.max_attempts, 0, "[]", 0, now, now)
+            for job_id, job in jobs
+        ]  # fmt: skip
+        tx.insert_many("jobs", _BULK_COLUMNS, rows)
+        if tx.dialect == "postgresql":
+            for queue in sorted({job.queue for _, job in jobs}):
+                tx.execute(
+                    "SELECT pg_notify(:channel, :queue)",
+                    {"channel": NOTIFY_CHANNEL, "queue": queue},
+                )
+
     async def claim(self, queue: str, worker: str, limit: int, lease_s: float) -> list[Job]:
         now = now_us()
         args = (now + int(lease_s * 1_000_000), worker, now, queue, now, limit)

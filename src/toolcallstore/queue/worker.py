@@ -27,6 +27,15 @@ class JobCancelled(Exception):
     """Raised by `JobContext.check_cancelled` when the job's cancellation was requested."""
 
 
+class RetryAt(Exception):
+    """Raised by a handler whose attempt failed and that chooses when the next one runs
+    (epoch microseconds; None: no further attempt). Webhook deliveries keep their schedule."""
+
+    def __init__(self, message: str, retry_at: int | None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
 @dataclass
 class JobContext:
     job: Job
@@ -281,6 +290,8 @@ class WorkerPool:
             return Outcome(result=await spec.handler(ctx))
         except JobCancelled:
             return Outcome(cancelled=True)
+        except RetryAt as exc:
+            return Outcome(error=str(exc)[:1000], retry_at=exc.retry_at)
         except Exception as exc:
             log.warning("job failed", exc_info=True, extra={"fields": {"job": ctx.job.id}})
             retry_at = now_us() + backoff_us(ctx.job.attempts)
