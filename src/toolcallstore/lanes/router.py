@@ -165,9 +165,11 @@ class _Race:
             self.call.winner = attempt
             attempt.delivered = True
             await self._cancel_others(attempt)
-            yield item
-        async for event in self._stream(self.call.winner):
-            yield event
+            # The first event goes through `_stream` too: it is part of the prefix a
+            # resumption must carry (without it, the continuation re-answers from the start).
+            async for event in self._stream(attempt, item):
+                yield event
+            return
 
     def _start_next(self, *, force: bool = False, role: str | None = None) -> bool:
         """Start the first remaining candidate the budget still pays for."""
@@ -264,13 +266,16 @@ class _Race:
 
     # --- after the first token --------------------------------------------------------------
 
-    async def _stream(self, attempt: Attempt) -> AsyncGenerator[Event, None]:
-        """The winner's events to the end; a failure resumes on another target if allowed."""
+    async def _stream(self, attempt: Attempt, first: Event) -> AsyncGenerator[Event, None]:
+        """The winner's events from its first to the end; a failure resumes on another
+        target if allowed."""
         text: list[str] = []
         tools = False
         cut: StreamError | None = None  # the failure a resumption is trying to hide
+        head: tuple[Attempt, Event | _Ended] | None = (attempt, first)
         while True:
-            source, item = await self.queue.get()
+            source, item = head if head is not None else await self.queue.get()
+            head = None
             if source is not attempt:
                 continue  # a late event of a cancelled loser or of the cut attempt
             if isinstance(item, _Ended):

@@ -125,13 +125,15 @@ def _max_tokens(body: Mapping[str, Any]) -> int:
     return value
 
 
-def _last(messages: list[Mapping[str, Any]]) -> tuple[LastKind, str]:
+def _last(messages: list[Mapping[str, Any]]) -> tuple[LastKind, str, str]:
+    """The kind of the last message, the last user text, and the prefill (if that is last)."""
     last = messages[-1]
     if last["role"] == "user" and _is_tool_result(last):
-        return "tool_result", _blocks_text(last["content"])
+        return "tool_result", _blocks_text(last["content"]), ""
     kind: LastKind = "user" if last["role"] == "user" else "prefill"
+    prefill = _blocks_text(last.get("content")) if kind == "prefill" else ""
     users = [m for m in messages if m["role"] == "user"]
-    return kind, _blocks_text(users[-1].get("content")) if users else ""
+    return kind, _blocks_text(users[-1].get("content")) if users else "", prefill
 
 
 class AnthropicDialect:
@@ -175,12 +177,13 @@ class AnthropicDialect:
             texts.insert(0, _blocks_text(body["system"]))
         choice = body.get("tool_choice")
         choice = choice if isinstance(choice, Mapping) else {}
-        last_kind, last_text = _last(messages)
+        last_kind, last_text, prefill = _last(messages)
         return Conversation(
             model=model,
             message_texts=texts,
             last_kind=last_kind,
             last_text=last_text,
+            prefill=prefill,
             max_tokens=max_tokens,
             tools=tools,
             tools_json=json_text(body["tools"]) if tools else "",
