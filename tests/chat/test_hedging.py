@@ -200,6 +200,27 @@ async def test_a_cut_stream_resumes_on_a_prefill_target_as_one_uninterrupted_str
     await live.balanced()
 
 
+async def test_a_resumed_answer_names_the_target_that_finished_it_and_keeps_both(
+    live: Live,
+) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, "resume", stream=True)
+    payloads = sse_payloads(r.content)
+    chunks = [p for p in payloads[:-1] if isinstance(p, dict)]
+    assert chunks[0]["model"] == target_id("cuts")  # what the first words came from
+    assert chunks[-1]["model"] == target_id("fast-anthropic")  # the finish and the usage
+    r = await chat(live, key, "resume")
+    body = r.json()
+    assert body["model"] == target_id("fast-anthropic")
+    assert body["toolcall"]["target"] == target_id("fast-anthropic")
+    receipt = await live.receipt(body["toolcall"]["receipt_id"])
+    assert [(a["target"], a["delivered"]) for a in receipt["attempts"]] == [
+        (target_id("cuts"), True),
+        (target_id("fast-anthropic"), True),
+    ]
+    await live.balanced()
+
+
 async def test_a_target_without_prefill_is_never_used_to_resume(live: Live) -> None:
     key = await live.agent_key()
     r = await chat(live, key, "resume-no-prefill", stream=True)

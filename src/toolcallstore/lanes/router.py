@@ -80,6 +80,7 @@ class LaneCall:
     max_seconds: float = 600.0
     attempts: list[Attempt] = field(default_factory=list)
     winner: Attempt | None = None  # the first attempt whose output reached the caller
+    producer: Attempt | None = None  # the one whose output reached the caller last (resumed)
     _race: _Race | None = None
 
     def more_ready(self) -> bool:
@@ -297,6 +298,7 @@ class _Race:
             elif isinstance(item, TextDelta | ToolCallDelta):
                 tools = True  # tool calls and refusals are not resumed elsewhere
             attempt.delivered = True
+            self.call.producer = attempt
             cut = None
             yield item
 
