@@ -38,7 +38,9 @@ from toolcallstore.lanes.sender import Sender
 
 log = logging.getLogger("toolcallstore.lanes")
 
-QUICK_RETRY_CODES = frozenset({"server_error", "connection_error"})
+QUICK_RETRY_CODES = frozenset(
+    {"server_error", "connection_error", "connection_refused", "connection_reset"}
+)
 FINAL_CODES = frozenset({"content_policy"})
 # Failures that say nothing about the target's health (the request, or our account).
 NOT_THE_TARGETS_FAULT = frozenset(
