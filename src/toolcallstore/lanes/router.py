@@ -32,7 +32,7 @@ from toolcallstore.lanes.attempt import (
     run_attempt,
 )
 from toolcallstore.lanes.base import Event, StreamError, TextDelta, ToolCallDelta, UpstreamError
-from toolcallstore.lanes.health import ProviderHealth
+from toolcallstore.lanes.health import Breaker, ProviderHealth
 from toolcallstore.lanes.plan import CallPlan, Candidate
 from toolcallstore.lanes.sender import Sender
 
@@ -138,12 +138,20 @@ class _Race:
         candidates = list(self.plan.candidates)
         if self.lane.order == "latency":
             candidates.sort(key=lambda c: health.observed_first_token_ms(c.model.id))
-        now_ok = [c for c in candidates if health.breaker(c.model.id).available()]
+        now_ok = [c for c in candidates if self._breaker(c).available()]
         degraded = [
             c for c in candidates
-            if c not in now_ok and not health.breaker(c.model.id).blocked()
+            if c not in now_ok and not self._breaker(c).blocked()
         ]  # fmt: skip
         return now_ok + degraded
+
+    def _breaker(self, candidate: Candidate) -> Breaker:
+        """The candidate's breaker: the lane's own if the lane configures one, else the
+        target's (shared by every lane that uses the target)."""
+        lane = self.lane
+        if lane.breaker is not None:
+            return self.call.health.breaker(candidate.model.id, lane.breaker, lane.id)
+        return self.call.health.breaker(candidate.model.id, candidate.model.breaker)
 
     # --- the race before the first token ------------------------------------------------------
 
@@ -197,7 +205,7 @@ class _Race:
         attempt = Attempt.of(candidate, role)
         self.call.attempts.append(attempt)
         self.candidate_of[attempt] = candidate
-        self.call.health.breaker(candidate.model.id).started()
+        self._breaker(candidate).started()
         task = asyncio.create_task(self._pump(candidate, attempt, params or self.call.params))
         self.live[attempt] = task
         return attempt
@@ -239,7 +247,7 @@ class _Race:
     def _observe(self, attempt: Attempt, started: float, error: UpstreamError | None) -> None:
         if error is not None and error.code in NOT_THE_TARGETS_FAULT:
             return
-        breaker = self.call.health.breaker(attempt.target)
+        breaker = self._breaker(self.candidate_of[attempt])
         elapsed_ms = (self.loop.time() - started) * 1000
         breaker.record(error is None, elapsed_ms if error is None else None,
                        attempt.first_token_ms,
