@@ -35,6 +35,7 @@ class Model:
     supports_tools: bool
     supports_prefill: bool  # continues a partial assistant message (mid-stream resume)
     bills_on_cancel: bool
+    only_temperature_1: bool  # refuses any temperature but 1.0: none is sent to it
     breaker: BreakerPolicy  # its circuit breaker's settings (the defaults unless configured)
     api_key: str | None  # None: no key in the environment, live calls cannot use it
     base_url_ready: bool  # False: a ${VAR} in its base URL is unset
@@ -156,6 +157,7 @@ def _model(
         supports_tools=bool(entry.get("supports_tools", True)),
         supports_prefill=bool(entry.get("supports_prefill", provider["protocol"] == "anthropic")),
         bills_on_cancel=bool(provider.get("bills_on_cancel", True)),
+        only_temperature_1=bool(entry.get("only_temperature_1", False)),
         breaker=BreakerPolicy.of(entry.get("breaker")) or DEFAULT_POLICY,
         api_key=environ.get(provider["api_key_env"]) or None,
         base_url_ready=ready,
