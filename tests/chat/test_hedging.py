@@ -212,6 +212,8 @@ async def test_a_resumed_answer_names_the_target_that_finished_it_and_keeps_both
     r = await chat(live, key, "resume")
     body = r.json()
     assert body["model"] == target_id("fast-anthropic")
+    words = body["choices"][0]["message"]["content"].split()
+    assert words[:5] == ["Sandbox", "reply", "from", "sandbox-model:", "a"]  # said once
     assert body["toolcall"]["target"] == target_id("fast-anthropic")
     receipt = await live.receipt(body["toolcall"]["receipt_id"])
     assert [(a["target"], a["delivered"]) for a in receipt["attempts"]] == [
