@@ -110,6 +110,33 @@ def test_cli_creates_tenants_and_keys_that_the_server_honours(
         time.sleep(0.1)
 
 
+def test_cli_mints_an_agent_key_that_quotes_its_own_calls(
+    server: Server, database_url: str
+) -> None:
+    tenant = json.loads(cli(database_url, "tenants", "create", "--name", "agents").stdout)
+    made = {}
+    for name, extra in (("agent", ["--auto-quote-max-usd", "0.50"]), ("plain", [])):
+        done = cli(database_url, "keys", "create", "--tenant", tenant["id"],
+                   "--scopes", "llm:chat", "--name", name, *extra)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        made[name] = json.loads(done.stdout)
+    assert made["agent"]["auto_quote_max_usd"] == "0.500000"
+    assert made["plain"]["auto_quote_max_usd"] is None
+    body = {"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    answers = {
+        name: httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30,
+                         headers={"Authorization": f"Bearer {key['secret']}"})
+        for name, key in made.items()
+    }  # fmt: skip
+    assert answers["agent"].status_code == 200, answers["agent"].text  # no quote call first
+    assert answers["plain"].json()["error"]["code"] == "quote_required"
+    bad = cli(database_url, "keys", "create", "--tenant", tenant["id"], "--scopes", "llm:chat",
+              "--auto-quote-max-usd", "-1")  # fmt: skip
+    assert bad.returncode == 2 and "--auto-quote-max-usd must be a finite, non-negative" in (
+        bad.stderr
+    )
+
+
 def test_cli_refuses_bad_input_with_a_message_not_a_traceback(database_url: str) -> None:
     bad_scope = cli(database_url, "keys", "create", "--tenant", "ten_x", "--scopes", "root")
     assert bad_scope.returncode == 2 and "unknown or empty scopes: root" in bad_scope.stderr

@@ -18,6 +18,7 @@ from toolcallstore.db import keys as key_repo
 from toolcallstore.db import tenants as tenant_repo
 from toolcallstore.db.migrate import migrate
 from toolcallstore.errors import ConfigError, ToolCallError
+from toolcallstore.money import usd_to_micros
 from toolcallstore.objects import job_object, key_object, tenant_object
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import STATES
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--mode", choices=("live", "test"), default="test")
     create_key.add_argument("--project", help="bind the key to this project id")
     create_key.add_argument("--name", default="")
+    create_key.add_argument(
+        "--auto-quote-max-usd",
+        help="let the key's calls quote themselves inline up to this many USD each (an agent key)",
+    )
     create_key.set_defaults(run=_sync(_keys_create))
     list_keys = keys.add_parser("list", help="list a tenant's keys")
     list_keys.add_argument("--tenant", required=True)
@@ -161,6 +166,12 @@ async def _keys_create(db: Database, args: argparse.Namespace) -> int:
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise ConfigError(f"unknown or empty scopes: {', '.join(unknown) or '(none)'}")
+    auto_quote = None
+    if args.auto_quote_max_usd is not None:
+        try:
+            auto_quote = usd_to_micros(args.auto_quote_max_usd)
+        except ValueError as exc:
+            raise ConfigError(f"--auto-quote-max-usd {exc}") from None
     async with db.transaction() as tx:
         if await tenant_repo.get_tenant(tx, args.tenant) is None:
             raise ConfigError(f"no tenant {args.tenant}")
@@ -173,6 +184,7 @@ async def _keys_create(db: Database, args: argparse.Namespace) -> int:
             name=args.name,
             mode=args.mode,
             scopes=scopes,
+            auto_quote_max_micros=auto_quote,
         )
     _print(key_object(key, secret))
     return 0

@@ -3,6 +3,7 @@ the whole app on a real socket, its sandbox providers injecting the faults."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -173,11 +174,12 @@ async def test_a_cut_stream_resumes_on_a_prefill_target_as_one_uninterrupted_str
     assert payloads[-1] == "[DONE]"  # no in-band error: the client saw one stream
     chunks = [p for p in payloads[:-2] if p["choices"]]
     text = "".join(p["choices"][0]["delta"].get("content") or "" for p in chunks)
-    words = text.split()
-    assert words[:3] == ["Sandbox", "reply", "from"]  # the 3 words of the cut target
-    assert words[3:] == "lorem ipsum dolor sit amet consectetur adipiscing elit".split() * 1 + (
-        "lorem ipsum dolor sit".split()
-    )  # the 12 words of the continuation, straight after
+    # Exactly the 3 words the cut target delivered, then the 12 words of the continuation,
+    # which the prefill fake takes up after the prefix it received (a prefix it does not
+    # recognise as the answer's beginning is answered from the start: the answer twice).
+    answer = ("Sandbox reply from sandbox-model: a question worth hedging"
+              " lorem ipsum dolor sit amet consectetur adipiscing elit")  # fmt: skip
+    assert text == " ".join(answer.split()[:15])
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     toolcall = payloads[-2]["toolcall"]
     assert roles(toolcall["attempts"]) == [
@@ -189,6 +191,35 @@ async def test_a_cut_stream_resumes_on_a_prefill_target_as_one_uninterrupted_str
     assert usage["completion_tokens"] > 12  # both parts
     receipt = await live.receipt(r.headers["ToolCall-Receipt-Id"])
     assert receipt["amount_usd"] == toolcall["cost_usd"] != micros_to_usd(0)
+    # The resumed attempt read the question and the whole delivered prefix (as sent: the
+    # trailing space trimmed), by the fakes' counting rule.
+    prefix_tokens = math.ceil(len("Sandbox reply from") / 4) + 3
+    question_tokens = math.ceil(len(MESSAGES[0]["content"]) / 4) + 3
+    resumed = receipt["attempts"][1]
+    assert resumed["input_tokens"] == question_tokens + prefix_tokens
+    await live.balanced()
+
+
+async def test_a_resumed_answer_names_the_target_that_finished_it_and_keeps_both(
+    live: Live,
+) -> None:
+    key = await live.agent_key()
+    r = await chat(live, key, "resume", stream=True)
+    payloads = sse_payloads(r.content)
+    chunks = [p for p in payloads[:-1] if isinstance(p, dict)]
+    assert chunks[0]["model"] == target_id("cuts")  # what the first words came from
+    assert chunks[-1]["model"] == target_id("fast-anthropic")  # the finish and the usage
+    r = await chat(live, key, "resume")
+    body = r.json()
+    assert body["model"] == target_id("fast-anthropic")
+    words = body["choices"][0]["message"]["content"].split()
+    assert words[:5] == ["Sandbox", "reply", "from", "sandbox-model:", "a"]  # said once
+    assert body["toolcall"]["target"] == target_id("fast-anthropic")
+    receipt = await live.receipt(body["toolcall"]["receipt_id"])
+    assert [(a["target"], a["delivered"]) for a in receipt["attempts"]] == [
+        (target_id("cuts"), True),
+        (target_id("fast-anthropic"), True),
+    ]
     await live.balanced()
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from toolcallstore.lanes.base import Target, TextDelta
 from toolcallstore.lanes.catalog import Catalog, Lane, Model
-from toolcallstore.lanes.health import ProviderHealth
+from toolcallstore.lanes.health import DEFAULT_POLICY, ProviderHealth
 from toolcallstore.lanes.plan import plan_call
 from toolcallstore.lanes.router import AllProvidersFailed, LaneCall, Refused
 from toolcallstore.lanes.sender import Sender
@@ -76,7 +76,8 @@ def catalog(prices: list[tuple[int, int, bool]], lane: Lane) -> Catalog:
     for i, (input_price, output_price, bills) in enumerate(prices):
         target = Target(f"p{i}/m", f"p{i}", "m", "openai", f"http://127.0.0.1:9/p{i}")
         models[target.id] = Model(target, Decimal(input_price), Decimal(output_price), 100_000,
-                                  1000, True, False, bills, "key", True)  # fmt: skip
+                                  1000, True, False, bills, False, DEFAULT_POLICY,
+                                  "key", True)  # fmt: skip
     lane = replace(lane, targets=tuple(models))
     return Catalog(models, {"lane": lane}, {}, Decimal("0.2"), Decimal("0"), lane)
 

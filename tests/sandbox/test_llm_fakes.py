@@ -261,6 +261,39 @@ async def test_anthropic_answers_a_tool_result_with_text(client: httpx.AsyncClie
     assert data["usage"]["input_tokens"] == prompt + tokens(dumps(ANTHROPIC_TOOLS))
 
 
+async def test_anthropic_continues_a_prefill_it_recognises_and_re_answers_any_other(
+    client: httpx.AsyncClient,
+) -> None:
+    url = ANTHROPIC.url(stream=False)
+    answer_ = EXPECTED_TEXT.format(model=ANTHROPIC.model) + " sit amet consectetur"
+    for prefix in ("Sandbox reply from", "Sandbox reply from claude-sonnet-4-5: What"):
+        body = ANTHROPIC.body(QUESTION, stream=False, max_tokens=5)
+        body["messages"].append({"role": "assistant", "content": prefix})
+        data = (await post(client, ANTHROPIC, url, body)).json()
+        continuation = data["content"][0]["text"]
+        # The words right after the prefix it received: the prefix and it make the answer.
+        assert f"{prefix} {continuation}" == " ".join(answer_.split()[: len(prefix.split()) + 5])
+        assert data["usage"]["input_tokens"] == tokens(QUESTION) + 3 + tokens(prefix) + 3
+    body = ANTHROPIC.body(QUESTION, stream=False, max_tokens=4)
+    body["messages"].append({"role": "assistant", "content": "reply from"})  # not a beginning
+    data = (await post(client, ANTHROPIC, url, body)).json()
+    assert data["content"][0]["text"] == "Sandbox reply from claude-sonnet-4-5:"  # from the start
+
+
+async def test_anthropic_refuses_other_temperatures_on_a_model_that_takes_only_1(
+    client: httpx.AsyncClient,
+) -> None:
+    url = ANTHROPIC.url(stream=False)
+    body = ANTHROPIC.body(QUESTION, stream=False) | {"model": "claude-opus-t1"}
+    r = await post(client, ANTHROPIC, url, body | {"temperature": 0.5})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    for allowed in ({"temperature": 1}, {}):
+        assert (await post(client, ANTHROPIC, url, body | allowed)).status_code == 200
+    assert (await post(client, ANTHROPIC, url, ANTHROPIC.body(QUESTION, stream=False)
+                       | {"temperature": 0.5})).status_code == 200  # fmt: skip
+
+
 async def test_gemini_answers_with_one_whole_function_call(client: httpx.AsyncClient) -> None:
     body = GEMINI.body(QUESTION, stream=True) | {"tools": GEMINI_TOOLS}
     r = await post(client, GEMINI, GEMINI.url(stream=True), body)

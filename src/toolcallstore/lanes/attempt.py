@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +23,7 @@ import httpx
 from toolcallstore.controls.pricing import to_micros_up
 from toolcallstore.lanes import TRANSLATORS
 from toolcallstore.lanes.base import (
+    ChatRequest,
     Event,
     Finish,
     Malformed,
@@ -118,7 +119,7 @@ async def run_attempt(
                                livemode=conditions.livemode,
                                sandbox_url=conditions.sandbox_url)  # fmt: skip
     translator = TRANSLATORS[target.protocol]
-    request = translator.build(target, chat_request(params, candidate.max_tokens), key)
+    request = translator.build(target, _request_for(candidate, params), key)
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = min(started + conditions.first_token_timeout_s, conditions.ends_at)
@@ -162,6 +163,15 @@ async def run_attempt(
     if attempt.outcome == "running":
         attempt.outcome = "succeeded" if attempt.finish else "cut"
     price(attempt, candidate, conditions.prompt_tokens)
+
+
+def _request_for(candidate: Candidate, params: dict[str, Any]) -> ChatRequest:
+    asked = chat_request(params, candidate.max_tokens)
+    if candidate.model.only_temperature_1:
+        # The model refuses any other temperature (and top_p beside it): it samples at its
+        # fixed 1.0, the provider's default, whatever the caller asked.
+        asked = replace(asked, temperature=None, top_p=None)
+    return asked
 
 
 def _take(

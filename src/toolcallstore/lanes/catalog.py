@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 from toolcallstore.controls.pricing import Pricing, to_micros_up
 from toolcallstore.errors import ConfigError
 from toolcallstore.lanes.base import Target
+from toolcallstore.lanes.health import DEFAULT_POLICY, BreakerPolicy
 
 Order = Literal["listed", "price", "latency"]
 _ENV_VAR = re.compile(r"\$\{([A-Z0-9_]+)\}")
@@ -34,6 +35,8 @@ class Model:
     supports_tools: bool
     supports_prefill: bool  # continues a partial assistant message (mid-stream resume)
     bills_on_cancel: bool
+    only_temperature_1: bool  # refuses any temperature but 1.0: none is sent to it
+    breaker: BreakerPolicy  # its circuit breaker's settings (the defaults unless configured)
     api_key: str | None  # None: no key in the environment, live calls cannot use it
     base_url_ready: bool  # False: a ${VAR} in its base URL is unset
 
@@ -60,6 +63,7 @@ class Lane:
     first_token_timeout_ms: int
     idle_timeout_ms: int
     loser_costs: Literal["absorb", "pass"]  # who pays for hedges that lost: us, or the caller
+    breaker: BreakerPolicy | None = None  # the lane's own breakers' settings, if it has them
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,8 @@ def _model(
         supports_tools=bool(entry.get("supports_tools", True)),
         supports_prefill=bool(entry.get("supports_prefill", provider["protocol"] == "anthropic")),
         bills_on_cancel=bool(provider.get("bills_on_cancel", True)),
+        only_temperature_1=bool(entry.get("only_temperature_1", False)),
+        breaker=BreakerPolicy.of(entry.get("breaker")) or DEFAULT_POLICY,
         api_key=environ.get(provider["api_key_env"]) or None,
         base_url_ready=ready,
     )
@@ -175,6 +181,7 @@ def _lane(lane_id: str, entry: dict[str, Any], models: dict[str, Model], source:
         ),
         idle_timeout_ms=int(entry.get("idle_timeout_ms", DEFAULT_IDLE_TIMEOUT_MS)),
         loser_costs=cast(Literal["absorb", "pass"], entry.get("loser_costs", "absorb")),
+        breaker=BreakerPolicy.of(entry.get("breaker")),
     )
 
 

@@ -142,6 +142,9 @@ class ChatCall(Response):
         if isinstance(event, StreamError):
             self._error = event
             return
+        producer = self._call.producer if self._call is not None else None
+        if producer is not None and producer.target != self._assembly.model:
+            self._assembly.model = producer.target  # a resumed stream: its new target
         choice = self._assembly.add(event)
         if choice is not None and self.stream:
             self._out.append(self._assembly.chunk(choice))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +23,35 @@ WINDOW_SECONDS = 300.0  # and none older than this
 MIN_CALLS = 5  # no verdict on fewer outcomes
 ERROR_RATE_TO_OPEN = 0.5
 COOLDOWN_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """A breaker's settings: the defaults above, or a target's or lane's `breaker` in
+    models.json."""
+
+    window: int = WINDOW
+    window_seconds: float = WINDOW_SECONDS
+    min_calls: int = MIN_CALLS
+    error_rate_to_open: float = ERROR_RATE_TO_OPEN
+    cooldown_seconds: float = COOLDOWN_SECONDS
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any] | None) -> BreakerPolicy | None:
+        """The policy of a models.json `breaker` object (schema-checked), None without one."""
+        if entry is None:
+            return None
+        default = cls()
+        return cls(
+            window=int(entry.get("window", default.window)),
+            window_seconds=float(entry.get("window_s", default.window_seconds)),
+            min_calls=int(entry.get("min_calls", default.min_calls)),
+            error_rate_to_open=float(entry.get("error_rate_to_open", default.error_rate_to_open)),
+            cooldown_seconds=float(entry.get("cooldown_s", default.cooldown_seconds)),
+        )
+
+
+DEFAULT_POLICY = BreakerPolicy()
 
 
 @dataclass
@@ -36,14 +65,24 @@ class Sample:
 @dataclass
 class Breaker:
     clock: Callable[[], float]
-    samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    policy: BreakerPolicy = DEFAULT_POLICY
+    samples: deque[Sample] = field(default_factory=deque)
     state: State = "closed"
     opened_at: float = 0.0
     blocked_until: float = 0.0  # Retry-After
     probing: bool = False
 
+    def __post_init__(self) -> None:
+        self.samples = deque(self.samples, maxlen=self.policy.window)
+
+    def adopt(self, policy: BreakerPolicy) -> None:
+        """Take new settings (a models file reloaded), keeping what it has seen."""
+        if policy != self.policy:
+            self.policy = policy
+            self.samples = deque(self.samples, maxlen=policy.window)
+
     def _recent(self) -> list[Sample]:
-        horizon = self.clock() - WINDOW_SECONDS
+        horizon = self.clock() - self.policy.window_seconds
         return [s for s in self.samples if s.at >= horizon]
 
     def error_rate(self) -> float:
@@ -59,7 +98,7 @@ class Breaker:
         now = self.clock()
         if now < self.blocked_until:
             return False
-        if self.state == "open" and now - self.opened_at >= COOLDOWN_SECONDS:
+        if self.state == "open" and now - self.opened_at >= self.policy.cooldown_seconds:
             self.state = "half_open"
             self.probing = False
         if self.state == "half_open":
@@ -87,7 +126,8 @@ class Breaker:
             return
         recent = self._recent()
         failures = sum(not s.ok for s in recent)
-        if len(recent) >= MIN_CALLS and failures / len(recent) >= ERROR_RATE_TO_OPEN:
+        policy = self.policy
+        if len(recent) >= policy.min_calls and failures / len(recent) >= policy.error_rate_to_open:
             self._move("open", now)
 
     def _move(self, state: State, now: float) -> None:
@@ -95,7 +135,7 @@ class Breaker:
             self.opened_at = now
         if state == "closed":
             # A fresh start: the failures that opened it no longer count against it.
-            self.samples = deque((s for s in self.samples if s.ok), maxlen=WINDOW)
+            self.samples = deque((s for s in self.samples if s.ok), maxlen=self.policy.window)
         self.state = state
 
     def p(self, pct: float, kind: Literal["latency_ms", "first_token_ms"]) -> float | None:
@@ -112,25 +152,36 @@ class ProviderHealth:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._breakers: dict[str, Breaker] = {}
+        self._breakers: dict[tuple[str, str | None], Breaker] = {}
 
-    def breaker(self, target: str) -> Breaker:
-        found = self._breakers.get(target)
+    def breaker(
+        self, target: str, policy: BreakerPolicy = DEFAULT_POLICY, lane: str | None = None
+    ) -> Breaker:
+        """The target's breaker; with `lane`, that lane's own breaker of it (a lane with its
+        own settings keeps its own state, so other lanes' calls do not trip it)."""
+        found = self._breakers.get((target, lane))
         if found is None:
-            found = self._breakers[target] = Breaker(self._clock)
+            found = self._breakers[(target, lane)] = Breaker(self._clock, policy)
+        elif found.policy is not policy:
+            found.adopt(policy)
         return found
+
+    def _shared(self, target: str) -> Breaker:
+        """The target's own breaker, whatever its settings (a lookup changes none)."""
+        found = self._breakers.get((target, None))
+        return found if found is not None else self.breaker(target)
 
     def observed_first_token_ms(self, target: str) -> float:
         """The target's median time to first token, or infinity if unknown (tried last
         among equals when ordering by latency)."""
-        value = self.breaker(target).p(50, "first_token_ms")
+        value = self._shared(target).p(50, "first_token_ms")
         return math.inf if value is None else value
 
     def report(self, targets: list[str]) -> list[dict[str, Any]]:
         now = self._clock()
         out = []
         for target in targets:
-            b = self.breaker(target)
+            b = self._shared(target)
             available = b.available()
             recent = b._recent()
             out.append({

@@ -119,6 +119,7 @@ def plan_call(
                 " server; test-mode keys use the sandbox.",
                 code="provider_not_configured",
             )
+    models = _structured_output_targets(models, params)
     prompt = estimate_prompt_tokens(params)
     wanted = params.get("max_tokens")
     candidates, cheapest = [], None
@@ -169,6 +170,25 @@ def plan_call(
         param="max_cost_usd",
         minimum_usd=micros_to_usd(cheapest),
     )
+
+
+def _structured_output_targets(models: list[Model], params: dict[str, Any]) -> list[Model]:
+    """The targets that can honour the call's JSON `response_format`: Anthropic's Messages API
+    has no such parameter, so its targets are left out (never called with it silently
+    dropped); a 400 when no other target is left."""
+    response_format = params.get("response_format")
+    if not isinstance(response_format, dict) or response_format.get("type") == "text":
+        return models
+    kept = [m for m in models if m.target.protocol != "anthropic"]
+    if not kept:
+        raise InvalidRequest(
+            f"'{params['model'][:200]}' has only Anthropic targets, which do not take"
+            f" response_format {response_format.get('type')}; use a lane with an OpenAI or"
+            " Gemini target, or ask for JSON in the prompt.",
+            code="unsupported_parameter",
+            param="response_format",
+        )
+    return kept
 
 
 def plan_quoted_call(

@@ -32,13 +32,15 @@ from toolcallstore.lanes.attempt import (
     run_attempt,
 )
 from toolcallstore.lanes.base import Event, StreamError, TextDelta, ToolCallDelta, UpstreamError
-from toolcallstore.lanes.health import ProviderHealth
+from toolcallstore.lanes.health import Breaker, ProviderHealth
 from toolcallstore.lanes.plan import CallPlan, Candidate
 from toolcallstore.lanes.sender import Sender
 
 log = logging.getLogger("toolcallstore.lanes")
 
-QUICK_RETRY_CODES = frozenset({"server_error", "connection_error"})
+QUICK_RETRY_CODES = frozenset(
+    {"server_error", "connection_error", "connection_refused", "connection_reset"}
+)
 FINAL_CODES = frozenset({"content_policy"})
 # Failures that say nothing about the target's health (the request, or our account).
 NOT_THE_TARGETS_FAULT = frozenset(
@@ -80,6 +82,7 @@ class LaneCall:
     max_seconds: float = 600.0
     attempts: list[Attempt] = field(default_factory=list)
     winner: Attempt | None = None  # the first attempt whose output reached the caller
+    producer: Attempt | None = None  # the one whose output reached the caller last (resumed)
     _race: _Race | None = None
 
     def more_ready(self) -> bool:
@@ -135,12 +138,20 @@ class _Race:
         candidates = list(self.plan.candidates)
         if self.lane.order == "latency":
             candidates.sort(key=lambda c: health.observed_first_token_ms(c.model.id))
-        now_ok = [c for c in candidates if health.breaker(c.model.id).available()]
+        now_ok = [c for c in candidates if self._breaker(c).available()]
         degraded = [
             c for c in candidates
-            if c not in now_ok and not health.breaker(c.model.id).blocked()
+            if c not in now_ok and not self._breaker(c).blocked()
         ]  # fmt: skip
         return now_ok + degraded
+
+    def _breaker(self, candidate: Candidate) -> Breaker:
+        """The candidate's breaker: the lane's own if the lane configures one, else the
+        target's (shared by every lane that uses the target)."""
+        lane = self.lane
+        if lane.breaker is not None:
+            return self.call.health.breaker(candidate.model.id, lane.breaker, lane.id)
+        return self.call.health.breaker(candidate.model.id, candidate.model.breaker)
 
     # --- the race before the first token ------------------------------------------------------
 
@@ -165,9 +176,11 @@ class _Race:
             self.call.winner = attempt
             attempt.delivered = True
             await self._cancel_others(attempt)
-            yield item
-        async for event in self._stream(self.call.winner):
-            yield event
+            # The first event goes through `_stream` too: it is part of the prefix a
+            # resumption must carry (without it, the continuation re-answers from the start).
+            async for event in self._stream(attempt, item):
+                yield event
+            return
 
     def _start_next(self, *, force: bool = False, role: str | None = None) -> bool:
         """Start the first remaining candidate the budget still pays for."""
@@ -192,7 +205,7 @@ class _Race:
         attempt = Attempt.of(candidate, role)
         self.call.attempts.append(attempt)
         self.candidate_of[attempt] = candidate
-        self.call.health.breaker(candidate.model.id).started()
+        self._breaker(candidate).started()
         task = asyncio.create_task(self._pump(candidate, attempt, params or self.call.params))
         self.live[attempt] = task
         return attempt
@@ -234,7 +247,7 @@ class _Race:
     def _observe(self, attempt: Attempt, started: float, error: UpstreamError | None) -> None:
         if error is not None and error.code in NOT_THE_TARGETS_FAULT:
             return
-        breaker = self.call.health.breaker(attempt.target)
+        breaker = self._breaker(self.candidate_of[attempt])
         elapsed_ms = (self.loop.time() - started) * 1000
         breaker.record(error is None, elapsed_ms if error is None else None,
                        attempt.first_token_ms,
@@ -264,13 +277,16 @@ class _Race:
 
     # --- after the first token --------------------------------------------------------------
 
-    async def _stream(self, attempt: Attempt) -> AsyncGenerator[Event, None]:
-        """The winner's events to the end; a failure resumes on another target if allowed."""
+    async def _stream(self, attempt: Attempt, first: Event) -> AsyncGenerator[Event, None]:
+        """The winner's events from its first to the end; a failure resumes on another
+        target if allowed."""
         text: list[str] = []
         tools = False
         cut: StreamError | None = None  # the failure a resumption is trying to hide
+        head: tuple[Attempt, Event | _Ended] | None = (attempt, first)
         while True:
-            source, item = await self.queue.get()
+            source, item = head if head is not None else await self.queue.get()
+            head = None
             if source is not attempt:
                 continue  # a late event of a cancelled loser or of the cut attempt
             if isinstance(item, _Ended):
@@ -292,6 +308,7 @@ class _Race:
             elif isinstance(item, TextDelta | ToolCallDelta):
                 tools = True  # tool calls and refusals are not resumed elsewhere
             attempt.delivered = True
+            self.call.producer = attempt
             cut = None
             yield item
 

@@ -124,6 +124,35 @@ async def _bounded_body(response: httpx.Response) -> bytes:
 
 
 def _transport_error(exc: httpx.TransportError) -> UpstreamError:
-    kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error"
-    message = f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+    kind = transport_failure_code(exc)
+    cause = _causes(exc)[-1]  # the OS's word for it, not the transport's relabelling
+    message = f"{kind}: {type(cause).__name__}: {cause}"[:300]
     return UpstreamError(status=0, code=kind, message=message, retryable=True)
+
+
+def transport_failure_code(exc: BaseException) -> str:
+    """What really failed, by the underlying cause: httpx-aiohttp raises `ConnectTimeout` for
+    every aiohttp connection error, a reset or a refused connection included.
+
+    `connection_refused`, `connection_reset` and `connection_error` are connection failures
+    (one quick retry); `timeout` is a timeout (the next target)."""
+    causes = _causes(exc)
+    if any(isinstance(c, TimeoutError) for c in causes):  # asyncio's and aiohttp's too
+        return "timeout"
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "connection_refused"
+    if any(isinstance(c, ConnectionResetError | BrokenPipeError) for c in causes):
+        return "connection_reset"
+    if len(causes) > 1 or not isinstance(exc, httpx.TimeoutException):
+        return "connection_error"  # an OS or aiohttp connection error, not a timeout
+    return "timeout"  # httpx's own timeout, with nothing underneath
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from or during, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 16 and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain

@@ -1,4 +1,7 @@
-"""The Anthropic Messages fake: `POST /anthropic/v1/messages`."""
+"""The Anthropic Messages fake: `POST /anthropic/v1/messages`.
+
+A model whose name ends in `-t1` plays one of the models that accept only temperature 1.0:
+any other temperature is refused with a 400, as those models refuse it."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from toolcallstore.sandbox.faults import ErrorCode
 from toolcallstore.sandbox.replies import Conversation, LastKind, Tool, Turn, json_text
 from toolcallstore.sandbox.streams import Framing, StreamPlan
 
+ONLY_TEMPERATURE_1 = "-t1"  # the name suffix of models that refuse any other temperature
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -95,12 +99,14 @@ def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return messages
 
 
-def _sampling(body: Mapping[str, Any]) -> None:
+def _sampling(body: Mapping[str, Any], model: str) -> None:
     temperature = body.get("temperature")
     if temperature is not None and (
         not isinstance(temperature, int | float) or not 0 <= temperature <= 1
     ):
         raise bad_request("temperature: Input should be less than or equal to 1")
+    if model.endswith(ONLY_TEMPERATURE_1) and temperature not in (None, 1):
+        raise bad_request(f"temperature: {model} only supports temperature 1.0")
 
 
 def _tools(body: Mapping[str, Any]) -> list[Tool]:
@@ -125,13 +131,15 @@ def _max_tokens(body: Mapping[str, Any]) -> int:
     return value
 
 
-def _last(messages: list[Mapping[str, Any]]) -> tuple[LastKind, str]:
+def _last(messages: list[Mapping[str, Any]]) -> tuple[LastKind, str, str]:
+    """The kind of the last message, the last user text, and the prefill (if that is last)."""
     last = messages[-1]
     if last["role"] == "user" and _is_tool_result(last):
-        return "tool_result", _blocks_text(last["content"])
+        return "tool_result", _blocks_text(last["content"]), ""
     kind: LastKind = "user" if last["role"] == "user" else "prefill"
+    prefill = _blocks_text(last.get("content")) if kind == "prefill" else ""
     users = [m for m in messages if m["role"] == "user"]
-    return kind, _blocks_text(users[-1].get("content")) if users else ""
+    return kind, _blocks_text(users[-1].get("content")) if users else "", prefill
 
 
 class AnthropicDialect:
@@ -168,19 +176,20 @@ class AnthropicDialect:
             raise bad_request("model: Field required")
         max_tokens = _max_tokens(body)
         messages = _messages(body)
-        _sampling(body)
+        _sampling(body, model)
         tools = _tools(body)
         texts = [_blocks_text(message.get("content")) for message in messages]
         if body.get("system") is not None:
             texts.insert(0, _blocks_text(body["system"]))
         choice = body.get("tool_choice")
         choice = choice if isinstance(choice, Mapping) else {}
-        last_kind, last_text = _last(messages)
+        last_kind, last_text, prefill = _last(messages)
         return Conversation(
             model=model,
             message_texts=texts,
             last_kind=last_kind,
             last_text=last_text,
+            prefill=prefill,
             max_tokens=max_tokens,
             tools=tools,
             tools_json=json_text(body["tools"]) if tools else "",

@@ -17,14 +17,18 @@ the reply is one call to the named (or first) tool instead, unless it would exce
 Its arguments fill every schema property: strings "sandbox", integers 1, numbers 1.5, booleans
 true, arrays [], objects {}, enums their first value. After a tool result the reply starts
 "Sandbox received the tool result:". A request ending with an assistant message (Anthropic's
-prefill) is continued with filler words only.
+prefill) is checked against the reply the fake would have given from the start: a prefix that
+is that reply's beginning (whitespace aside) is continued with the words that follow it, so the
+continuation echoes how much of the prefix arrived; any other prefix is not a beginning the fake
+recognises, and it answers from the start, as a real model re-answers a prefix it cannot carry
+on (the client would see the answer twice).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
@@ -63,6 +67,7 @@ class Conversation:
     message_texts: Sequence[str]  # one per message, the system prompt first when there is one
     last_kind: LastKind
     last_text: str  # the last user message's text, or the tool result's when that came last
+    prefill: str = ""  # the partial assistant message to continue, when last_kind is "prefill"
     max_tokens: int | None = None
     tools: Sequence[Tool] = ()
     tools_json: str = ""  # the request's tool list serialised, for counting
@@ -166,7 +171,21 @@ def choose_tool(conversation: Conversation) -> Tool | None:
 
 def reply_words(conversation: Conversation, count: int) -> list[str]:
     if conversation.last_kind == "prefill":
-        return [FILLER[i % len(FILLER)] for i in range(count)]  # carries on where it stopped
+        return _continuation(conversation, count)
+    return _answer_words(conversation, count)
+
+
+def _continuation(conversation: Conversation, count: int) -> list[str]:
+    """What follows the prefill: the rest of the answer it begins, or, when it is not the
+    beginning of this conversation's answer, the answer from its start."""
+    answer = replace(conversation, last_kind="user", prefill="")
+    received = conversation.prefill.split()
+    if received and _answer_words(answer, len(received)) == received:
+        return _answer_words(answer, len(received) + count)[len(received) :]
+    return _answer_words(answer, count)
+
+
+def _answer_words(conversation: Conversation, count: int) -> list[str]:
     if conversation.last_kind == "tool_result":
         words = ["Sandbox", "received", "the", "tool", "result:"]
     else:
