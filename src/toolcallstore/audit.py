@@ -119,13 +119,16 @@ WHERE audit_log.id = u.id
 """
 
 
+BUSY = -1  # seal_rows: another process (or task) is sealing now
+
+
 def seal_rows(tx: SyncTransaction) -> int:
-    """Chain the unsealed rows that no running transaction can precede; returns how many
-    (0 on SQLite, and when another process is sealing)."""
+    """Chain the unsealed rows that no running transaction can precede; returns how many (0 on
+    SQLite), or BUSY when another sealing round holds the lock."""
     if tx.dialect != "postgresql":
         return 0
     if not tx.fetch_val("SELECT pg_try_advisory_xact_lock(:k)", {"k": _SEAL_LOCK}):
-        return 0
+        return BUSY
     # Taken before this transaction writes anything: every transaction below it has ended,
     # and every later one gets a larger id.
     horizon = tx.fetch_val("SELECT pg_snapshot_xmin(pg_current_snapshot())")
@@ -151,11 +154,17 @@ def seal_rows(tx: SyncTransaction) -> int:
     return len(rows)
 
 
-async def seal(db: Database) -> int:
-    """Seal everything sealable now, in rounds of SEAL_BATCH rows."""
-    total = 0
+async def seal(db: Database, *, wait_for_lock_s: float = 0.0) -> int:
+    """Seal everything sealable now, in rounds of SEAL_BATCH rows; when another round holds
+    the lock, wait up to `wait_for_lock_s` for it (0: leave the rows to that round)."""
+    total, deadline = 0, time.monotonic() + wait_for_lock_s
     while True:
         sealed = await db.run_sync(seal_rows)
+        if sealed == BUSY:
+            if time.monotonic() >= deadline:
+                return total
+            await asyncio.sleep(0.01)
+            continue
         total += sealed
         if sealed < SEAL_BATCH:
             return total
@@ -277,7 +286,13 @@ class AuditWriter:
         self._wake.set()
         await self._flush_with_retry()
         if self._db.is_postgres:
-            await self._seal_logged()
+            # The last rows, sealed by this process even if its sealing task (or another
+            # process) held the lock a moment ago: an orderly stop leaves no unsealed tail of
+            # its own unless an older transaction elsewhere is still open.
+            try:
+                await seal(self._db, wait_for_lock_s=self.SEAL_SECONDS * 10)
+            except Exception:
+                log.exception("audit sealing at shutdown failed; the next start seals them")
 
 
 @dataclass(frozen=True)
