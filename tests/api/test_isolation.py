@@ -1,0 +1,77 @@
+"""Issue 22: who may see and touch what across projects and modes (jobs, keys, approvals)."""
+
+from __future__ import annotations
+
+from tests.conftest import Api
+from tests.controls.helpers import execute, make_key, quote
+from toolcallstore.db.keys import insert_key
+
+RISKY = {"action": "buy example.com"}
+AGENT_SCOPES = ["quotes:create", "domains:register", "receipts:read", "jobs:read"]
+
+
+def _db(api: Api):  # type: ignore[no-untyped-def]
+    return api.app.state.services.db  # type: ignore[attr-defined]
+
+
+async def _tenant_id(api: Api) -> str:
+    me = await api.client.get("/v1/me", headers=api.auth())
+    tenant: str = me.json()["tenant_id"]
+    return tenant
+
+
+async def _live_key(api: Api, scopes: tuple[str, ...]) -> str:
+    """A live-mode key of the admin's tenant (live keys are made by live keys or the CLI)."""
+    async with _db(api).transaction() as tx:
+        _, secret = await insert_key(tx, tenant_id=await _tenant_id(api), project_id=None,
+                                     name="live", mode="live", scopes=scopes)  # fmt: skip
+    return secret
+
+
+async def _project(api: Api, name: str) -> str:
+    r = await api.client.post("/v1/projects", json={"name": name}, headers=api.idem())
+    project_id: str = r.json()["id"]
+    return project_id
+
+
+async def _queued_tool_job(api: Api, project_id: str) -> dict:
+    """A granted `sandbox.irreversible` call of project `project_id`, queued as a job."""
+    agent = await make_key(api, AGENT_SCOPES, project_id=project_id)
+    human = await make_key(api, ["approvals:grant"])
+    q = (await quote(api, agent, "sandbox.irreversible", RISKY)).json()
+    approval = await api.client.post(
+        "/v1/approvals", json={"quote_id": q["id"]}, headers=api.idem(agent)
+    )
+    approval_id = approval.json()["id"]
+    granted = await api.client.post(f"/v1/approvals/{approval_id}/grant", headers=api.auth(human))
+    assert granted.status_code == 200, granted.text
+    started = await execute(api, agent, {"quote_id": q["id"], "approval_id": approval_id})
+    assert started.status_code == 202, started.text
+    answer: dict = started.json()
+    return answer
+
+
+async def test_jobs_follow_project_and_mode_and_cancel_needs_the_tools_scope(api: Api) -> None:
+    await api.app.state.services.jobs.stop()  # type: ignore[attr-defined]  # jobs stay queued
+    p1, p2 = await _project(api, "p1"), await _project(api, "p2")
+    started = await _queued_tool_job(api, p2)
+    job_id = started["job_id"]
+    paths = [("GET", f"/v1/jobs/{job_id}"), ("GET", f"/v1/jobs/{job_id}/events"),
+             ("POST", f"/v1/jobs/{job_id}/cancel")]  # fmt: skip
+    other_project = await make_key(api, ["jobs:read", "domains:register"], project_id=p1)
+    live = await _live_key(api, ("jobs:read", "domains:register"))
+    for secret in (other_project, live):
+        for method, path in paths:
+            r = await api.client.request(method, path, headers=api.auth(secret))
+            assert r.status_code == 404, (method, path, r.text)
+            assert r.json()["error"]["code"] == "not_found"
+    reader = await make_key(api, ["jobs:read"])
+    seen = await api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(reader))
+    assert seen.status_code == 200 and seen.json()["state"] == "queued"
+    refused = await api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth(reader))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["required_scope"] == "domains:register"
+    same_project = await make_key(api, ["jobs:read"], project_id=p2)
+    assert (await api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(same_project))).is_success
+    state = await _db(api).fetch_val("SELECT state FROM jobs WHERE id = :id", {"id": job_id})
+    assert state == "queued"  # nobody above stopped P2's purchase
