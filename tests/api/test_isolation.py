@@ -75,3 +75,18 @@ async def test_jobs_follow_project_and_mode_and_cancel_needs_the_tools_scope(api
     assert (await api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(same_project))).is_success
     state = await _db(api).fetch_val("SELECT state FROM jobs WHERE id = :id", {"id": job_id})
     assert state == "queued"  # nobody above stopped P2's purchase
+
+
+async def test_a_test_key_neither_sees_nor_revokes_live_keys(api: Api) -> None:
+    live = await _live_key(api, ("jobs:read",))
+    live_id = (await api.client.get("/v1/me", headers=api.auth(live))).json()["id"]
+    manager = await make_key(api, ["keys:manage", "jobs:read"])
+    for secret in (api.admin_key, manager):
+        shown = await api.client.get(f"/v1/keys/{live_id}", headers=api.auth(secret))
+        assert shown.status_code == 404 and shown.json()["error"]["code"] == "not_found"
+        revoked = await api.client.post(f"/v1/keys/{live_id}/revoke", headers=api.auth(secret))
+        assert revoked.status_code == 404, revoked.text
+        listed = await api.client.get("/v1/keys?limit=100", headers=api.auth(secret))
+        assert live_id not in [k["id"] for k in listed.json()["data"]]
+    still = await api.client.get("/v1/me", headers=api.auth(live))
+    assert still.status_code == 200 and still.json()["revoked"] is None

@@ -107,8 +107,15 @@ def _without_secret(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "secret": None} if "secret" in body else body
 
 
+def _sees(principal: Principal, key: ApiKey) -> bool:
+    """A project key sees its project's keys; a test key sees no live key."""
+    if not principal.livemode and key.mode == "live":
+        return False
+    return principal.key.project_id in (None, key.project_id)
+
+
 def _visible(principal: Principal, key: ApiKey | None) -> ApiKey:
-    if key is None or principal.key.project_id not in (None, key.project_id):
+    if key is None or not _sees(principal, key):
         raise NotFound("No such API key.", param="key_id")
     return key
 
@@ -122,7 +129,7 @@ async def list_keys(request: Request) -> Response:
         limit=page.limit,
         starting_after=page.starting_after,
     )
-    data = [key_object(k) for k in found if principal.key.project_id in (None, k.project_id)]
+    data = [key_object(k) for k in found if _sees(principal, k)]
     return JSONResponse(list_object(data, has_more, "/v1/keys"))
 
 
