@@ -90,3 +90,43 @@ async def test_a_test_key_neither_sees_nor_revokes_live_keys(api: Api) -> None:
         assert live_id not in [k["id"] for k in listed.json()["data"]]
     still = await api.client.get("/v1/me", headers=api.auth(live))
     assert still.status_code == 200 and still.json()["revoked"] is None
+
+
+async def _mint(api: Api, parent: str, scopes: list[str]) -> str:
+    r = await api.client.post("/v1/keys", json={"scopes": scopes}, headers=api.idem(parent))
+    assert r.status_code == 200, r.text
+    secret: str = r.json()["secret"]
+    return secret
+
+
+async def _pending(api: Api, asker: str) -> str:
+    q = (await quote(api, asker, "sandbox.irreversible", RISKY)).json()
+    r = await api.client.post("/v1/approvals", json={"quote_id": q["id"]}, headers=api.idem(asker))
+    assert r.status_code == 200, r.text
+    approval_id: str = r.json()["id"]
+    return approval_id
+
+
+async def test_a_key_minted_in_the_agents_line_cannot_approve_its_requests(api: Api) -> None:
+    everything = [*AGENT_SCOPES, "approvals:grant", "keys:manage"]
+    agent = await make_key(api, everything)
+    child = await _mint(api, agent, everything)
+    grandchild = await _mint(api, child, ["approvals:grant"])
+    sibling = await _mint(api, agent, ["approvals:grant"])
+    human = await make_key(api, ["approvals:grant"])
+    for asker, deciders in (
+        (agent, [agent, child, grandchild, sibling, api.admin_key]),  # admin made the agent
+        (child, [agent, grandchild, sibling]),
+    ):
+        approval_id = await _pending(api, asker)
+        for decider in deciders:
+            for verb in ("grant", "deny"):
+                r = await api.client.post(
+                    f"/v1/approvals/{approval_id}/{verb}", headers=api.auth(decider)
+                )
+                assert r.status_code == 403, r.text
+                assert r.json()["error"]["code"] == "self_approval_forbidden"
+        granted = await api.client.post(
+            f"/v1/approvals/{approval_id}/grant", headers=api.auth(human)
+        )
+        assert granted.status_code == 200 and granted.json()["status"] == "granted"
