@@ -14,14 +14,17 @@ from toolcallstore.ids import new_id, now_us
 
 
 def _visible(row: Row, principal: Principal, quote_project: str | None) -> bool:
-    return row["tenant_id"] == principal.tenant_id and principal.key.project_id in (
-        None,
-        quote_project,
+    """Same tenant, same mode, and the key's project if it is bound to one."""
+    return (
+        row["tenant_id"] == principal.tenant_id
+        and bool(row["quote_livemode"]) == principal.livemode
+        and principal.key.project_id in (None, quote_project)
     )
 
 
 _BY_ID = (
-    "SELECT a.*, q.project_id AS project_id, q.api_key_id AS quote_key_id"
+    "SELECT a.*, q.project_id AS project_id, q.api_key_id AS quote_key_id,"
+    " q.livemode AS quote_livemode"
     " FROM approvals a JOIN quotes q ON q.id = a.quote_id WHERE a.id = :id"
 )
 
