@@ -20,7 +20,7 @@ async def bootstrap(db: Database, key_file: Path) -> tuple[str, str] | None:
             await tx.execute("SELECT pg_advisory_xact_lock(:key)", {"key": _PG_BOOTSTRAP_LOCK})
         if await tx.fetch_val("SELECT count(*) FROM tenants"):
             return None
-        tenant = await insert_tenant(tx, "default")
+        tenant = await insert_tenant(tx, "default", operator=True)
         _, secret = await insert_key(
             tx,
             tenant_id=tenant["id"],

@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         "--auto-quote-max-usd",
         help="let the key's calls quote themselves inline up to this many USD each (an agent key)",
     )
+    create_key.add_argument(
+        "--operator",
+        action="store_true",
+        help="with admin: make this tenant an operator tenant (its keys may then hold admin)",
+    )
     create_key.set_defaults(run=_sync(_keys_create))
     list_keys = keys.add_parser("list", help="list a tenant's keys")
     list_keys.add_argument("--tenant", required=True)
@@ -177,6 +182,11 @@ async def _keys_create(db: Database, args: argparse.Namespace) -> int:
             raise ConfigError(f"no tenant {args.tenant}")
         if args.project and await tenant_repo.get_project(tx, args.tenant, args.project) is None:
             raise ConfigError(f"no project {args.project} in tenant {args.tenant}")
+        if "admin" in scopes and not await tenant_repo.is_operator_tenant(tx, args.tenant):
+            if not args.operator:
+                message = tenant_repo.admin_refused(args.tenant)
+                raise ConfigError(f"{message} To make it an operator tenant, add --operator.")
+            await tenant_repo.make_operator_tenant(tx, args.tenant)
         key, secret = await key_repo.insert_key(
             tx,
             tenant_id=args.tenant,

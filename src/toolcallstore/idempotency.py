@@ -63,9 +63,11 @@ def idempotency_key(request: Request) -> str:
 
 def optional_idempotency_key(request: Request) -> str | None:
     raw = request.headers.get("idempotency-key")
-    if raw is not None and (not 1 <= len(raw) <= MAX_KEY_LENGTH or not raw.isprintable()):
+    # Headers arrive as latin-1: a UTF-8 key would be stored mangled, so only ASCII is taken.
+    valid = raw is None or (raw.isascii() and raw.isprintable())
+    if raw is not None and (not 1 <= len(raw) <= MAX_KEY_LENGTH or not valid):
         raise InvalidRequest(
-            "The 'Idempotency-Key' header must be 1-255 printable characters.",
+            "The 'Idempotency-Key' header must be 1-255 printable ASCII characters.",
             code="idempotency_key_invalid",
         )
     return raw

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from toolcallstore.audit import AuditWriter
 from toolcallstore.context import SCOPE_KEY, RequestContext
 from toolcallstore.errors import APIError, InternalError, NotFound, RequestTooLarge
+from toolcallstore.head_limits import head_refusal
 from toolcallstore.ids import new_request_id, now_us
 from toolcallstore.metrics import Metrics
 from toolcallstore.responses import send_error
@@ -105,8 +106,9 @@ class ObserveMiddleware:
 
 class InputLimitsMiddleware:
     """Refuses what no route can take: bodies over `max_bytes` (413, whether announced or
-    streamed), and a NUL character in the path (404) or the query (400). No id contains one, and
-    Postgres text cannot hold one: left to the routes it would reach a query as a 500."""
+    streamed), headers over the caps of head_limits.py (431), and a NUL character in the path
+    (404) or the query (400). No id contains one, and Postgres text cannot hold one: left to the
+    routes it would reach a query as a 500."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -116,9 +118,9 @@ class InputLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        nul = _nul_refusal(scope)
-        if nul is not None:
-            await send_error(send, nul, scope[SCOPE_KEY].request_id)
+        refusal = _nul_refusal(scope) or head_refusal(scope["headers"])
+        if refusal is not None:
+            await send_error(send, refusal, scope[SCOPE_KEY].request_id)
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):

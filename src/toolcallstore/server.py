@@ -16,6 +16,7 @@ from toolcallstore.bootstrap import bootstrap
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
 from toolcallstore.errors import ConfigError
+from toolcallstore.head_limits import HeadLimitProtocol
 from toolcallstore.logs import configure_logging
 from toolcallstore.settings import Settings
 
@@ -106,7 +107,7 @@ def _run_uvicorn(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=HeadLimitProtocol,  # httptools, with the request head capped
         proxy_headers=True,
         forwarded_allow_ips=settings.trusted_proxies,
         access_log=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,34 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise InvalidRequest(message, code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    _refuse_duplicate_keys(raw)
     return data
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in seen:
+            raise _DuplicateKey(name)
+        seen[name] = value
+    return seen
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    """orjson keeps the last of a repeated key; strict parsing refuses the body instead (a
+    second, stdlib pass over a body orjson has already found well-formed)."""
+    try:
+        json.loads(raw, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        message = f"The request body repeats the key '{exc.args[0]}' in one object."
+        raise InvalidRequest(message, code="invalid_json") from None
+    except (ValueError, RecursionError):
+        # orjson took it (stdlib limits differ: digits of huge integers, nesting depth).
+        return
 
 
 def validate(data: Mapping[str, Any], fields: Mapping[str, Field]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from toolcallstore.queue.store import TERMINAL, Job
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.validation import invalid
+from toolcallstore.webhooks.dispatch import DELIVER_JOB_TYPE
 
 POLL_S = 0.05  # how often a waiting request looks again: changes show within 50-100 ms
 MAX_WAIT_S = 60
@@ -31,11 +33,54 @@ def _view(job: Job) -> tuple[Any, ...]:
     return (job.state, job.progress, job.progress_message, job.attempts, job.cancel_requested)
 
 
-async def _own_job(request: Request, principal: Principal) -> Job:
+@dataclass(frozen=True)
+class _Owner:
+    """What a job belongs to: its mode, its project, and the scope that may cancel it."""
+
+    livemode: bool
+    project_id: str | None
+    cancel_scope: str
+
+
+async def _owner_of(request: Request, job: Job) -> _Owner | None:
+    """A tool job is its execution's, a delivery job its endpoint's; others (no owning record:
+    the tenant's internal jobs) are the tenant's own, test mode, and cancelled by `admin`."""
+    db = services(request).db
+    if job.type == TOOL_JOB_TYPE:
+        row = await db.fetch_one(
+            "SELECT livemode, project_id, tool FROM executions WHERE id = :id AND tenant_id = :t",
+            {"id": job.payload.get("execution_id"), "t": job.tenant_id},
+        )
+        if row is None:
+            return None
+        tool = services(request).tools.get(row["tool"])
+        scope = tool.scope if tool is not None else "admin"
+        return _Owner(bool(row["livemode"]), row["project_id"], scope)
+    if job.type == DELIVER_JOB_TYPE:
+        row = await db.fetch_one(
+            "SELECT e.livemode FROM webhook_deliveries d JOIN webhook_endpoints e"
+            " ON e.id = d.endpoint_id WHERE d.id = :id AND d.tenant_id = :t",
+            {"id": job.payload.get("delivery_id"), "t": job.tenant_id},
+        )
+        return None if row is None else _Owner(bool(row["livemode"]), None, "webhooks:manage")
+    return _Owner(False, None, "admin")
+
+
+async def _own_job(request: Request, principal: Principal) -> tuple[Job, _Owner]:
+    """The job, if the caller may see it: same tenant, same mode and, for a key bound to a
+    project, that project's; 404 otherwise, as for quotes and executions."""
     job = await services(request).jobs.store.get(request.path_params["job_id"])
-    if job is None or job.tenant_id != principal.tenant_id:
+    owner = None
+    if job is not None and job.tenant_id == principal.tenant_id:
+        owner = await _owner_of(request, job)
+    if (
+        job is None
+        or owner is None
+        or owner.livemode != principal.livemode
+        or principal.key.project_id not in (None, owner.project_id)
+    ):
         raise NotFound("No such job.", param="job_id")
-    return job
+    return job, owner
 
 
 def _wait_seconds(request: Request) -> float:
@@ -55,7 +100,7 @@ def _wait_seconds(request: Request) -> float:
 async def get_job(request: Request) -> Response:
     principal = require_scope(request, "jobs:read")
     wait = _wait_seconds(request)
-    job = await _own_job(request, principal)
+    job, _ = await _own_job(request, principal)
     store = services(request).jobs.store
     deadline = time.monotonic() + wait
     first = _view(job)
@@ -72,7 +117,7 @@ async def get_job(request: Request) -> Response:
 
 async def job_events(request: Request) -> Response:
     principal = require_scope(request, "jobs:read")
-    job = await _own_job(request, principal)
+    job, _ = await _own_job(request, principal)
     store = services(request).jobs.store
 
     async def events() -> AsyncIterator[bytes]:
@@ -98,7 +143,8 @@ async def job_events(request: Request) -> Response:
 
 async def cancel_job(request: Request) -> Response:
     principal = require_scope(request, "jobs:read")
-    job = await _own_job(request, principal)
+    job, owner = await _own_job(request, principal)
+    require_scope(request, owner.cancel_scope)  # who may see a job may not stop it
     # A billable tool's job may have acted once it started (an effect, then a timeout): it is
     # cancelled only before its first attempt, else its hold would be released unpaid.
     tool_job = job.type == TOOL_JOB_TYPE

@@ -16,7 +16,7 @@ from toolcallstore.auth import SCOPES, Principal, authenticated, require_scope, 
 from toolcallstore.db import Transaction
 from toolcallstore.db import keys as repo
 from toolcallstore.db.keys import ApiKey
-from toolcallstore.db.tenants import get_project, get_tenant
+from toolcallstore.db.tenants import admin_refused, get_project, get_tenant, is_operator_tenant
 from toolcallstore.errors import NotFound, PermissionDenied
 from toolcallstore.idempotency import idempotency_key
 from toolcallstore.money import usd_to_micros
@@ -82,6 +82,8 @@ async def create_key(request: Request) -> Response:
     async def execute(tx: Transaction) -> tuple[int, Any]:
         if tenant_id != principal.tenant_id and await get_tenant(tx, tenant_id) is None:
             raise NotFound("No such tenant.", param="tenant_id")
+        if "admin" in grant["scopes"] and not await is_operator_tenant(tx, tenant_id):
+            raise _refuse("admin_scope_forbidden", admin_refused(tenant_id), param="scopes")
         project_id = grant["project_id"]
         if project_id is not None and await get_project(tx, tenant_id, project_id) is None:
             raise NotFound("No such project.", param="project_id")
@@ -107,8 +109,15 @@ def _without_secret(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "secret": None} if "secret" in body else body
 
 
+def _sees(principal: Principal, key: ApiKey) -> bool:
+    """A project key sees its project's keys; a test key sees no live key."""
+    if not principal.livemode and key.mode == "live":
+        return False
+    return principal.key.project_id in (None, key.project_id)
+
+
 def _visible(principal: Principal, key: ApiKey | None) -> ApiKey:
-    if key is None or principal.key.project_id not in (None, key.project_id):
+    if key is None or not _sees(principal, key):
         raise NotFound("No such API key.", param="key_id")
     return key
 
@@ -122,7 +131,7 @@ async def list_keys(request: Request) -> Response:
         limit=page.limit,
         starting_after=page.starting_after,
     )
-    data = [key_object(k) for k in found if principal.key.project_id in (None, k.project_id)]
+    data = [key_object(k) for k in found if _sees(principal, k)]
     return JSONResponse(list_object(data, has_more, "/v1/keys"))
 
 

@@ -25,7 +25,7 @@ PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 def _period(request: Request) -> str:
-    period = request.query_params.get("period") or period_of(now_us())
+    period = request.query_params.get("period", period_of(now_us()))
     if not PERIOD.match(period):
         raise invalid("period", "'period' must be a month as YYYY-MM, e.g. 2026-11.")
     return period

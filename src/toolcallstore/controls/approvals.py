@@ -14,14 +14,17 @@ from toolcallstore.ids import new_id, now_us
 
 
 def _visible(row: Row, principal: Principal, quote_project: str | None) -> bool:
-    return row["tenant_id"] == principal.tenant_id and principal.key.project_id in (
-        None,
-        quote_project,
+    """Same tenant, same mode, and the key's project if it is bound to one."""
+    return (
+        row["tenant_id"] == principal.tenant_id
+        and bool(row["quote_livemode"]) == principal.livemode
+        and principal.key.project_id in (None, quote_project)
     )
 
 
 _BY_ID = (
-    "SELECT a.*, q.project_id AS project_id, q.api_key_id AS quote_key_id"
+    "SELECT a.*, q.project_id AS project_id, q.api_key_id AS quote_key_id,"
+    " q.livemode AS quote_livemode"
     " FROM approvals a JOIN quotes q ON q.id = a.quote_id WHERE a.id = :id"
 )
 
@@ -78,16 +81,44 @@ def request_approval(tx: SyncTransaction, principal: Principal, quote: Quote) ->
     return row
 
 
+MAX_LINEAGE = 64  # keys minting keys deeper than this are treated as one hand
+
+
+def _lineage(tx: SyncTransaction, key_id: str) -> list[tuple[str, bool]]:
+    """The key and the keys that created it, nearest first: (id, whether it is a root, made
+    by the CLI or the first start rather than by another key)."""
+    chain: list[tuple[str, bool]] = []
+    current: str | None = key_id
+    while current is not None and len(chain) < MAX_LINEAGE:
+        parent = tx.fetch_val(
+            "SELECT created_by_key_id FROM api_keys WHERE id = :id", {"id": current}
+        )
+        chain.append((current, parent is None))
+        current = parent
+    return chain
+
+
+def _same_hand(decider: list[tuple[str, bool]], asker: list[tuple[str, bool]]) -> bool:
+    """Whether two keys act for the same hand: one made the other (at any depth), or both
+    descend from a key that is not a root (an agent's key minting two children)."""
+    if decider[0] in asker or asker[0] in decider or len(decider) >= MAX_LINEAGE:
+        return True
+    return any(not root for _, root in set(decider) & set(asker))
+
+
 def decide_approval(
     tx: SyncTransaction, principal: Principal, approval_id: str, *, grant: bool, note: str | None
 ) -> Row:
     current = visible_approval(tx.fetch_one(_BY_ID, {"id": approval_id}), principal)
-    if principal.key_id in (current["requested_by_key_id"], current["quote_key_id"]):
-        raise PermissionDenied(
-            "A key cannot approve or deny a request it made or a quote it created; another"
-            " key holding 'approvals:grant' (a human's) must decide.",
-            code="self_approval_forbidden",
-        )
+    deciders = _lineage(tx, principal.key_id)
+    for asker in {current["requested_by_key_id"], current["quote_key_id"]} - {None}:
+        if _same_hand(deciders, _lineage(tx, asker)):
+            raise PermissionDenied(
+                "A key cannot approve or deny a request made, or a quote created, by itself,"
+                " by a key it created, by the key that created it, or by a key minted from the"
+                " same line; another key holding 'approvals:grant' (a human's) must decide.",
+                code="self_approval_forbidden",
+            )
     now = now_us()
     row = tx.fetch_one(
         "UPDATE approvals SET state = :state, decided_by_key_id = :key, decided_at = :now,"

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import databases
@@ -107,6 +109,18 @@ class Transaction:
             await self._connection.raw_connection.executemany(sql, rows)
 
 
+def owner_only(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (0600), or make it so, with its -wal
+    and -shm, before the first write: they hold key hashes, BYOK ciphertext and every tenant's
+    records. SQLite gives the -wal and -shm files it creates the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o077:
+                os.chmod(file, 0o600)
+
+
 class Database:
     """Reads anywhere, writes through `transaction()`; the same API on both dialects."""
 
@@ -138,12 +152,12 @@ class Database:
         return self.dialect == "postgresql"
 
     async def connect(self) -> None:
+        path = None if self.is_postgres else sqlite_path(self.url)
+        if path is not None:
+            owner_only(path)
         await self._db.connect()
-        if self.is_postgres:
+        if path is None:
             return
-        path = sqlite_path(self.url)
-        assert path is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._open_sqlite(query_only=False)
         await self._writer.execute("PRAGMA journal_mode=WAL")
         self._readers = [

@@ -7,12 +7,34 @@ from toolcallstore.db.pages import Page, fetch_page
 from toolcallstore.ids import new_id, now_us
 
 
-async def insert_tenant(tx: Transaction, name: str) -> Row:
-    row = {"id": new_id("ten"), "name": name, "created_at": now_us()}
+async def insert_tenant(tx: Transaction, name: str, *, operator: bool = False) -> Row:
+    """A tenant; `operator` only for the operator's own (the bootstrap tenant), whose keys alone
+    may hold `admin`."""
+    row = {"id": new_id("ten"), "name": name, "created_at": now_us(), "operator": int(operator)}
     await tx.execute(
-        "INSERT INTO tenants (id, name, created_at) VALUES (:id, :name, :created_at)", row
+        "INSERT INTO tenants (id, name, created_at, operator)"
+        " VALUES (:id, :name, :created_at, :operator)",
+        row,
     )
     return row
+
+
+async def is_operator_tenant(db: Database | Transaction, tenant_id: str) -> bool:
+    """Whether this tenant's keys may hold `admin` (the operator's scope)."""
+    value = await db.fetch_val("SELECT operator FROM tenants WHERE id = :id", {"id": tenant_id})
+    return bool(value)
+
+
+async def make_operator_tenant(tx: Transaction, tenant_id: str) -> None:
+    await tx.execute("UPDATE tenants SET operator = 1 WHERE id = :id", {"id": tenant_id})
+
+
+def admin_refused(tenant_id: str) -> str:
+    return (
+        f"'admin' is the operator's scope: only keys of the operator's tenant may hold it, and"
+        f" {tenant_id} is not the operator's. Give its keys the scopes they need (keys:manage,"
+        f" billing:manage, webhooks:manage, ...)."
+    )
 
 
 async def get_tenant(db: Database | Transaction, tenant_id: str) -> Row | None:
