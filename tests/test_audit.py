@@ -1,6 +1,7 @@
 import asyncio
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -115,6 +116,16 @@ async def test_concurrent_writers_keep_one_unbroken_chain(api: Api, settings: Se
     assert report.ok and report.rows_checked == len(rows) >= 80
 
 
+async def _insert_row(tx: Any, row: dict[str, Any]) -> None:
+    """A forged row, written straight into the table (its own id and xid left to Postgres)."""
+    columns = [c for c in row if c not in ("id", "xid")]
+    await tx.execute(
+        f"INSERT INTO audit_log ({', '.join(columns)})"
+        f" VALUES ({', '.join(':' + c for c in columns)})",
+        {c: row[c] for c in columns},
+    )
+
+
 async def test_an_inserted_row_breaks_the_chain_where_it_was_put(api: Api) -> None:
     for _ in range(4):
         await api.client.get("/v1/me", headers=api.auth())
@@ -131,12 +142,7 @@ async def test_an_inserted_row_breaks_the_chain_where_it_was_put(api: Api) -> No
                 "UPDATE audit_log SET seq = :new WHERE seq = :old",
                 {"new": row["seq"], "old": row["seq"] - 1},
             )
-        columns = [c for c in rows[0] if c not in ("id", "xid")]
-        await tx.execute(
-            f"INSERT INTO audit_log ({', '.join(columns)})"
-            f" VALUES ({', '.join(':' + c for c in columns)})",
-            {c: forged[c] for c in columns},
-        )
+        await _insert_row(tx, forged)
     report = await verify_chain(db)
     assert not report.ok and report.broken_at == 4 and "prev_hash" in (report.problem or "")
 
@@ -149,13 +155,8 @@ async def test_a_row_appended_past_the_head_is_found(api: Api) -> None:
     last = rows[-1]
     extra = dict(last, seq=last["seq"] + 1, prev_hash=last["hash"], request_id="req_extra")
     extra["hash"] = chain_hash(extra["prev_hash"], extra)
-    columns = [c for c in rows[0] if c not in ("id", "xid")]
     async with db.transaction() as tx:
-        await tx.execute(
-            f"INSERT INTO audit_log ({', '.join(columns)})"
-            f" VALUES ({', '.join(':' + c for c in columns)})",
-            {c: extra[c] for c in columns},
-        )
+        await _insert_row(tx, extra)
     report = await verify_chain(db)
     assert report.broken_at == extra["seq"] and "added" in (report.problem or "")
 

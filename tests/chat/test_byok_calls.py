@@ -62,6 +62,15 @@ async def live_key(live: Live) -> str:
     return secret
 
 
+async def own_key(live: Live, key: str) -> str:
+    """Store a new provider key of the tenant's own for "mine"; returns it."""
+    own = "sk-mine-" + secrets.token_hex(12)
+    r = await live.client.post("/v1/byok-keys", json={"provider": "mine", "key": own},
+                               headers={**live.auth(key), "Idempotency-Key": own})  # fmt: skip
+    assert r.status_code == 200, r.text
+    return own
+
+
 async def test_a_tenants_own_key_is_used_and_only_the_fee_is_charged(
     setup: tuple[Live, Upstream, str],
 ) -> None:
@@ -97,10 +106,7 @@ async def test_llm_chat_executions_use_the_tenants_key_too(
     setup: tuple[Live, Upstream, str],
 ) -> None:
     live, upstream, key = setup
-    own = "sk-mine-" + secrets.token_hex(12)
-    r = await live.client.post("/v1/byok-keys", json={"provider": "mine", "key": own},
-                               headers={**live.auth(key), "Idempotency-Key": "b2"})  # fmt: skip
-    assert r.status_code == 200, r.text
+    own = await own_key(live, key)
     params = {"model": "mine-lane", "messages": [{"role": "user", "content": "hi"}],
               "max_tokens": 5}  # fmt: skip
     r = await live.client.post("/v1/executions", json={"tool": "llm.chat", "params": params},
@@ -116,10 +122,7 @@ async def test_a_byok_call_holds_the_fee_it_is_charged_not_the_list_price(
     # A cap with room for the fee but not for the call at list prices: the call goes through,
     # because the provider bills the tenant and we hold and charge only the fee.
     live, upstream, key = setup
-    own = "sk-mine-" + secrets.token_hex(12)
-    r = await live.client.post("/v1/byok-keys", json={"provider": "mine", "key": own},
-                               headers={**live.auth(key), "Idempotency-Key": "b3"})  # fmt: skip
-    assert r.status_code == 200, r.text
+    await own_key(live, key)
     db = live.app.state.services.db
     tenant = await db.fetch_val("SELECT tenant_id FROM api_keys LIMIT 1")
     async with db.transaction() as tx:
