@@ -43,6 +43,8 @@ from toolcallstore.responses import error_response
 from toolcallstore.sandbox import create_sandbox_app
 from toolcallstore.services import Services
 from toolcallstore.settings import Settings, parse_queue_limits
+from toolcallstore.site.build import build_site, load_site
+from toolcallstore.site.serve import PublicFiles
 from toolcallstore.tools import ToolRegistry
 from toolcallstore.tools.llm import register_llm_tool
 from toolcallstore.tools.sandbox import register_sandbox_tools
@@ -135,6 +137,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = svc
+    app.add_middleware(PublicFiles, build=lambda: build_site(app, load_site()))  # no auth
     app.add_middleware(SandboxMount, sandbox=create_sandbox_app())  # outermost: no auth, no audit
     return app
 

@@ -16,7 +16,7 @@ from toolcallstore.lanes.health import ProviderHealth
 from toolcallstore.lanes.openai_out import Assembly
 from toolcallstore.lanes.plan import plan_call, plan_quoted_call
 from toolcallstore.lanes.prices import LivePrices
-from toolcallstore.lanes.request import budget_of, parse_chat_params
+from toolcallstore.lanes.request import CHAT_SCHEMA, TRANSPORT, budget_of, parse_chat_params
 from toolcallstore.lanes.router import AllProvidersFailed, LaneCall, Refused
 from toolcallstore.lanes.sender import Sender
 from toolcallstore.lanes.settlement import settlement_of
@@ -111,7 +111,15 @@ def register_llm_tool(
                 "max_cost_usd": "optional cap on the price",
                 "tools": "optional OpenAI function tools",
             },
+            params_schema=tool_params_schema(),
             timeout_s=TIMEOUT_S,
             describe_price=describe,
         )
     )
+
+
+def tool_params_schema() -> dict[str, Any]:
+    """The chat request less its transport fields (quote, approval, streaming: the flow's)."""
+    properties = {name: schema for name, schema in CHAT_SCHEMA["properties"].items()
+                  if name not in TRANSPORT}  # fmt: skip
+    return {**CHAT_SCHEMA, "properties": properties}

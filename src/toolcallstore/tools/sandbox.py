@@ -15,6 +15,7 @@ from toolcallstore.controls.pricing import Estimate, Pricing
 from toolcallstore.db import Database
 from toolcallstore.errors import ProviderError
 from toolcallstore.ids import now_us
+from toolcallstore.site.fields import body_schema
 from toolcallstore.tools.registry import Outcome, Tool, ToolCall, ToolRegistry
 from toolcallstore.validation import Field, invalid, validate
 
@@ -91,6 +92,7 @@ def register_sandbox_tools(tools: ToolRegistry, db: Database) -> None:
             price=_per_call("sandbox.echo"),
             execute=echo,
             params_doc={"message": "string, required", "delay_ms": "0-3000", "fail": "boolean"},
+            params_schema=body_schema(ECHO_PARAMS),
             timeout_s=5.0,
         )
     )
@@ -112,6 +114,7 @@ def register_sandbox_tools(tools: ToolRegistry, db: Database) -> None:
                 "delay_ms": "0-3000",
                 "fail_times": "fail the first N runs",
             },  # fmt: skip
+            params_schema=body_schema(IRREVERSIBLE_PARAMS),
             timeout_s=30.0,
         )
     )

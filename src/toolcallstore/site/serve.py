@@ -1,0 +1,64 @@
+"""The public files served by the app itself, without auth, at the paths Caddy serves them from
+public/ (so a store started without Caddy can be discovered the same way). Built from the
+running app on first request, so they always describe the code and config it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import PurePosixPath
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from toolcallstore.site.build import CONTENT_TYPES
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"public, max-age=300"),
+]
+
+
+def public_path(path: str) -> str:
+    """The file name a request path names: /, /docs/ and /docs map to their index.html."""
+    if path == "/" or path == "":
+        return "index.html"
+    name = path.lstrip("/")
+    if name.endswith("/") or PurePosixPath(name).suffix == "":
+        name = name.rstrip("/") + "/index.html"
+    return name
+
+
+class PublicFiles:
+    """Pure ASGI: GET/HEAD of a public file is answered here; anything else goes on."""
+
+    def __init__(self, app: ASGIApp, build: Callable[[], dict[str, bytes]]) -> None:
+        self.app = app
+        self._build = build
+        self._files: dict[str, bytes] | None = None
+
+    def files(self) -> dict[str, bytes]:
+        if self._files is None:
+            self._files = self._build()
+        return self._files
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(("/v1/", "/sandbox/", "/mcp")) or path in ("/healthz", "/readyz"):
+            await self.app(scope, receive, send)
+            return
+        name = public_path(path)
+        content = self.files().get(name)
+        if content is None:
+            await self.app(scope, receive, send)
+            return
+        media = CONTENT_TYPES[PurePosixPath(name).suffix]
+        headers = [
+            (b"content-type", media.encode()),
+            (b"content-length", str(len(content)).encode()),
+            *SECURITY_HEADERS,
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        body = b"" if scope["method"] == "HEAD" else content
+        await send({"type": "http.response.body", "body": body})
