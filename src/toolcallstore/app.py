@@ -33,6 +33,7 @@ from toolcallstore.lanes.price_jobs import register_price_job, schedule_price_re
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.sender import Sender, upstream_client
 from toolcallstore.logs import AccessLog
+from toolcallstore.mcp_endpoint.server import McpEndpoint
 from toolcallstore.metrics import Metrics
 from toolcallstore.middleware import InputLimitsMiddleware, ObserveMiddleware, SandboxMount
 from toolcallstore.queue.sandbox import register_sandbox_handlers
@@ -120,7 +121,8 @@ def create_app(settings: Settings) -> Starlette:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
                 svc.tasks.update(svc.jobs.start())
-            yield
+            async with mcp.running():
+                yield
         finally:
             await stop_services(svc)
             if close_listener is not None:
@@ -137,7 +139,9 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = svc
-    app.add_middleware(PublicFiles, build=lambda: build_site(app, load_site()))  # no auth
+    site = load_site()
+    mcp = app.state.mcp = McpEndpoint(tools, site.name, frozenset({site.base_url}))
+    app.add_middleware(PublicFiles, build=lambda: build_site(app, site))  # no auth
     app.add_middleware(SandboxMount, sandbox=create_sandbox_app())  # outermost: no auth, no audit
     return app
 

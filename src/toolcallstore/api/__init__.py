@@ -10,6 +10,7 @@ from toolcallstore.api import (
     health,
     jobs,
     keys,
+    mcp,
     quotes,
     receipts,
     spend_caps,
@@ -31,4 +32,5 @@ def routes() -> list[BaseRoute]:
         *keys.routes,
         *tenants.routes,
         *byok.routes,
+        *mcp.routes,
     ]

@@ -177,6 +177,8 @@ def _operation_id(op: Operation) -> str:
 def build_openapi(routes: Iterable[BaseRoute], operations: Iterable[Operation]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in match(routes, operations):
+        if op.external is not None:
+            continue
         paths.setdefault(op.path, {})[op.method.lower()] = operation_object(op)
     return {
         "openapi": "3.1.0",

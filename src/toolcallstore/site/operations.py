@@ -43,6 +43,8 @@ class Operation:
     # Media types of the success answer other than JSON ("text/event-stream" for SSE).
     streams: tuple[str, ...] = ()
     description: str = ""
+    # Another protocol's route (MCP): matched like the others, described elsewhere (this URL).
+    external: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
