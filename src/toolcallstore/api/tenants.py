@@ -86,7 +86,10 @@ async def list_projects(request: Request) -> Response:
 async def get_project(request: Request) -> Response:
     principal = require_scope(request, "keys:manage")
     project_id = request.path_params["project_id"]
-    row = await repo.get_project(services(request).db, principal.tenant_id, project_id)
+    db = services(request).db
+    row = await repo.get_project(db, principal.tenant_id, project_id)
+    if row is None and principal.has("admin") and principal.key.project_id is None:
+        row = await repo.find_project(db, project_id)  # made for another tenant (tenant_id)
     if row is None or principal.key.project_id not in (None, project_id):
         raise NotFound("No such project.", param="project_id")
     return JSONResponse(project_object(row))

@@ -90,8 +90,9 @@ def error_codes(op: Operation) -> dict[int, list[str]]:
         codes[413] = ["request_too_large"]
     if op.query:
         codes[400].append("unknown_parameter")
-    if "{" in op.path:
-        codes[404] = ["not_found"]
+    named = [*(op.body or {}), *op.query, *((op.body_schema or {}).get("properties", {}))]
+    if "{" in op.path or any(name.endswith("_id") for name in named):
+        codes[404] = ["not_found"]  # an id in the path, body or query names nothing visible
     if op.idempotency is not None:
         if op.idempotency == "required":
             codes[400].append("idempotency_key_required")
