@@ -129,9 +129,10 @@ async def list_keys(request: Request) -> Response:
 
 async def get_key(request: Request) -> Response:
     principal = require_scope(request, "keys:manage")
-    found = await repo.get_key(
-        services(request).db, principal.tenant_id, request.path_params["key_id"]
-    )
+    db, key_id = services(request).db, request.path_params["key_id"]
+    found = await repo.get_key(db, principal.tenant_id, key_id)
+    if found is None and principal.has("admin") and principal.key.project_id is None:
+        found = await repo.find_key(db, key_id)  # made for another tenant (tenant_id)
     return JSONResponse(key_object(_visible(principal, found)))
 
 
