@@ -1,5 +1,6 @@
 """Projects and keys an operator makes for another tenant (`tenant_id`) can be read back by
 that operator, and by no other tenant's key."""
+
 from __future__ import annotations
 
 from tests.conftest import Api
