@@ -102,6 +102,7 @@ def test_pricing_shows_our_prices_never_provider_costs() -> None:
     raw = orjson.loads(Path(PUBLIC.parent / "config" / "models.json").read_bytes())
     pricing = (PUBLIC / "pricing.json").read_text()
     assert "provider_cost" not in pricing and "markup" not in pricing
+    assert f"1 + {raw['markup']}" not in pricing  # the markup would give provider costs away
     tools = orjson.loads(pricing)["tools"]
     # sandbox.echo: 0.001 x 1.20 + 0.0002 fee; the provider's 0.001 appears nowhere.
     assert tools["sandbox.echo"]["unit_price_usd"] == "0.001400"

@@ -136,7 +136,9 @@ def mcp_page(site: SiteConfig, mcp: dict[str, Any]) -> str:
         "low-risk call is quoted inline and runs; otherwise the result is the quote (price, "
         "whether an approval is needed and how to get one) and nothing happens. Call again with "
         "<code>quote_id</code> (and <code>approval_id</code> once granted) to run it. Results "
-        "carry <code>receipt_id</code>; a job tool returns its job and how to poll it.</p>"
+        "carry <code>receipt_id</code>; a job tool returns its job and how to poll it: the "
+        "<code>toolcallstore.job</code> tool (with <code>wait</code> to long-poll), "
+        "<code>GET /v1/jobs/{id}</code> or its events.</p>"
         f'<h2>Tools</h2><ul>{tools}</ul><p><a href="/.well-known/mcp.json">mcp.json</a></p>'
     )
     return page(site, "MCP", body)

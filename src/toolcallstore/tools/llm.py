@@ -88,8 +88,9 @@ def register_llm_tool(
     def describe() -> dict[str, Any]:
         return {
             "basis": "per_token",
-            "description": "usage x the answering target's price per million tokens"
-            f" x (1 + {catalog.markup}) + a {catalog.fee} USD fee; at most max_cost_usd",
+            # Our prices only: the markup would give the provider's cost away.
+            "description": "usage x the answering target's price per million tokens (GET"
+            f" /v1/models) + a {catalog.fee} USD fee per call; at most max_cost_usd",
         }
 
     tools.register(
