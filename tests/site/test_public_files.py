@@ -148,3 +148,16 @@ async def _refusals_of_undocumented_fields(api: Api) -> int:
             assert response.json()["error"]["code"] == "unknown_parameter", (method, path)
             checked += 1
     return checked
+
+
+async def test_routes_of_the_api_never_wait_on_the_public_files(settings: Settings) -> None:
+    """A request to the API does not build the public files: an app with a route nobody
+    declared (as tests add) still answers it."""
+    async with running_api(settings) as api:
+
+        async def probe(request: object) -> PlainTextResponse:
+            return PlainTextResponse("probe")
+
+        api.app.router.routes.append(Route("/v1/probe", probe))  # type: ignore[attr-defined]
+        answer = await api.client.get("/v1/probe", headers=api.auth())
+        assert answer.status_code == 200 and answer.text == "probe"

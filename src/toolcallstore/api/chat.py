@@ -227,14 +227,15 @@ operations = [
               " `stream: true` answers Server-Sent Events", "llm", "llm:chat",
               body_schema=CHAT_SCHEMA, idempotency="optional", responses={200: "ChatCompletion"},
               streams=("text/event-stream",),
-              errors={400: ("content_policy_violation",), 402: ("spend_cap_exceeded",),
-                      403: ("quote_required", "approval_required", "approval_denied",
-                            "approval_expired"),
-                      404: ("not_found", "model_not_found"), 409: ("quote_already_used",),
-                      410: ("quote_expired",),
-                      422: ("max_cost_too_low", "quote_mismatch", "context_length_exceeded"),
+              errors={400: ("content_policy_violation", "context_length_exceeded"),
+                      402: ("spend_cap_exceeded",),
+                      403: ("quote_required", "approval_required"),
+                      404: ("not_found", "model_not_found"),
+                      409: ("quote_already_used", "quote_stale"), 410: ("quote_expired",),
+                      422: ("max_cost_too_low", "quote_mismatch"),
                       500: ("execution_interrupted",),
-                      502: ("all_providers_failed", "provider_error")},
+                      502: ("all_providers_failed", "provider_error"),
+                      503: ("provider_not_configured",)},
               description="The last chunk (or the body) carries `usage` and `toolcall`"
               " (receipt_id, cost_usd, target, attempts); headers ToolCall-Quote-Id and"
               " ToolCall-Receipt-Id. A stream that fails after its first token ends with a"

@@ -134,7 +134,8 @@ operations = [
     Operation("POST", "/v1/quotes", "Quote a tool call (price, worst case, approval needed)",
               "quotes", "quotes:create", body=QUOTE_FIELDS, idempotency="required",
               responses={200: "Quote"},
-              errors={404: ("not_found", "unknown_tool"), 422: ("max_cost_too_low",)}),
+              errors={404: ("not_found", "model_not_found"), 422: ("max_cost_too_low",),
+                      503: ("provider_not_configured",)}),
     Operation("GET", "/v1/quotes/{quote_id}", "A quote", "quotes", "quotes:create",
               responses={200: "Quote"}),
 ]  # fmt: skip

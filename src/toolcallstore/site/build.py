@@ -31,6 +31,14 @@ CONTENT_TYPES = {
 }
 
 
+# Every public file, so a request can be told apart from the API's without building them.
+PUBLIC_FILES = frozenset({
+    "openapi.json", "llms.txt", "llms-full.txt", "catalog.json", "pricing.json", "models.json",
+    ".well-known/security.txt", ".well-known/mcp.json", "index.html", "pricing.html",
+    "docs/index.html", "docs/mcp.html",
+})  # fmt: skip
+
+
 def load_site(path: str | Path | None = None) -> SiteConfig:
     return SiteConfig.from_dict(json.loads(Path(path or DEFAULT_SITE_FILE).read_text()))
 
@@ -47,7 +55,7 @@ def build_site(app: Starlette, site: SiteConfig) -> dict[str, bytes]:
     pricing = pricing_document(svc.tools, svc.lanes)
     mcp = mcp_document(site, svc.tools)
     tool_names = [tool.name for tool in svc.tools.all()]
-    return {
+    files = {
         "openapi.json": _json(openapi),
         "llms.txt": llms_txt(site, tool_names).encode(),
         "llms-full.txt": llms_full_txt(site, openapi).encode(),
@@ -61,6 +69,8 @@ def build_site(app: Starlette, site: SiteConfig) -> dict[str, bytes]:
         "docs/index.html": docs_page(site, openapi).encode(),
         "docs/mcp.html": mcp_page(site, mcp).encode(),
     }
+    assert set(files) == PUBLIC_FILES, "PUBLIC_FILES names every file built"
+    return files
 
 
 def write_site(files: dict[str, bytes], out: Path) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from toolcallstore.site.build import CONTENT_TYPES
+from toolcallstore.site.build import CONTENT_TYPES, PUBLIC_FILES
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -44,15 +44,11 @@ class PublicFiles:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        if path.startswith(("/v1/", "/sandbox/", "/mcp")) or path in ("/healthz", "/readyz"):
+        name = public_path(scope["path"])
+        if name not in PUBLIC_FILES:  # the API's (a 404 there), never a reason to build
             await self.app(scope, receive, send)
             return
-        name = public_path(path)
-        content = self.files().get(name)
-        if content is None:
-            await self.app(scope, receive, send)
-            return
+        content = self.files()[name]
         media = CONTENT_TYPES[PurePosixPath(name).suffix]
         headers = [
             (b"content-type", media.encode()),
