@@ -158,6 +158,6 @@ async def test_routes_of_the_api_never_wait_on_the_public_files(settings: Settin
         async def probe(request: object) -> PlainTextResponse:
             return PlainTextResponse("probe")
 
-        api.app.router.routes.append(Route("/v1/probe", probe))  # type: ignore[attr-defined]
-        answer = await api.client.get("/v1/probe", headers=api.auth())
+        api.app.router.routes.append(Route("/test/probe", probe))  # type: ignore[attr-defined]
+        answer = await api.client.get("/test/probe", headers=api.auth())
         assert answer.status_code == 200 and answer.text == "probe"
