@@ -133,7 +133,7 @@ def _success(op: Operation, status: int, schema_name: str) -> dict[str, Any]:
         content["application/json"] = {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
     for media in op.streams:
         content[media] = {"schema": {"type": "string", "description": "Server-Sent Events"}}
-    text = "Success" if status < 300 else "Accepted: running as a job"
+    text = "Accepted: it runs as a job; poll it" if status == 202 else "Success"
     return {"description": text, "content": content}
 
 
