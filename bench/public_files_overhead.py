@@ -91,9 +91,10 @@ def main() -> None:
     try:
         for server in servers.values():
             drive(f"{server.base_url}/v1/me", args.connections, 1, _auth(server))  # warm up
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
+            order = list(servers.items())[:: 1 if round_ % 2 == 0 else -1]  # no side always first
             for path in ("/v1/me", "/healthz", "/llms.txt"):
-                for name, server in servers.items():
+                for name, server in order:
                     if path == "/llms.txt" and name == "without":
                         continue
                     load = drive(f"{server.base_url}{path}", args.connections, args.seconds,

@@ -17,14 +17,14 @@ SECURITY_HEADERS = [
 ]
 
 
-def public_path(path: str) -> str:
-    """The file name a request path names: /, /docs/ and /docs map to their index.html."""
-    if path == "/" or path == "":
-        return "index.html"
-    name = path.lstrip("/")
-    if name.endswith("/") or PurePosixPath(name).suffix == "":
-        name = name.rstrip("/") + "/index.html"
-    return name
+def request_paths() -> dict[str, str]:
+    """Request path -> public file: /name, and /dir/ and /dir for dir/index.html."""
+    paths = {"/" + name: name for name in PUBLIC_FILES}
+    for name in PUBLIC_FILES:
+        if name.endswith("index.html"):
+            folder = "/" + name.removesuffix("index.html")
+            paths[folder] = paths[folder.rstrip("/") or "/"] = name
+    return paths
 
 
 class PublicFiles:
@@ -34,6 +34,7 @@ class PublicFiles:
         self.app = app
         self._build = build
         self._files: dict[str, bytes] | None = None
+        self._paths = request_paths()
 
     def files(self) -> dict[str, bytes]:
         if self._files is None:
@@ -44,8 +45,8 @@ class PublicFiles:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        name = public_path(scope["path"])
-        if name not in PUBLIC_FILES:  # the API's (a 404 there), never a reason to build
+        name = self._paths.get(scope["path"])  # one lookup: this runs for every request
+        if name is None:  # the API's (a 404 there), never a reason to build
             await self.app(scope, receive, send)
             return
         content = self.files()[name]
