@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import orjson
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
@@ -231,3 +234,11 @@ async def test_job_events_stream_through_caddy(edge: Edge) -> None:
                 states.append(orjson.loads(line.removeprefix("data: "))["state"])
     assert states[-1] == "succeeded"
     assert len(states) >= 2  # the changes came as they happened, not one final answer
+
+
+async def test_mcp_answers_through_caddy(edge: Edge) -> None:
+    headers = {"Authorization": f"Bearer {edge.api.admin_key}"}
+    async with httpx2.AsyncClient(headers=headers) as http:
+        async with Client(streamable_http_client(f"{edge.caddy}/mcp", http_client=http)) as mcp:
+            names = {tool.name for tool in (await mcp.list_tools()).tools}
+    assert {"sandbox.echo", "sandbox.irreversible"} <= names
