@@ -10,7 +10,8 @@ started and timed until the no-op handler has run N times (drain jobs/s). Latenc
 consumer idle, one job at a time, from just before the enqueue call to the handler's start.
 
 Targets (issue 3), 2-core machine: >= 2,000 jobs/s drained on SQLite, >= 3,000 on Postgres,
-ours / huey drain ratio >= 1.0, pickup p50 <= 10 ms when idle.
+ours / huey drain ratio >= 1.0, pickup p50 <= 10 ms when idle. Issue 20 adds ours-Postgres /
+pgqueuer drain ratio >= 1.0, in the same run as ours / huey.
 
 Postgres runs in a scratch database (dropped and created through the admin URL, dropped at the
 end); SQLite files live in a temporary directory.
@@ -349,6 +350,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         (ours_pg.drain_rate >= TARGET_POSTGRES and complete, "Postgres drain >= 3,000 jobs/s",
          f"{ours_pg.drain_rate:.0f}"),
         (vs_huey >= TARGET_RATIO, "ours-SQLite / huey >= 1.0", f"{vs_huey:.2f}"),
+        (vs_pgq >= TARGET_RATIO, "ours-Postgres / pgqueuer >= 1.0", f"{vs_pgq:.2f}"),
         (ours_sqlite.p50_ms() <= TARGET_P50_MS, "pickup p50 <= 10 ms (SQLite)",
          f"{ours_sqlite.p50_ms():.2f} ms"),
         (ours_pg.p50_ms() <= TARGET_P50_MS, "pickup p50 <= 10 ms (Postgres)",

@@ -2,14 +2,16 @@ import asyncio
 import subprocess
 import sys
 
-from tests.conftest import Api
-from toolcallstore.audit import verify_chain
+import pytest
+
+from tests.conftest import Api, requires_postgres
+from toolcallstore.audit import chain_hash, verify_chain
 from toolcallstore.settings import Settings
 
 
 async def _audit_rows(api: Api) -> list[dict]:
     svc = api.app.state.services  # type: ignore[attr-defined]
-    await svc.audit.flush()
+    await svc.audit.seal()  # flushed, and on Postgres chained
     return await svc.db.fetch_all("SELECT * FROM audit_log ORDER BY seq")
 
 
@@ -67,8 +69,6 @@ async def test_the_chain_finds_a_deleted_row_and_a_cut_tail(api: Api) -> None:
 
 
 async def test_a_rewritten_row_with_a_recomputed_hash_breaks_the_next_link(api: Api) -> None:
-    from toolcallstore.audit import chain_hash
-
     for _ in range(4):
         await api.client.get("/v1/me", headers=api.auth())
     rows = await _audit_rows(api)
@@ -109,6 +109,120 @@ async def test_concurrent_writers_keep_one_unbroken_chain(api: Api, settings: Se
             *(other.client.get("/v1/me", headers=other.auth()) for _ in range(40)),
         )
         await other.app.state.services.audit.flush()  # type: ignore[attr-defined]
+        await other.app.state.services.audit.seal()  # type: ignore[attr-defined]
     rows = await _audit_rows(api)
     report = await verify_chain(api.app.state.services.db)  # type: ignore[attr-defined]
     assert report.ok and report.rows_checked == len(rows) >= 80
+
+
+async def test_an_inserted_row_breaks_the_chain_where_it_was_put(api: Api) -> None:
+    for _ in range(4):
+        await api.client.get("/v1/me", headers=api.auth())
+    rows = await _audit_rows(api)
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    # A forger shifts rows 3.. up by one and slips a row in at 3 whose prev_hash and hash
+    # follow the rule: the chain still breaks, at the row after it.
+    shifted = [dict(r, seq=r["seq"] + 1) for r in rows[2:]]
+    forged = dict(rows[2], request_id="req_forged", seq=3, prev_hash=rows[1]["hash"])
+    forged["hash"] = chain_hash(forged["prev_hash"], forged)
+    async with db.transaction() as tx:
+        for row in reversed(shifted):
+            await tx.execute(
+                "UPDATE audit_log SET seq = :new WHERE seq = :old",
+                {"new": row["seq"], "old": row["seq"] - 1},
+            )
+        columns = [c for c in rows[0] if c not in ("id", "xid")]
+        await tx.execute(
+            f"INSERT INTO audit_log ({', '.join(columns)})"
+            f" VALUES ({', '.join(':' + c for c in columns)})",
+            {c: forged[c] for c in columns},
+        )
+    report = await verify_chain(db)
+    assert not report.ok and report.broken_at == 4 and "prev_hash" in (report.problem or "")
+
+
+async def test_a_row_appended_past_the_head_is_found(api: Api) -> None:
+    for _ in range(3):
+        await api.client.get("/v1/me", headers=api.auth())
+    rows = await _audit_rows(api)
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    last = rows[-1]
+    extra = dict(last, seq=last["seq"] + 1, prev_hash=last["hash"], request_id="req_extra")
+    extra["hash"] = chain_hash(extra["prev_hash"], extra)
+    columns = [c for c in rows[0] if c not in ("id", "xid")]
+    async with db.transaction() as tx:
+        await tx.execute(
+            f"INSERT INTO audit_log ({', '.join(columns)})"
+            f" VALUES ({', '.join(':' + c for c in columns)})",
+            {c: extra[c] for c in columns},
+        )
+    report = await verify_chain(db)
+    assert report.broken_at == extra["seq"] and "added" in (report.problem or "")
+
+
+async def test_two_rows_swapped_break_the_chain_at_the_first(api: Api) -> None:
+    for _ in range(5):
+        await api.client.get("/v1/me", headers=api.auth())
+    rows = await _audit_rows(api)
+    db = api.app.state.services.db  # type: ignore[attr-defined]
+    a, b = rows[1]["seq"], rows[2]["seq"]
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE audit_log SET seq = -1 WHERE seq = :a", {"a": a})
+        await tx.execute("UPDATE audit_log SET seq = :a WHERE seq = :b", {"a": a, "b": b})
+        await tx.execute("UPDATE audit_log SET seq = :b WHERE seq = -1", {"b": b})
+    report = await verify_chain(db)
+    assert not report.ok and report.broken_at == a
+
+
+@requires_postgres
+async def test_a_row_is_never_sealed_ahead_of_an_older_open_transaction(api: Api) -> None:
+    """Rows are chained in the order of the transactions that wrote them, and only once no
+    older transaction can still commit: a late commit can never land before a sealed row."""
+    from toolcallstore.audit import append_rows, seal
+
+    svc = api.app.state.services  # type: ignore[attr-defined]
+    await svc.audit.seal()
+    db = svc.db
+
+    def row(request_id: str) -> dict[str, object]:
+        return {"ts": 1, "request_id": request_id, "method": "GET", "path": "/x",
+                "decision": "allowed", "status": 200, "latency_us": 0}  # fmt: skip
+
+    async def unsealed(request_id: str) -> bool:
+        found = await db.fetch_val(
+            "SELECT seq IS NULL FROM audit_log WHERE request_id = :r", {"r": request_id}
+        )
+        return bool(found)
+
+    async with db.transaction() as older:  # writes first, commits last
+        await older.execute("SELECT pg_current_xact_id()")
+        await db.run_sync(lambda tx: append_rows(tx, [row("req_newer")]))
+        await seal(db)
+        assert await unsealed("req_newer")  # it waits for the older transaction
+        await older.execute(
+            "INSERT INTO audit_log (ts, request_id, method, path, decision, status, latency_us)"
+            " VALUES (1, 'req_older', 'GET', '/x', 'allowed', 200, 0)"
+        )
+    await svc.audit.seal()
+    sealed = await db.fetch_all(
+        "SELECT request_id FROM audit_log WHERE request_id LIKE 'req_%er' ORDER BY seq"
+    )
+    assert [r["request_id"] for r in sealed] == ["req_older", "req_newer"]
+    report = await verify_chain(db)
+    assert report.ok and report.unsealed == 0
+
+
+@pytest.mark.parametrize("rows", [3])
+async def test_verify_reports_the_unsealed_tail(api: Api, rows: int) -> None:
+    svc = api.app.state.services  # type: ignore[attr-defined]
+    for _ in range(rows):
+        await api.client.get("/v1/me", headers=api.auth())
+    await svc.audit.flush()
+    report = await verify_chain(svc.db)
+    # SQLite chains as it writes; Postgres leaves the newest rows for the sealer.
+    assert report.ok and report.rows_checked + report.unsealed >= rows
+    if svc.db.is_postgres:
+        assert report.unsealed >= rows
+    await svc.audit.seal()
+    report = await verify_chain(svc.db)
+    assert report.ok and report.unsealed == 0

@@ -18,6 +18,10 @@ from starlette.routing import Route
 from toolcallstore import api
 from toolcallstore.audit import AuditWriter
 from toolcallstore.auth import AuthMiddleware, KeyCache
+from toolcallstore.billing.accounts import Suspensions
+from toolcallstore.billing.config import load_billing_config
+from toolcallstore.billing.metering import register_meter_job, schedule_metering
+from toolcallstore.billing.stripe_api import StripePayments
 from toolcallstore.byok import Keyring, tenant_keys
 from toolcallstore.context import context_of
 from toolcallstore.controls.executions import SWEEP_JOB_TYPE
@@ -49,6 +53,10 @@ from toolcallstore.site.serve import PublicFiles
 from toolcallstore.tools import ToolRegistry
 from toolcallstore.tools.llm import register_llm_tool
 from toolcallstore.tools.sandbox import register_sandbox_tools
+from toolcallstore.webhooks.delivery import register_delivery_job
+from toolcallstore.webhooks.dispatch import QUEUE as WEBHOOK_QUEUE
+from toolcallstore.webhooks.dispatch import run_dispatcher
+from toolcallstore.webhooks.http import HttpPoster
 
 log = logging.getLogger("toolcallstore.app")
 
@@ -66,9 +74,12 @@ def create_app(settings: Settings) -> Starlette:
     register_sandbox_handlers(registry, db)
     register_control_jobs(registry, db, tools, job_hold_seconds=settings.job_hold_seconds)
     job_store = SqlJobStore(db)
+    queue_limits = parse_queue_limits(settings.queue_limits)
+    # Slow receivers (up to 15 s each) must not take every worker from tool and billing jobs.
+    queue_limits.setdefault(WEBHOOK_QUEUE, max(1, settings.workers // 2))
     pool_config = PoolConfig(
         concurrency=settings.workers,
-        queue_limits=parse_queue_limits(settings.queue_limits),
+        queue_limits=queue_limits,
         lease_s=settings.job_lease_seconds,
         poll_s=settings.job_poll_ms / 1000,
     )
@@ -101,6 +112,9 @@ def create_app(settings: Settings) -> Starlette:
     async def keys_of(tenant_id: str) -> dict[str, str]:
         return await tenant_keys(db, svc.keyring, tenant_id)
 
+    poster = HttpPoster()
+    register_delivery_job(registry, db, svc.keyring, poster)
+    setup_billing(svc, registry)
     register_llm_tool(tools, lanes, sender, lambda: svc.health, svc.prices,
                       settings.sandbox_base(), keys_of)  # fmt: skip
 
@@ -117,6 +131,8 @@ def create_app(settings: Settings) -> Starlette:
             svc.tasks["maintenance"] = asyncio.create_task(maintain(svc), name="maintenance")
             svc.tasks["sweeper"] = asyncio.create_task(schedule_sweeps(svc), name="sweeper")
             svc.tasks["prices"] = asyncio.create_task(schedule_price_refresh(svc), name="prices")
+            svc.tasks["webhooks"] = asyncio.create_task(dispatch_webhooks(svc), name="webhooks")
+            svc.tasks["metering"] = asyncio.create_task(meter_usage(svc), name="metering")
             if settings.workers > 0:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
@@ -125,6 +141,9 @@ def create_app(settings: Settings) -> Starlette:
                 yield
         finally:
             await stop_services(svc)
+            await poster.aclose()
+            if svc.payments is not None:
+                await svc.payments.aclose()
             if close_listener is not None:
                 await close_listener()
 
@@ -133,7 +152,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(ObserveMiddleware, metrics=svc.metrics, audit=svc.audit),
             Middleware(InputLimitsMiddleware, max_bytes=settings.max_body_bytes),
-            Middleware(AuthMiddleware, keys=svc.keys),
+            Middleware(AuthMiddleware, keys=svc.keys, suspended=suspended_of(svc)),
         ],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_http_exception},
         lifespan=lifespan,
@@ -153,7 +172,7 @@ async def stop_services(svc: Services) -> None:
     await svc.jobs.stop()
     for name in ("workers", "heartbeat", "rescuer", "completer"):
         svc.tasks.pop(name, None)
-    for name in ("maintenance", "sweeper", "prices"):
+    for name in ("maintenance", "sweeper", "prices", "webhooks", "metering"):
         task = svc.tasks.pop(name, None)
         if task is not None and not task.done():
             try:
@@ -202,6 +221,46 @@ async def schedule_sweeps(svc: Services) -> None:
                 log.exception("could not enqueue the sweep; will retry")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(svc.stopping.wait(), svc.settings.hold_sweep_seconds)
+
+
+async def dispatch_webhooks(svc: Services) -> None:
+    """Fan new events out to webhook deliveries (only where this process runs jobs)."""
+    if svc.settings.workers <= 0:
+        await svc.stopping.wait()  # idle, not stopped: /readyz counts a stopped task as broken
+        return
+    interval = svc.settings.webhook_dispatch_ms / 1000
+    await run_dispatcher(svc.db, svc.stopping, interval, svc.jobs.wake)
+
+
+def setup_billing(svc: Services, registry: Registry) -> None:
+    """Stripe billing when TOOLCALLSTORE_STRIPE_API_KEY is set: the client, the metering job,
+    and the suspension check of live keys."""
+    settings = svc.settings
+    if not settings.stripe_api_key and os.environ.get("STRIPE_API_KEY"):
+        settings = settings.with_(stripe_api_key=os.environ["STRIPE_API_KEY"])
+    if not settings.stripe_webhook_secret and os.environ.get("STRIPE_WEBHOOK_SECRET"):
+        settings = settings.with_(stripe_webhook_secret=os.environ["STRIPE_WEBHOOK_SECRET"])
+    svc.settings = settings
+    svc.billing = load_billing_config(settings.billing_file)
+    if not settings.stripe_api_key:
+        return
+    svc.payments = StripePayments(settings.stripe_api_key, settings.stripe_api_base, svc.billing)
+    svc.suspensions = Suspensions(svc.db, svc.billing.payment_grace_days,
+                                  ttl=settings.key_cache_seconds)  # fmt: skip
+    register_meter_job(registry, svc.db, svc.payments)
+
+
+def suspended_of(svc: Services) -> Callable[[str], Awaitable[bool]] | None:
+    suspensions = svc.suspensions
+    return None if suspensions is None else suspensions.suspended
+
+
+async def meter_usage(svc: Services) -> None:
+    """Send settled live usage to Stripe's meter every METER_INTERVAL_SECONDS."""
+    if svc.payments is None or svc.settings.workers <= 0:
+        await svc.stopping.wait()  # idle, not stopped: /readyz counts a stopped task as broken
+        return
+    await schedule_metering(svc.jobs.enqueue, svc.stopping, svc.settings.meter_interval_seconds)
 
 
 def allowed_methods(request: Request) -> list[str]:

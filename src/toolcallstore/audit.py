@@ -1,17 +1,27 @@
 """The hash-chained audit log (DESIGN §5.6).
 
 Requests hand their row to `AuditWriter.record`, which returns at once; a background task
-appends batches in one transaction each. Every row stores `prev_hash` and
-`hash = sha256(prev_hash || canonical row)`, and `audit_head` keeps the newest (seq, hash) in
-the same transaction, so an edited, deleted or truncated row breaks the chain where
-`verify_chain` can point at it.
+appends batches in one transaction each; billable transactions append theirs in their own
+transaction (`append_rows`). Every chained row stores `prev_hash` and
+`hash = sha256(prev_hash || canonical row)`, and `audit_head` keeps the newest (seq, hash), so
+an edited, deleted, inserted or reordered row breaks the chain where `verify_chain` points.
+
+SQLite has one writer: rows are chained as they are inserted. On Postgres a chain head locked
+by every writer would serialise every billable transaction, so rows are inserted unchained,
+stamped with their transaction's id, and `seal` chains them later in (xid, id) order, taking
+only rows below the oldest transaction still running: no row can ever appear before a sealed
+one. One process seals at a time (an advisory lock); `AuditWriter.run` seals round after round
+while rounds find rows, and every `SEAL_SECONDS` when idle, so a committed row is sealed within
+a second while no transaction stays open longer than that. `verify_chain` reports the unsealed tail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +30,7 @@ from typing import Any
 import orjson
 
 from toolcallstore.db import Database, SyncTransaction
+from toolcallstore.ids import now_us
 from toolcallstore.logs import AccessLog
 
 log = logging.getLogger("toolcallstore.audit")
@@ -46,7 +57,7 @@ FIELDS = (
     "latency_us",
 )
 _COLUMNS = (*FIELDS, "prev_hash", "hash")
-_PENDING = "audit_rows"  # SyncTransaction.state key: rows to chain at COMMIT
+_PENDING = "audit_rows"  # SyncTransaction.state key: rows to insert at COMMIT
 
 
 def chain_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
@@ -59,68 +70,102 @@ def _digest(prev_hash: str, values: list[Any]) -> str:
 
 
 def append_rows(tx: SyncTransaction, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Append rows to the chain in the caller's transaction.
+    """Append rows to the log in the caller's transaction.
 
-    They are chained and inserted just before COMMIT, by one hook per transaction: a
-    group-committed batch reads and writes the chain's head once, and on Postgres the head
-    row (which every audited write locks) stays locked only until that COMMIT. Rows of a body
-    that fails are dropped with its savepoint, as its other statements are.
+    They are inserted just before COMMIT, by one hook per transaction: on SQLite chained with
+    the head read and written once per group-committed batch; on Postgres unchained, for the
+    sealer. Rows of a body that fails are dropped with its savepoint, as its other statements
+    are.
     """
     tx.state[_PENDING] = (*tx.state.get(_PENDING, ()), *rows)
-    tx.before_commit(_PENDING, _chain_pending)
+    tx.before_commit(_PENDING, _insert_pending)
 
 
-_PG_TYPES = {"ts": "bigint", "status": "integer", "cost_micros": "bigint", "latency_us": "bigint"}
-# One row, one round trip on Postgres: read and lock the head, chain the row with the same
-# digest as `_digest` (sha256 of prev_hash || the JSON array of FIELDS, `rest` being that
-# array's text after the seq), insert it and move the head. The head row, which every audited
-# write locks, is then held for this statement and the COMMIT only.
-_PG_APPEND_ONE = f"""
-WITH head AS (SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE),
-next AS (
-    SELECT seq + 1 AS seq, hash AS prev_hash, encode(sha256(convert_to(
-        hash || '[' || (seq + 1)::text || ',' || :rest::text, 'UTF8')), 'hex') AS hash
-    FROM head
-),
-added AS (
-    INSERT INTO audit_log ({", ".join(_COLUMNS)})
-    SELECT next.seq, {", ".join(f":{f}::{_PG_TYPES.get(f, 'text')}" for f in FIELDS[1:])},
-        next.prev_hash, next.hash
-    FROM next
-)
-UPDATE audit_head SET seq = next.seq, hash = next.hash FROM next WHERE audit_head.id = 1
-"""
-
-
-def _chain_pending(tx: SyncTransaction) -> None:
+def _insert_pending(tx: SyncTransaction) -> None:
     rows = tx.state.pop(_PENDING, ())
     if not rows:
         return
-    if tx.dialect == "postgresql" and len(rows) == 1:
-        fields = {f: rows[0].get(f) for f in FIELDS[1:]}
-        rest = orjson.dumps(list(fields.values())).decode()[1:]
-        tx.execute(_PG_APPEND_ONE, {**fields, "rest": rest})
+    if tx.dialect == "postgresql":
+        tx.insert_many("audit_log", FIELDS[1:], [[r.get(f) for f in FIELDS[1:]] for r in rows])
         return
-    lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
-    head = tx.fetch_one(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}")
+    head = tx.fetch_one("SELECT seq, hash FROM audit_head WHERE id = 1")
     assert head is not None, "audit_head row is missing: migrations not applied"
     seq, prev = int(head["seq"]), str(head["hash"])
     chained = []
+    now = now_us()
     for row in rows:
         seq += 1
         values = [seq, *(row.get(f) for f in FIELDS[1:])]
         digest = _digest(prev, values)
-        chained.append((*values, prev, digest))
+        chained.append((*values, prev, digest, now))
         prev = digest
-    tx.insert_many("audit_log", _COLUMNS, chained)
+    tx.insert_many("audit_log", (*_COLUMNS, "sealed_at"), chained)
     tx.execute("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1",
                {"seq": seq, "hash": prev})  # fmt: skip
+
+
+# Any constant: the one sealer of a Postgres database holds it for its transaction.
+_SEAL_LOCK = 7_463_021_002
+SEAL_BATCH = 5000
+_UNSEALED = f"""
+SELECT id, {", ".join(FIELDS[1:])} FROM audit_log
+WHERE seq IS NULL AND xid < :horizon ORDER BY xid, id LIMIT :n
+"""
+_SEAL = """
+UPDATE audit_log SET seq = u.seq, prev_hash = u.prev_hash, hash = u.hash, sealed_at = :now
+FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:prevs AS text[]),
+            CAST(:hashes AS text[])) AS u(id, seq, prev_hash, hash)
+WHERE audit_log.id = u.id
+"""
+
+
+def seal_rows(tx: SyncTransaction) -> int:
+    """Chain the unsealed rows that no running transaction can precede; returns how many
+    (0 on SQLite, and when another process is sealing)."""
+    if tx.dialect != "postgresql":
+        return 0
+    if not tx.fetch_val("SELECT pg_try_advisory_xact_lock(:k)", {"k": _SEAL_LOCK}):
+        return 0
+    # Taken before this transaction writes anything: every transaction below it has ended,
+    # and every later one gets a larger id.
+    horizon = tx.fetch_val("SELECT pg_snapshot_xmin(pg_current_snapshot())")
+    rows = tx.fetch_all(_UNSEALED, {"horizon": horizon, "n": SEAL_BATCH})
+    if not rows:
+        return 0
+    head = tx.fetch_one("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+    assert head is not None, "audit_head row is missing: migrations not applied"
+    seq, prev = int(head["seq"]), str(head["hash"])
+    ids, seqs, prevs, hashes = [], [], [], []
+    for row in rows:
+        seq += 1
+        digest = chain_hash(prev, {**row, "seq": seq})
+        ids.append(row["id"])
+        seqs.append(seq)
+        prevs.append(prev)
+        hashes.append(digest)
+        prev = digest
+    tx.execute(_SEAL, {"ids": ids, "seqs": seqs, "prevs": prevs, "hashes": hashes,
+                       "now": now_us()})  # fmt: skip
+    tx.execute("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1",
+               {"seq": seq, "hash": prev})  # fmt: skip
+    return len(rows)
+
+
+async def seal(db: Database) -> int:
+    """Seal everything sealable now, in rounds of SEAL_BATCH rows."""
+    total = 0
+    while True:
+        sealed = await db.run_sync(seal_rows)
+        total += sealed
+        if sealed < SEAL_BATCH:
+            return total
 
 
 class AuditWriter:
     """Buffers audit rows off the request path and appends them in batches."""
 
     RETRY_SECONDS = 1.0
+    SEAL_SECONDS = 0.2
 
     def __init__(
         self,
@@ -140,6 +185,7 @@ class AuditWriter:
         self._room = asyncio.Event()
         self._high_water = max(batch_size * 4, 20_000)
         self._closing = False
+        self._closed = asyncio.Event()
 
     @property
     def backlog(self) -> int:
@@ -156,14 +202,49 @@ class AuditWriter:
             await self._room.wait()
 
     async def run(self) -> None:
-        """Flush every `flush_ms` (sooner when a batch fills) until `close`."""
+        """Flush every `flush_ms` (sooner when a batch fills) until `close`; on Postgres seal
+        alongside, in a task of its own."""
+        sealer = asyncio.create_task(self._seal_until_closed()) if self._db.is_postgres else None
+        try:
+            while not self._closing:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._flush_s)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                await self._flush_with_retry()
+        finally:
+            if sealer is not None:
+                await sealer
+
+    async def _seal_until_closed(self) -> None:
+        """Round after round while rounds find rows; idle, a look every SEAL_SECONDS."""
         while not self._closing:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._flush_s)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            await self._flush_with_retry()
+            busy = await self._seal_logged()
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), self.SEAL_SECONDS)
+
+    async def _seal_logged(self) -> bool:
+        try:
+            return await seal(self._db) > 0
+        except Exception:
+            log.exception("audit sealing failed; will retry")
+            return False
+
+    async def seal(self, wait_s: float = 5.0) -> int:
+        """Flush, then chain every row committed so far (Postgres; 0 on SQLite), waiting up to
+        `wait_s` for transactions still open and for another process's sealing round."""
+        await self.flush()
+        if not self._db.is_postgres:
+            return 0
+        total, deadline = 0, time.monotonic() + wait_s
+        while True:
+            total += await seal(self._db)
+            left = await self._db.fetch_val("SELECT count(*) FROM audit_log WHERE seq IS NULL")
+            if not left or time.monotonic() > deadline:
+                return total
+            await asyncio.sleep(0.01)
 
     async def _flush_with_retry(self) -> None:
         while self._pending:
@@ -191,9 +272,12 @@ class AuditWriter:
 
     async def close(self) -> None:
         self._closing = True
+        self._closed.set()
         self._room.set()
         self._wake.set()
         await self._flush_with_retry()
+        if self._db.is_postgres:
+            await self._seal_logged()
 
 
 @dataclass(frozen=True)
@@ -201,6 +285,7 @@ class ChainReport:
     rows_checked: int
     broken_at: int | None = None
     problem: str | None = None
+    unsealed: int = 0  # rows not chained yet (Postgres): the newest, still unprotected
 
     @property
     def ok(self) -> bool:
@@ -226,6 +311,12 @@ async def verify_chain(db: Database, page_size: int = 2000) -> ChainReport:
         if len(rows) < page_size:
             break
     head = await db.fetch_one("SELECT seq, hash FROM audit_head WHERE id = 1")
-    if head is None or head["seq"] != expected_seq - 1 or head["hash"] != prev:
+    last = expected_seq - 1
+    if head is None or int(head["seq"]) > last:
         return ChainReport(checked, expected_seq, "rows after this point were removed")
-    return ChainReport(checked)
+    if int(head["seq"]) < last:
+        return ChainReport(checked, int(head["seq"]) + 1, "rows from here on were added")
+    if head["hash"] != prev:
+        return ChainReport(checked, last, "the chain's head does not match this row")
+    unsealed = await db.fetch_val("SELECT count(*) FROM audit_log WHERE seq IS NULL")
+    return ChainReport(checked, unsealed=int(unsealed or 0))

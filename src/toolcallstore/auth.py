@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -33,7 +34,9 @@ SCOPES = (
 )
 
 # Reachable without a key. /metrics decides for itself (admin key or loopback client).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/stripe/webhook"})
+# What a suspended tenant's live keys may still reach: who they are, and billing to fix it.
+SUSPENDED_ALLOWED = ("/v1/me", "/v1/billing/")
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,15 @@ def bearer_secret(scope: Scope) -> str | None:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyCache) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyCache,
+        suspended: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
+        self.suspended = suspended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,6 +119,15 @@ class AuthMiddleware:
         key = await self.keys.resolve(secret) if secret else None
         if key is not None:
             ctx.principal = Principal(key)
+            if await self._suspended(key, scope["path"]):
+                ctx.deny("account_suspended")
+                refusal = PermissionDenied(
+                    "This account's live keys are suspended: its payment has been failing past"
+                    " the grace period. Update the payment method; test keys still work.",
+                    code="account_suspended",
+                )
+                await send_error(send, refusal, ctx.request_id)
+                return
         elif scope["path"] not in PUBLIC_PATHS:
             if secret is None:
                 ctx.deny("missing_api_key")
@@ -122,6 +140,11 @@ class AuthMiddleware:
             await send_error(send, error, ctx.request_id)
             return
         await self.app(scope, receive, send)
+
+    async def _suspended(self, key: ApiKey, path: str) -> bool:
+        if self.suspended is None or key.mode != "live" or path.startswith(SUSPENDED_ALLOWED):
+            return False
+        return await self.suspended(key.tenant_id)
 
 
 def require_scope(request: Request, scope: str) -> Principal:

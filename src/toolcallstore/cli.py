@@ -22,6 +22,7 @@ from toolcallstore.objects import job_object, key_object, tenant_object
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import STATES
 from toolcallstore.settings import Settings
+from toolcallstore.webhooks.endpoints import reseal_secrets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="migrate, bootstrap on first start, serve HTTP")
     serve.add_argument("--host", help="bind address (TOOLCALLSTORE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (TOOLCALLSTORE_PORT, default 8080)")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        help="API processes sharing the port, each with its worker pool; Postgres only"
+        " (TOOLCALLSTORE_PROCESSES, default 1)",
+    )
     serve.set_defaults(run=_serve)
 
     sub.add_parser("migrate", help="apply pending migrations").set_defaults(run=_sync(_migrate))
@@ -216,7 +223,8 @@ async def _jobs_action(db: Database, args: argparse.Namespace) -> int:
 async def _audit_verify(db: Database, args: argparse.Namespace) -> int:
     report = await verify_chain(db)
     if report.ok:
-        print(f"audit chain intact: {report.rows_checked} rows verified")
+        tail = f"; {report.unsealed} newer rows not sealed yet" if report.unsealed else ""
+        print(f"audit chain intact: {report.rows_checked} rows verified{tail}")
         return 0
     print(
         f"audit chain BROKEN at seq {report.broken_at}: {report.problem} "
@@ -236,6 +244,8 @@ def _byok_rotate(settings: Settings, args: argparse.Namespace) -> int:
     async def run(db: Database, args: argparse.Namespace) -> int:
         count = await rotate(db, keyring)
         print(f"re-encrypted {count} BYOK key(s) under master key id '{keyring.current_kid}'")
+        endpoints = await reseal_secrets(db, keyring)
+        print(f"re-encrypted the signing secrets of {endpoints} webhook endpoint(s)")
         return 0
 
     return _sync(run)(settings, args)
@@ -248,6 +258,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         settings = settings.with_(host=args.host)
     if args.port:
         settings = settings.with_(port=args.port)
+    if args.processes is not None:
+        settings = settings.with_(processes=args.processes)
     serve(settings)
     return 0
 

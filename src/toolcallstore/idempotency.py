@@ -135,7 +135,14 @@ class Idempotency:
         return JSONResponse(content, status_code=status)
 
     async def run_sync(
-        self, request: Request, principal: Principal, key: str, body: Any, execute: ExecuteSync
+        self,
+        request: Request,
+        principal: Principal,
+        key: str,
+        body: Any,
+        execute: ExecuteSync,
+        *,
+        redact: Redact | None = None,
     ) -> Response:
         """`run` for work written as plain statements: claim, work and stored answer are one
         transaction (one writer hop on SQLite)."""
@@ -145,9 +152,10 @@ class Idempotency:
             replay = claim_in(tx, claim, self.lock_us)
             if replay is not None:
                 return replay, True
-            answer = execute(tx)
-            store_response(tx, claim.api_key_id, claim.key, *answer)
-            return answer, False
+            status, content = execute(tx)
+            stored = content if redact is None else redact(content)
+            store_response(tx, claim.api_key_id, claim.key, status, stored)
+            return (status, content), False
 
         try:
             (status, content), replayed = await self._db.run_sync(once)

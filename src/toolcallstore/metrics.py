@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -10,6 +12,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # With `serve --processes N` each scrape reaches one process and shows its counts only.
+        self.process = Info(
+            "toolcallstore_process", "The server process that answered.", registry=self.registry
+        )
+        self.process.info({"pid": str(os.getpid())})
         self.requests = Counter(
             "toolcallstore_http_requests",
             "HTTP requests by route template, method and status.",

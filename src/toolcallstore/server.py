@@ -1,9 +1,12 @@
-"""`toolcallstore serve`: migrate, bootstrap an empty database, then run uvicorn."""
+"""`toolcallstore serve`: migrate, bootstrap an empty database, then run uvicorn: in this process,
+or (`--processes N`, Postgres only) in N processes sharing the listening socket, each with its
+own lifespan and worker pool."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 
 import uvicorn
 from starlette.applications import Starlette
@@ -12,8 +15,12 @@ from toolcallstore.app import create_app
 from toolcallstore.bootstrap import bootstrap
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
+from toolcallstore.errors import ConfigError
 from toolcallstore.logs import configure_logging
 from toolcallstore.settings import Settings
+
+# What each process of `serve --processes N` runs to build its app.
+APP_FACTORY = "toolcallstore.server:app_from_environment"
 
 
 async def prepare(settings: Settings) -> None:
@@ -48,14 +55,52 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-def serve(settings: Settings, app: Starlette | None = None) -> None:
-    """Bootstrap, then serve `create_app(settings)` (or `app`, built from the same settings:
-    benchmarks add routes to it) with uvicorn."""
+def check_processes(settings: Settings) -> None:
+    if settings.processes < 1:
+        raise ConfigError(f"--processes must be at least 1, not {settings.processes}")
+    if settings.processes > 1 and settings.is_sqlite:
+        raise ConfigError(
+            f"--processes {settings.processes} needs Postgres: SQLite allows one writer at a "
+            "time, so more processes would only queue behind one another for it. Serve SQLite "
+            "with one process (raise TOOLCALLSTORE_WORKERS for more jobs at once), or set "
+            "TOOLCALLSTORE_DATABASE_URL=postgresql://..."
+        )
+
+
+def app_from_environment() -> Starlette:
+    """One process of `serve --processes N`: the settings its parent exported, its own app."""
+    settings = Settings.from_env()
     configure_logging(settings.log_level)
-    asyncio.run(prepare(settings))
+    app = create_app(settings)
+    tune_gc()
+    return app
+
+
+def serve(settings: Settings, app: Starlette | None = None, *, factory: str = APP_FACTORY) -> None:
+    """Bootstrap, then serve `create_app(settings)` (or `app`, built from the same settings:
+    benchmarks add routes to it) with uvicorn. With `settings.processes` > 1, each process
+    builds its app with `factory` ("module:function", reading `Settings.from_env()`) instead."""
+    configure_logging(settings.log_level)
+    check_processes(settings)
+    if settings.processes > 1 and app is not None:
+        raise ConfigError("several processes build their own app: pass `factory`, not `app`")
+    asyncio.run(prepare(settings))  # once, before any process serves: no bootstrap race
     print(f"ToolCall Store listening on http://{settings.host}:{settings.port}", flush=True)
+    if settings.processes > 1:
+        # Spawned processes start from the environment: hand them these settings (command
+        # line overrides included). uvicorn binds the socket here and shares it; on SIGTERM
+        # or SIGINT it stops every process (each runs its lifespan's shutdown) and exits.
+        os.environ.update(settings.to_env())
+        _run_uvicorn(settings, factory, factory=True, workers=settings.processes)
+        return
     app = app or create_app(settings)
     tune_gc()
+    _run_uvicorn(settings, app)
+
+
+def _run_uvicorn(
+    settings: Settings, app: Starlette | str, *, factory: bool = False, workers: int | None = None
+) -> None:
     uvicorn.run(
         app,
         host=settings.host,
@@ -68,4 +113,6 @@ def serve(settings: Settings, app: Starlette | None = None) -> None:
         log_level=settings.log_level,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        factory=factory,
+        workers=workers,
     )

@@ -10,6 +10,9 @@ from starlette.requests import Request
 
 from toolcallstore.audit import AuditWriter
 from toolcallstore.auth import KeyCache
+from toolcallstore.billing.accounts import Suspensions
+from toolcallstore.billing.base import PaymentsProvider
+from toolcallstore.billing.config import BillingConfig
 from toolcallstore.byok import Keyring
 from toolcallstore.db import Database
 from toolcallstore.idempotency import Idempotency
@@ -41,6 +44,9 @@ class Services:
     sender: Sender | None = None
     keyring: Keyring | None = None  # None: no TOOLCALLSTORE_MASTER_KEY, BYOK is off
     health: ProviderHealth = field(default_factory=ProviderHealth)
+    billing: BillingConfig | None = None
+    payments: PaymentsProvider | None = None  # None: no TOOLCALLSTORE_STRIPE_API_KEY
+    suspensions: Suspensions | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

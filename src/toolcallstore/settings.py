@@ -30,6 +30,8 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True
     db_readers: int = 2
+    # API processes sharing the port, each with its own worker pool (Postgres only).
+    processes: int = 1
     workers: int = 4
     # Per-queue concurrency caps, e.g. "media=2,webhooks=8"; the pool total is `workers`.
     queue_limits: str = ""
@@ -58,6 +60,15 @@ class Settings:
     # encrypts, the rest only decrypt until `toolcallstore byok rotate`); empty disables BYOK.
     # Kept out of repr so that printing the settings never prints it.
     master_key: str = field(default="", repr=False)
+    # How often new events are fanned out to webhook endpoints (deliveries go through the queue).
+    webhook_dispatch_ms: int = 200
+    # Stripe billing: off without an API key. The base is Stripe's unless set (the sandbox's
+    # /sandbox/stripe in tests and demos); the webhook secret verifies POST /v1/stripe/webhook.
+    stripe_api_key: str = field(default="", repr=False)
+    stripe_api_base: str = ""
+    stripe_webhook_secret: str = field(default="", repr=False)
+    billing_file: str = ""
+    meter_interval_seconds: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -77,6 +88,11 @@ class Settings:
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as TOOLCALLSTORE_* variables: `from_env` of them gives them back (how
+        `serve --processes N` hands them to the processes it starts)."""
+        return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
 
     def sandbox_base(self) -> str:
         if self.sandbox_url:

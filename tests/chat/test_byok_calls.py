@@ -108,3 +108,28 @@ async def test_llm_chat_executions_use_the_tenants_key_too(
     assert r.status_code == 200, r.text
     assert upstream.keys == [f"Bearer {own}"]
     assert r.json()["amount_usd"] == "0.001000"
+
+
+async def test_a_byok_call_holds_the_fee_it_is_charged_not_the_list_price(
+    setup: tuple[Live, Upstream, str],
+) -> None:
+    # A cap with room for the fee but not for the call at list prices: the call goes through,
+    # because the provider bills the tenant and we hold and charge only the fee.
+    live, upstream, key = setup
+    own = "sk-mine-" + secrets.token_hex(12)
+    r = await live.client.post("/v1/byok-keys", json={"provider": "mine", "key": own},
+                               headers={**live.auth(key), "Idempotency-Key": "b3"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    db = live.app.state.services.db
+    tenant = await db.fetch_val("SELECT tenant_id FROM api_keys LIMIT 1")
+    async with db.transaction() as tx:
+        await tx.execute("UPDATE tenants SET monthly_cap_micros = 1500 WHERE id = :t",
+                         {"t": tenant})  # fmt: skip
+    body = {"model": "mine-lane", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1000}  # fmt: skip
+    r = await live.client.post("/v1/chat/completions", json=body, headers=live.auth(key))
+    assert r.status_code == 200, r.text
+    assert r.json()["toolcall"]["cost_usd"] == "0.001000"
+    hold = await db.fetch_val("SELECT amount_micros FROM holds WHERE tenant_id = :t"
+                              " AND livemode = 1", {"t": tenant})  # fmt: skip
+    assert hold == 1000

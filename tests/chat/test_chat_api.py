@@ -109,6 +109,8 @@ async def test_llm_chat_runs_through_executions_like_any_tool(live: Live) -> Non
     assert execution["amount_usd"] == charged
     receipt = await live.receipt(execution["receipt_id"])
     assert receipt["amount_usd"] == charged and receipt["tool"] == "llm.chat"
+    # The completion names the receipt it was charged on, as a chat call's last chunk does.
+    assert completion["toolcall"]["receipt_id"] == execution["receipt_id"]
     # Provider cost is the operator's: not in the tenant's answer, nor when fetched again.
     again = await live.client.get(f"/v1/executions/{execution['id']}", headers=live.auth(key))
     assert again.json()["result"] == completion

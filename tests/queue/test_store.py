@@ -15,7 +15,9 @@ from toolcallstore.queue.store import NewJob, Outcome, QueueStore, backoff_us
 
 @pytest.fixture(params=["sql", "memory"])
 async def store(request: pytest.FixtureRequest, db: Database) -> AsyncIterator[QueueStore]:
-    yield MemoryJobStore() if request.param == "memory" else SqlJobStore(db)
+    store: QueueStore = MemoryJobStore() if request.param == "memory" else SqlJobStore(db)
+    yield store
+    await store.close()
 
 
 async def make_due(store: QueueStore, job_id: str) -> None:
@@ -143,3 +145,24 @@ async def test_progress_is_recorded_only_for_the_lease_holder(store: QueueStore)
     await store.set_progress(run, "intruder", 5, "no")
     current = await store.get(job.id)
     assert current is not None and (current.progress, current.progress_message) == (100, "almost")
+
+
+async def test_successes_ride_on_the_next_claim_only_where_the_lease_is_held(
+    store: QueueStore,
+) -> None:
+    first, _ = await store.enqueue(NewJob("t", {"n": 1}))
+    (run,) = await store.claim("default", "w", 1, lease_s=30)
+    second, _ = await store.enqueue(NewJob("t", {"n": 2}))
+    # Another worker reports the first job done: it holds no lease on it, so nothing is
+    # recorded (left for finish_many, which says the lease is lost), but its claim happens.
+    stale = [(run, Outcome(result="stale"))]
+    states, claimed = await store.finish_and_claim("w2", stale, "default", 5, lease_s=30)
+    assert states == {} and [j.id for j in claimed] == [second.id]
+    assert await store.finish_many("w2", stale) == {run.id: None}
+    ok = [(run, Outcome(result={"ok": 1}))]
+    states, claimed = await store.finish_and_claim("w", ok, "default", 5, lease_s=30)
+    assert states == {run.id: "succeeded"} and claimed == []
+    done = await store.get(first.id)
+    assert done is not None and done.state == "succeeded" and done.result == {"ok": 1}
+    assert done.locked_by is None and done.progress == 100 and done.finished_at is not None
+    assert (await store.get(second.id)).locked_by == "w2"  # type: ignore[union-attr]

@@ -4,8 +4,10 @@ from starlette.routing import BaseRoute
 
 from toolcallstore.api import (
     approvals,
+    billing,
     byok,
     chat,
+    events,
     executions,
     health,
     jobs,
@@ -15,6 +17,7 @@ from toolcallstore.api import (
     receipts,
     spend_caps,
     tenants,
+    webhook_endpoints,
 )
 
 
@@ -32,5 +35,8 @@ def routes() -> list[BaseRoute]:
         *keys.routes,
         *tenants.routes,
         *byok.routes,
+        *webhook_endpoints.routes,
+        *events.routes,
+        *billing.routes,
         *mcp.routes,
     ]

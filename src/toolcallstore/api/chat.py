@@ -17,10 +17,11 @@ from toolcallstore.byok import tenant_keys
 from toolcallstore.context import context_of
 from toolcallstore.controls.calls import Opened, Plan, find_tool, open_call, quote_required
 from toolcallstore.controls.executions import Origin
+from toolcallstore.controls.ledger import receipt_id_for
 from toolcallstore.controls.quotes import get_quote, params_hash
 from toolcallstore.errors import Unprocessable
 from toolcallstore.idempotency import optional_idempotency_key, replay_response
-from toolcallstore.ids import new_id, now_us
+from toolcallstore.ids import now_us
 from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.chat import SSE_HEADERS, ChatCall
 from toolcallstore.lanes.openai_out import replay_chunks
@@ -59,7 +60,7 @@ async def create_chat_completion(request: Request) -> Response:
     if not isinstance(opened, Opened):
         return _replay(opened, request, stream)
     ctx.quote_id, ctx.approval_id = opened.quote.id, opened.execution["approval_id"]
-    receipt_id = new_id("rcpt")
+    receipt_id = receipt_id_for(opened.execution["id"])
     return ChatCall(
         svc=svc,
         execution=opened.execution,

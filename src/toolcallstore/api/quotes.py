@@ -103,7 +103,7 @@ async def create_quote(request: Request) -> Response:
             "tool": tool.name,
             "max_cost_micros": estimate.max_cost_micros,
         }
-        record_event(tx, principal.tenant_id, "quote.created", data)
+        record_event(tx, principal.tenant_id, "quote.created", data, livemode=quote.livemode)
         return 200, quote_object(quote, operator=principal.has("admin"))
 
     return await services(request).idempotency.run_sync(request, principal, key, body, execute)

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from toolcallstore.auth import require_scope
+from toolcallstore.billing.reconciliation import stripe_side
 from toolcallstore.controls.ledger import receipt_object
 from toolcallstore.controls.reconciliation import reconcile
 from toolcallstore.controls.spend import period_of
@@ -130,7 +131,12 @@ async def reconciliation(request: Request) -> Response:
         raise invalid("livemode", "'livemode' must be true or false.")
     if "period" not in request.query_params:
         raise invalid("period", "'period' (YYYY-MM) is required.", "missing_parameter")
-    report = await reconcile(services(request).db, _period(request), raw == "true")
+    svc = services(request)
+    period = _period(request)
+    report = await reconcile(svc.db, period, raw == "true")
+    # Stripe meters live usage only: its side is compared for livemode=true when billing is on.
+    if raw == "true" and svc.payments is not None:
+        report["stripe_metered_usage"] = await stripe_side(svc.db, svc.payments, period)
     return JSONResponse(report)
 
 

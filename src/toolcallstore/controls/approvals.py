@@ -71,7 +71,10 @@ def request_approval(tx: SyncTransaction, principal: Principal, quote: Quote) ->
             code="approval_already_requested",
             approval_id=existing,
         )
-    record_event(tx, principal.tenant_id, "approval.requested", approval_data(row, quote))
+    record_event(
+        tx, principal.tenant_id, "approval.requested", approval_data(row, quote),
+        livemode=quote.livemode,
+    )  # fmt: skip
     return row
 
 
@@ -106,7 +109,7 @@ def decide_approval(
         )
     quote = get_quote_in(tx, principal, row["quote_id"])
     kind = "approval.granted" if grant else "approval.denied"
-    record_event(tx, principal.tenant_id, kind, approval_data(row, quote))
+    record_event(tx, principal.tenant_id, kind, approval_data(row, quote), livemode=quote.livemode)
     return row
 
 
@@ -171,5 +174,8 @@ def expire_approvals(tx: SyncTransaction) -> int:
     )
     for row in rows:
         data = {"approval_id": row["id"], "quote_id": row["quote_id"], "state": "expired"}
-        record_event(tx, row["tenant_id"], "approval.expired", data)
+        livemode = tx.fetch_val(
+            "SELECT livemode FROM quotes WHERE id = :id", {"id": row["quote_id"]}
+        )
+        record_event(tx, row["tenant_id"], "approval.expired", data, livemode=bool(livemode))
     return len(rows)

@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 
 from toolcallstore.audit import append_rows
-from toolcallstore.controls.ledger import Charge, write_receipt
+from toolcallstore.controls.ledger import Charge, settle_late, write_receipt
 from toolcallstore.controls.quotes import Quote
-from toolcallstore.controls.spend import close_hold, hold_spend, settle_counters
+from toolcallstore.controls.spend import Hold, close_hold, hold_spend, settle_counters
 from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import APIError, InternalError, ProviderError
 from toolcallstore.events import record_events
@@ -37,6 +37,7 @@ log = logging.getLogger("toolcallstore.controls.executions")
 
 JOB_TYPE = "tool.execute"
 SWEEP_JOB_TYPE = "controls.sweep"
+INTERRUPTED = "execution_interrupted"
 
 
 @dataclass(frozen=True)
@@ -158,21 +159,37 @@ def close_execution(
     price = 0 if outcome is None or error is not None else outcome.price_micros
     closed = close_hold(tx, execution["hold_id"], price)
     if closed is None:
-        return None
+        if outcome is None:
+            return None
+        return _settle_late(tx, execution, origin, outcome, error)
     hold, settled = closed
-    if outcome is not None:
-        charge = Charge("failed" if error else "succeeded", settled,
-                        outcome.provider_cost_micros, outcome.provider, outcome.usage,
-                        outcome.attempts, outcome.estimated, outcome.provider_costs)  # fmt: skip
-    else:
-        charge = Charge("failed", 0, 0, None)
+    charge = _charge(outcome, error, settled)
     receipt = write_receipt(tx, execution, charge, hold.period, receipt_id)
-    state = charge.status
+    done = _finish(tx, execution, charge, receipt["id"], outcome, error, state="running")
+    _record(tx, execution, origin, done, "receipt.created",
+            "hold_settled" if settled else "hold_released")  # fmt: skip
+    settle_counters(tx, hold, settled)  # last: the hot counter rows, locked until COMMIT
+    return done
+
+
+def _charge(outcome: Outcome | None, error: APIError | None, price: int) -> Charge:
+    if outcome is None:
+        return Charge("failed", 0, 0, None)
+    return Charge("failed" if error else "succeeded", price, outcome.provider_cost_micros,
+                  outcome.provider, outcome.usage, outcome.attempts, outcome.estimated,
+                  outcome.provider_costs)  # fmt: skip
+
+
+def _finish(
+    tx: SyncTransaction, execution: Row, charge: Charge, receipt_id: str,
+    outcome: Outcome | None, error: APIError | None, *, state: str,
+) -> Row:  # fmt: skip
+    """Record the execution's end, if it is still in `state`."""
     done = {
         **execution,
-        "state": state,
-        "receipt_id": receipt["id"],
-        "price_micros": settled,
+        "state": charge.status,
+        "receipt_id": receipt_id,
+        "price_micros": charge.price_micros,
         "result": None if outcome is None or error else orjson.dumps(outcome.result).decode(),
         "error": None if error is None else orjson.dumps(error_summary(error)).decode(),
         "finished_at": now_us(),
@@ -180,35 +197,56 @@ def close_execution(
     tx.execute(
         "UPDATE executions SET state = :state, receipt_id = :receipt_id,"
         " price_micros = :price_micros, result = :result, error = :error,"
-        " finished_at = :finished_at WHERE id = :id AND state = 'running'",
-        {k: done[k] for k in ("state", "receipt_id", "price_micros", "result", "error",
-                              "finished_at", "id")},
+        " finished_at = :finished_at WHERE id = :id AND state = :was",
+        {**{k: done[k] for k in ("state", "receipt_id", "price_micros", "result", "error",
+                                 "finished_at", "id")}, "was": state},
     )  # fmt: skip
-    ids = {"execution_id": execution["id"], "receipt_id": receipt["id"]}
-    record_events(
-        tx,
-        execution["tenant_id"],
-        [
-            (f"execution.{state}", {**ids, "tool": execution["tool"]}),
-            ("receipt.created", {**ids, "status": state, "amount_micros": settled}),
-        ],
+    return done
+
+
+def _record(
+    tx: SyncTransaction, execution: Row, origin: Origin, done: Row, receipt_event: str,
+    reason: str,
+) -> None:  # fmt: skip
+    ids = {"execution_id": execution["id"], "receipt_id": done["receipt_id"]}
+    settled = done["price_micros"]
+    record_events(tx, execution["tenant_id"], [
+        (f"execution.{done['state']}", {**ids, "tool": execution["tool"]}),
+        (receipt_event, {**ids, "status": done["state"], "amount_micros": settled}),
+    ], livemode=bool(execution["livemode"]))  # fmt: skip
+    append_rows(tx, [audit_row(origin, execution["tenant_id"], execution["tool"], reason,
+                               cost_micros=settled, quote_id=execution["quote_id"],
+                               approval_id=execution["approval_id"],
+                               receipt_id=done["receipt_id"])])  # fmt: skip
+
+
+def _settle_late(
+    tx: SyncTransaction, execution: Row, origin: Origin, outcome: Outcome,
+    error: APIError | None,
+) -> Row | None:  # fmt: skip
+    """The tool finished after the sweep had released its hold as abandoned (its job lost its
+    lease on its last attempt, and acted anyway): what it did is still charged, once, within
+    what it held, without a hold. None if the execution was closed any other way."""
+    lock = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+    current = tx.fetch_one(
+        "SELECT e.state, e.error, e.receipt_id, h.amount_micros, h.period FROM executions e"
+        f" JOIN holds h ON h.id = e.hold_id WHERE e.id = :id{lock}",
+        {"id": execution["id"]},
     )
-    append_rows(
-        tx,
-        [
-            audit_row(
-                origin,
-                execution["tenant_id"],
-                execution["tool"],
-                "hold_settled" if settled else "hold_released",
-                cost_micros=settled,
-                quote_id=execution["quote_id"],
-                approval_id=execution["approval_id"],
-                receipt_id=receipt["id"],
-            )
-        ],
-    )
-    settle_counters(tx, hold, settled)  # last: the hot counter rows, locked until COMMIT
+    if current is None or current["state"] != "failed" or current["error"] is None:
+        return None
+    if orjson.loads(current["error"]).get("code") != INTERRUPTED:
+        return None
+    price = 0 if error is not None else min(outcome.price_micros, int(current["amount_micros"]))
+    charge = _charge(outcome, error, price)
+    settle_late(tx, current["receipt_id"], charge)
+    done = _finish(tx, execution, charge, current["receipt_id"], outcome, error, state="failed")
+    _record(tx, execution, origin, done, "receipt.updated", "settled_late")
+    log.warning("execution %s finished after its hold was released; settled late for %d micros",
+                execution["id"], price)  # fmt: skip
+    hold = Hold("", execution["tenant_id"], execution["project_id"], current["period"],
+                bool(execution["livemode"]), 0)  # fmt: skip
+    settle_counters(tx, hold, price)  # nothing held any more: only `spent` moves
     return done
 
 
@@ -308,10 +346,19 @@ def close_abandoned(tx: SyncTransaction, api_key_id: str, key: str) -> tuple[int
 
 
 def _interrupt(tx: SyncTransaction, execution: Row) -> bool:
+    if execution["job_id"] is not None:
+        # Looked at again inside this transaction: the sweep read the job's state before it,
+        # and a job queued or running again (a retry) can still finish and settle its hold.
+        lock = " FOR SHARE" if tx.dialect == "postgresql" else ""
+        job_state = tx.fetch_val(
+            f"SELECT state FROM jobs WHERE id = :id{lock}", {"id": execution["job_id"]}
+        )
+        if job_state in ("queued", "running"):
+            return False
     error = InternalError(
         "The execution was interrupted before it finished (the server restarted); its hold was"
         " released and nothing was charged.",
-        code="execution_interrupted",
+        code=INTERRUPTED,
     )
     origin = Origin(execution["request_id"], None, None, "INTERNAL", f"job:{SWEEP_JOB_TYPE}")
     done = close_execution(tx, execution, origin, error=error)

@@ -34,6 +34,12 @@ class Charge:
     provider_costs: dict[str, int] = field(default_factory=dict)
 
 
+def receipt_id_for(execution_id: str) -> str:
+    """An execution's receipt id, known before it closes: chat calls announce it in their
+    headers, `llm.chat` puts it in its result, and the sweep closes under the same id."""
+    return "rcpt_" + execution_id.removeprefix("exe_")
+
+
 def write_receipt(
     tx: SyncTransaction, execution: Row, charge: Charge, period: str, receipt_id: str | None = None
 ) -> dict[str, Any]:
@@ -47,7 +53,7 @@ def write_receipt(
         "created_at": now,
     }
     receipt = {
-        "id": receipt_id or new_id("rcpt"),
+        "id": receipt_id or receipt_id_for(execution["id"]),
         **common,
         "execution_id": execution["id"],
         "quote_id": execution["quote_id"],
@@ -56,9 +62,7 @@ def write_receipt(
         "price_micros": charge.price_micros,
         "provider_cost_micros": charge.provider_cost_micros,
         "margin_micros": charge.price_micros - charge.provider_cost_micros,
-        "providers": orjson.dumps(
-            list(charge.provider_costs) or ([charge.provider] if charge.provider else [])
-        ).decode(),
+        "providers": _providers(charge),
         "attempts": orjson.dumps(charge.attempts).decode(),
         "usage": orjson.dumps(charge.usage).decode(),
         "estimated": int(charge.estimated),
@@ -68,6 +72,39 @@ def write_receipt(
         f"INSERT INTO receipts ({columns}) VALUES ({', '.join(':' + c for c in receipt)})",
         receipt,
     )
+    _append_entries(tx, common, receipt["id"], charge, now)
+    return receipt
+
+
+def settle_late(tx: SyncTransaction, receipt_id: str, charge: Charge) -> None:
+    """Rewrite the zero receipt of an execution the sweep gave up on, now that its tool has
+    finished after all (a job that lost its lease acted anyway): its price and costs, the
+    ledger entries for them, and `settled_late` so that the correction shows."""
+    row = tx.fetch_one("SELECT * FROM receipts WHERE id = :id", {"id": receipt_id})
+    assert row is not None, f"receipt {receipt_id} is missing"
+    tx.execute(
+        "UPDATE receipts SET status = :status, price_micros = :price, provider_cost_micros ="
+        " :cost, margin_micros = :margin, providers = :providers, attempts = :attempts,"
+        " usage = :usage, estimated = :estimated, settled_late = 1 WHERE id = :id",
+        {"status": charge.status, "price": charge.price_micros,
+         "cost": charge.provider_cost_micros,
+         "margin": charge.price_micros - charge.provider_cost_micros,
+         "providers": _providers(charge), "attempts": orjson.dumps(charge.attempts).decode(),
+         "usage": orjson.dumps(charge.usage).decode(), "estimated": int(charge.estimated),
+         "id": receipt_id},
+    )  # fmt: skip
+    common = {k: row[k] for k in ("tenant_id", "project_id", "tool", "period", "livemode")}
+    _append_entries(tx, common, receipt_id, charge, now_us())
+
+
+def _providers(charge: Charge) -> str:
+    names = list(charge.provider_costs) or ([charge.provider] if charge.provider else [])
+    return orjson.dumps(names).decode()
+
+
+def _append_entries(
+    tx: SyncTransaction, common: dict[str, Any], receipt_id: str, charge: Charge, now: int
+) -> None:
     entries = []
     if charge.price_micros:
         entries.append(("charge", charge.price_micros, charge.provider))
@@ -81,12 +118,11 @@ def write_receipt(
             ("id", "tenant_id", "project_id", "receipt_id", "kind", "amount_micros", "tool",
              "provider", "period", "livemode", "created_at"),
             [
-                (new_id("le"), common["tenant_id"], common["project_id"], receipt["id"], kind,
-                 amount, common["tool"], provider, period, common["livemode"], now)
+                (new_id("le"), common["tenant_id"], common["project_id"], receipt_id, kind,
+                 amount, common["tool"], provider, common["period"], common["livemode"], now)
                 for kind, amount, provider in entries
             ],
         )  # fmt: skip
-    return receipt
 
 
 def receipt_object(row: Row, *, operator: bool) -> dict[str, Any]:
@@ -106,6 +142,7 @@ def receipt_object(row: Row, *, operator: bool) -> dict[str, Any]:
         "attempts": orjson.loads(row["attempts"]),
         "usage": orjson.loads(row["usage"]),
         "estimated": bool(row["estimated"]),
+        "settled_late": bool(row["settled_late"]),
         "period": row["period"],
         "livemode": bool(row["livemode"]),
         "created": int(row["created_at"]) // 1_000_000,

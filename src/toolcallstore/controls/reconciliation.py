@@ -130,6 +130,6 @@ async def reconcile(db: Database, period: str, livemode: bool) -> dict[str, Any]
         "total": {"receipts": receipts, **_amounts(price, cost)},
         "mismatches": mismatches,
         "balanced": not mismatches,
-        # Compared once Stripe metering lands (DESIGN §11); until then nothing is reported there.
+        # Stripe's side (billing/reconciliation.py), filled in for live mode when billing is on.
         "stripe_metered_usage": None,
     }

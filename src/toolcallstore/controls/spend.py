@@ -1,11 +1,17 @@
 """Monthly spend caps enforced with holds (DESIGN §5.2).
 
-Every billable call takes a hold of its worst-case cost inside one write transaction that locks
-the tenant's (and project's) counter row for the month: `spent + held + amount <= cap` is
-checked and `held` raised in the same transaction, so no interleaving can overshoot a cap
-(SQLite: the writer's BEGIN IMMEDIATE; Postgres: the counter rows' FOR UPDATE, always tenant
-first). Afterwards the hold is settled (the actual cost moves from `held` to `spent`) or
-released. Test-mode and live-mode spend are counted apart, as Stripe keeps test data apart.
+Every billable call takes a hold of its worst-case cost inside one write transaction that raises
+the tenant's (and project's) counter row for the month only if `spent + held + amount <= cap`,
+so no interleaving can overshoot a cap (SQLite: the writer's BEGIN IMMEDIATE; Postgres: the
+counter row's lock, always tenant first). Afterwards the hold is settled (the actual cost moves
+from `held` to `spent`) or released. Test-mode and live-mode spend are counted apart, as Stripe
+keeps test data apart.
+
+A tenant's counter row is the one row all its calls write, so on Postgres its update is the
+transaction's last statement and travels with the COMMIT (`execute_last`): the row is locked
+for no round trip. The cap is checked in that statement; if it no longer fits, the statement
+raises, the transaction rolls back, and its body runs again (`tx.retried`) to lock the rows and
+answer 402 with the figures it saw.
 """
 
 from __future__ import annotations
@@ -117,10 +123,27 @@ def hold_spend(
     return hold
 
 
+# Postgres, sent with the COMMIT: create or raise the counter if the cap allows, else raise
+# (toolcallstore_refuse is volatile, so it runs only when its CASE branch is reached).
+_PG_TAKE = """
+INSERT INTO spend_counters AS c (owner_id, period, livemode, spent_micros, held_micros)
+SELECT :owner_id, :period, :livemode, 0, :amount
+WHERE CASE WHEN :amount <= COALESCE((SELECT monthly_cap_micros FROM {table}
+    WHERE id = :owner_id), :amount) THEN true ELSE toolcallstore_refuse(:owner_id) END
+ON CONFLICT (owner_id, period, livemode) DO UPDATE SET held_micros = c.held_micros + :amount
+WHERE CASE WHEN c.spent_micros + c.held_micros + :amount <= COALESCE((SELECT monthly_cap_micros
+    FROM {table} WHERE id = :owner_id), c.spent_micros + c.held_micros + :amount)
+    THEN true ELSE toolcallstore_refuse(:owner_id) END
+"""
+
+
 def _take(tx: SyncTransaction, owner_id: str, period: str, livemode: bool, amount: int) -> None:
     """Raise the owner's `held` by `amount` if its cap allows, else raise 402."""
     table = "tenants" if owner_id.startswith("ten_") else "projects"
     key = {"owner_id": owner_id, "period": period, "livemode": int(livemode), "amount": amount}
+    if tx.dialect == "postgresql" and not tx.retried:
+        tx.execute_last(_PG_TAKE.format(table=table), key)
+        return
     # The common case in one statement: the row exists and the amount fits. On Postgres the
     # UPDATE waits for a concurrent holder's row lock and re-checks its WHERE on the new row.
     taken = tx.fetch_one(
@@ -203,10 +226,10 @@ def close_hold(tx: SyncTransaction, hold_id: str, settled_micros: int) -> tuple[
 
 
 def settle_counters(tx: SyncTransaction, hold: Hold, actual: int) -> None:
-    """Move a closed hold's amount out of `held` and its settled part into `spent`; callers
-    run it last in their transaction so that the counter rows stay locked only until COMMIT."""
+    """Move a closed hold's amount out of `held` and its settled part into `spent`, as the
+    transaction's last statements (with the COMMIT on Postgres)."""
     for owner_id in hold.owners:  # the same lock order as hold_spend: tenant, then project
-        tx.execute(
+        tx.execute_last(
             "UPDATE spend_counters SET held_micros = held_micros - :amount,"
             " spent_micros = spent_micros + :actual WHERE owner_id = :owner_id"
             " AND period = :period AND livemode = :livemode",

@@ -27,6 +27,7 @@ from toolcallstore.errors import APIError
 from toolcallstore.ids import now_us
 from toolcallstore.queue.worker import JobContext, Registry
 from toolcallstore.tools import ToolCall, ToolRegistry
+from toolcallstore.tools.registry import CostlyFailure
 
 log = logging.getLogger("toolcallstore.controls.sweeper")
 
@@ -67,7 +68,9 @@ async def run_tool_job(db: Database, tools: ToolRegistry, ctx: JobContext) -> di
     origin = Origin(execution["request_id"], execution["api_key_id"], None, "INTERNAL",
                     f"job:{JOB_TYPE}")  # fmt: skip
     if isinstance(result, APIError):
-        await db.run_sync(close_execution, execution, origin, error=result)
+        # A failure that still cost the providers something keeps those costs on its receipt.
+        spent = result.outcome if isinstance(result, CostlyFailure) else None
+        await db.run_sync(close_execution, execution, origin, error=result, outcome=spent)
         # The job fails with its execution, so that neither says "succeeded" of the other.
         raise RuntimeError(f"the tool failed on its last attempt ({result.code}): its hold was"
                            f" released and nothing was charged. {result.message}")  # fmt: skip

@@ -41,8 +41,20 @@ def latest_version(dialect: str) -> int:
 
 
 def _split(script: str) -> tuple[str, ...]:
+    """Statements split at `;`, except inside `$$ ... $$` (a function's body)."""
     body = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("--"))
-    return tuple(s.strip() for s in body.split(";") if s.strip())
+    statements, current = [], []
+    for i, part in enumerate(body.split("$$")):
+        if i % 2:  # inside a dollar-quoted body
+            current.append(f"$${part}$$")
+            continue
+        *done, rest = part.split(";")
+        for piece in done:
+            statements.append("".join([*current, piece]).strip())
+            current = []
+        current.append(rest)
+    statements.append("".join(current).strip())
+    return tuple(s for s in statements if s)
 
 
 async def _ensure_table(tx: Transaction) -> None:

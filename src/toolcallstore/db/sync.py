@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy.util import await_only
-
 Row = dict[str, Any]
 Values = Mapping[str, Any] | None
 T = TypeVar("T")
@@ -48,7 +46,9 @@ class SyncTransaction:
 
     `state` is shared by the bodies of one transaction, and rolled back with a failed body's
     savepoint; `before_commit` registers, once per key, work to do when all bodies have run
-    (the audit chain appends the rows the bodies left in `state`).
+    (the audit chain appends the rows the bodies left in `state`). `execute_last` is for the
+    statements that lock hot rows (the spend counters): on Postgres they go to the server in
+    the same message as the COMMIT, so their locks are held for no round trip.
     """
 
     def __init__(
@@ -57,6 +57,8 @@ class SyncTransaction:
         run_many: Callable[[str, Sequence[Sequence[Any]]], None],
         dialect: str,
         execute: Callable[[str, Values], Any] | None = None,
+        *,
+        retried: bool = False,
     ) -> None:
         self._run = run
         self._execute = execute or run
@@ -64,6 +66,10 @@ class SyncTransaction:
         self.dialect = dialect
         self.state: dict[str, Any] = {}
         self._hooks: dict[str, Callable[[SyncTransaction], None]] = {}
+        self.last: list[tuple[str, Values]] = []
+        # True when a statement sent with the COMMIT refused (CommitRefused) and the body runs
+        # again: it must then take its locks and decide inline.
+        self.retried = retried
 
     def fetch_one(self, sql: str, values: Values = None) -> Row | None:
         rows = self._run(sql, values)
@@ -84,6 +90,13 @@ class SyncTransaction:
     ) -> None:
         if rows:
             self._run_many(insert_sql(self.dialect, table, columns), rows)
+
+    def execute_last(self, sql: str, values: Values = None) -> None:
+        """Run `sql` after everything else, just before COMMIT (with it, on Postgres)."""
+        if self.dialect == "postgresql":
+            self.last.append((sql, values))
+        else:  # one writer holds the whole database until COMMIT anyway
+            self._execute(sql, values)
 
     def before_commit(self, key: str, hook: Callable[[SyncTransaction], None]) -> None:
         self._hooks.setdefault(key, hook)
@@ -196,25 +209,3 @@ def _run_bodies(conn: sqlite3.Connection, work: Work, *, isolate: bool) -> list[
             conn.execute("RELEASE body")
     tx.run_hooks()
     return outcomes
-
-
-def pg_transaction(raw: Any, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-    """Runs in a greenlet: each statement awaits asyncpg through `await_only`."""
-
-    def run(sql: str, values: Values) -> list[Row]:
-        pg_sql, names = numbered(sql)
-        params = values or {}
-        return [dict(r) for r in await_only(raw.fetch(pg_sql, *(params[n] for n in names)))]
-
-    await_only(raw.execute("BEGIN"))
-    tx = SyncTransaction(
-        run, lambda sql, rows: await_only(raw.executemany(sql, rows)), "postgresql"
-    )
-    try:
-        result = fn(tx, *args)
-        tx.run_hooks()
-    except BaseException:
-        await_only(raw.execute("ROLLBACK"))
-        raise
-    await_only(raw.execute("COMMIT"))
-    return result

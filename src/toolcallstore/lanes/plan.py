@@ -131,13 +131,21 @@ def plan_call(
         if room < 1 or (wanted is not None and wanted > room):
             continue
         tokens = wanted if wanted is not None else room
-        least = catalog.price_of(model.cost(prompt, min(tokens, wanted or 1)))
+        # With the tenant's own key its provider bills the tenant: the call costs us nothing
+        # and is charged the fee alone, so that is its worst case, whatever the tokens.
+        own_key = livemode and listed.target.provider in byok_providers
+        least = catalog.price_of(
+            Decimal(0) if own_key else model.cost(prompt, min(tokens, wanted or 1))
+        )
         cheapest = least if cheapest is None else min(cheapest, least)
         if budget_micros is not None:
-            tokens = min(tokens, _affordable(catalog, model, prompt, budget_micros))
+            if own_key:
+                tokens = tokens if least <= budget_micros else 0
+            else:
+                tokens = min(tokens, _affordable(catalog, model, prompt, budget_micros))
             if tokens < 1 or (wanted is not None and tokens < wanted):
                 continue
-        cost = model.cost(prompt, tokens)
+        cost = Decimal(0) if own_key else model.cost(prompt, tokens)
         candidates.append(Candidate(model, tokens, cost, catalog.price_of(cost), source))
     if candidates:
         every = sum(c.worst_price_micros for c in candidates)

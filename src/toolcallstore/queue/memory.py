@@ -61,6 +61,18 @@ class MemoryJobStore:
     ) -> dict[str, str | None]:
         return {job.id: await self.finish(job, worker, out) for job, out in outcomes}
 
+    async def finish_and_claim(
+        self,
+        worker: str,
+        succeeded: list[tuple[Job, Outcome]],
+        queue: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[dict[str, str], list[Job]]:
+        states = await self.finish_many(worker, succeeded)
+        recorded = {job_id: state for job_id, state in states.items() if state is not None}
+        return recorded, await self.claim(queue, worker, limit, lease_s)
+
     async def claim(self, queue: str, worker: str, limit: int, lease_s: float) -> list[Job]:
         now = now_us()
         due = sorted(
@@ -122,6 +134,9 @@ class MemoryJobStore:
                 if job.cancel_requested:
                     cancel.add(job_id)
         return cancel
+
+    async def close(self) -> None:
+        return None
 
     async def rescue_expired(self) -> int:
         now = now_us()

@@ -1,7 +1,8 @@
 """`JobStore` on the project database: SQLite (single writer, BEGIN IMMEDIATE) or Postgres
-(FOR UPDATE SKIP LOCKED). Each state change is one statement whose WHERE re-checks the state
-and the lease holder, so a rescued or cancelled job can never be completed by a stale worker
-(the River #1302 bug)."""
+(FOR UPDATE SKIP LOCKED; the worker pool's hot statements on connections of their own,
+pg_direct.py). Each state change is one statement whose WHERE re-checks the state and the lease
+holder, so a rescued or cancelled job can never be completed by a stale worker (the River #1302
+bug)."""
 
 from __future__ import annotations
 
@@ -11,31 +12,11 @@ import orjson
 
 from toolcallstore.db import Database, SyncTransaction, Transaction
 from toolcallstore.ids import new_id, now_us
+from toolcallstore.queue import pg_direct, sqlite_hot
 from toolcallstore.queue.store import Job, NewJob, Outcome
 
 NOTIFY_CHANNEL = "toolcallstore_jobs"
 
-# Hot statements use `?` placeholders and go to the driver directly (Transaction.fetch_raw).
-# Parameters: lease, worker, now, queue, now, limit.
-_CLAIM_SQLITE = """
-UPDATE jobs SET state = 'running', lease_until = ?, attempts = attempts + 1,
-    locked_by = ?, updated_at = ?
-WHERE id IN (
-    SELECT id FROM jobs WHERE state = 'queued' AND queue = ? AND run_at <= ?
-    ORDER BY priority, run_at, id LIMIT ?
-)
-RETURNING *
-"""
-_CLAIM_POSTGRES = """
-WITH next AS (
-    SELECT id FROM jobs WHERE state = 'queued' AND queue = $4 AND run_at <= $5
-    ORDER BY priority, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED
-)
-UPDATE jobs SET state = 'running', lease_until = $1, attempts = jobs.attempts + 1,
-    locked_by = $2, updated_at = $3
-FROM next WHERE jobs.id = next.id
-RETURNING jobs.*
-"""
 _BULK_COLUMNS = (
     "id",
     "queue",
@@ -80,14 +61,27 @@ def _insert_values(job: NewJob) -> dict[str, Any]:
     }
 
 
-def _marks(values: list[Any]) -> str:
-    return ", ".join("?" for _ in values)
+def _in_claim_order(rows: Any) -> list[Job]:
+    return sorted((Job.from_row(r) for r in rows), key=lambda j: (j.priority, j.run_at, j.id))
 
 
 class SqlJobStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._claim_sql = _CLAIM_POSTGRES if db.is_postgres else _CLAIM_SQLITE
+        # Postgres: claims (with the successes they carry) and heartbeats on one connection,
+        # where no statement waits for a row lock; the other outcomes on another, where one
+        # may, so a claim or a heartbeat never queues behind it.
+        self._claimer: pg_direct.DirectConnection | None = None
+        self._finisher: pg_direct.DirectConnection | None = None
+        if db.is_postgres:
+            self._claimer = pg_direct.DirectConnection(db.url, "toolcallstore-queue-claim")
+            self._finisher = pg_direct.DirectConnection(db.url, "toolcallstore-queue-finish")
+
+    async def close(self) -> None:
+        """Close the queue's own connections (reopened if the store is used again)."""
+        for direct in (self._claimer, self._finisher):
+            if direct is not None:
+                await direct.close()
 
     async def enqueue(self, job: NewJob) -> tuple[Job, bool]:
         values = _insert_values(job)
@@ -159,12 +153,64 @@ class SqlJobStore:
                     )
         return ids
 
+    @staticmethod
+    def enqueue_many_in(tx: SyncTransaction, jobs: list[tuple[str, NewJob]]) -> None:
+        """Insert unkeyed jobs with ids the caller chose, inside the caller's transaction (a
+        webhook delivery row and the job that delivers it commit together)."""
+        if any(job.unique_key is not None for _, job in jobs):
+            raise ValueError("jobs with a unique_key must go through enqueue()")
+        now = now_us()
+        rows = [
+            (job_id, job.queue, job.type, job.tenant_id, orjson.dumps(job.payload).decode(),
+             job.priority, "queued", now if job.run_at is None else job.run_at, 0,
+             job.max_attempts, 0, "[]", 0, now, now)
+            for job_id, job in jobs
+        ]  # fmt: skip
+        tx.insert_many("jobs", _BULK_COLUMNS, rows)
+        if tx.dialect == "postgresql":
+            for queue in sorted({job.queue for _, job in jobs}):
+                tx.execute(
+                    "SELECT pg_notify(:channel, :queue)",
+                    {"channel": NOTIFY_CHANNEL, "queue": queue},
+                )
+
     async def claim(self, queue: str, worker: str, limit: int, lease_s: float) -> list[Job]:
         now = now_us()
         args = (now + int(lease_s * 1_000_000), worker, now, queue, now, limit)
-        async with self._db.transaction() as tx:
-            rows = await tx.fetch_raw(self._claim_sql, args)
-        return sorted((Job.from_row(r) for r in rows), key=lambda j: (j.priority, j.run_at, j.id))
+        rows: Any
+        if self._claimer is not None:
+            rows = await self._claimer.fetch(pg_direct.CLAIM, *args)
+        else:
+            async with self._db.transaction() as tx:
+                rows = await tx.fetch_raw(sqlite_hot.CLAIM, args)
+        return _in_claim_order(rows)
+
+    async def finish_and_claim(
+        self,
+        worker: str,
+        succeeded: list[tuple[Job, Outcome]],
+        queue: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[dict[str, str], list[Job]]:
+        """Record plain successes and claim, in one statement on Postgres (successes whose row
+        is locked are left out, not waited for) and in one write transaction on SQLite."""
+        if not succeeded:
+            return {}, await self.claim(queue, worker, limit, lease_s)
+        now = now_us()
+        args = (now + int(lease_s * 1_000_000), worker, now, queue, now, limit)
+        if self._claimer is not None:
+            ids = [job.id for job, _ in succeeded]
+            results = [self._result_text(out) for _, out in succeeded]
+            rows = await self._claimer.fetch(pg_direct.SUCCEED_AND_CLAIM, *args, ids, results)
+            done = [row["done_id"] for row in rows if row["done_id"] is not None]
+            claimed = [row for row in rows if row["done_id"] is None]
+        else:
+            async with self._db.transaction() as tx:
+                states = await self._succeed_sqlite(tx, worker, succeeded)
+                claimed = await tx.fetch_raw(sqlite_hot.CLAIM, args)
+            done = [job_id for job_id, state in states.items() if state is not None]
+        return dict.fromkeys(done, "succeeded"), _in_claim_order(claimed)
 
     async def finish(self, job: Job, worker: str, outcome: Outcome) -> str | None:
         async with self._db.transaction() as tx:
@@ -173,35 +219,46 @@ class SqlJobStore:
     async def finish_many(
         self, worker: str, outcomes: list[tuple[Job, Outcome]]
     ) -> dict[str, str | None]:
-        """Record many outcomes in one transaction: the plain successes in one statement."""
-        states: dict[str, str | None] = {}
+        """Record many outcomes: the plain successes in one statement, the rest (retries,
+        failures, cancellations: rare) in one transaction after it."""
         plain = [(job, out) for job, out in outcomes if out.error is None and not out.cancelled]
+        states: dict[str, str | None] = {}
+        if plain and self._finisher is not None:
+            states = await self._succeed_pg(self._finisher, worker, plain)
+        if len(states) == len(outcomes):
+            return states
         async with self._db.transaction() as tx:
-            if plain:
-                now = now_us()
-                rows = "(?, ?)" + ", (?, ?)" * (len(plain) - 1)
-                args: list[Any] = []
-                for job, out in plain:
-                    args += [
-                        job.id,
-                        None if out.result is None else orjson.dumps(out.result).decode(),
-                    ]
-                done = await tx.fetch_raw(
-                    f"WITH v(id, result) AS (VALUES {rows})"
-                    " UPDATE jobs SET state = 'succeeded', result = v.result, progress = 100,"
-                    " lease_until = NULL, locked_by = NULL, updated_at = ?, finished_at = ?"
-                    " FROM v WHERE jobs.id = v.id AND jobs.state = 'running' AND jobs.locked_by = ?"
-                    " RETURNING jobs.id",
-                    [*args, now, now, worker],
-                )
-                succeeded = {row["id"] for row in done}
-                states.update(
-                    {job.id: "succeeded" if job.id in succeeded else None for job, _ in plain}
-                )
+            if plain and self._finisher is None:
+                states = await self._succeed_sqlite(tx, worker, plain)
             for job, out in outcomes:
                 if job.id not in states:
                     states[job.id] = await self._finish_in(tx, job, worker, out)
         return states
+
+    @staticmethod
+    def _result_text(outcome: Outcome) -> str | None:
+        return None if outcome.result is None else orjson.dumps(outcome.result).decode()
+
+    async def _succeed_pg(
+        self, direct: pg_direct.DirectConnection, worker: str, plain: list[tuple[Job, Outcome]]
+    ) -> dict[str, str | None]:
+        ids = [job.id for job, _ in plain]
+        results = [self._result_text(out) for _, out in plain]
+        done = await direct.fetch(pg_direct.SUCCEED, ids, results, now_us(), worker)
+        succeeded = {row["id"] for row in done}
+        return {job_id: "succeeded" if job_id in succeeded else None for job_id in ids}
+
+    async def _succeed_sqlite(
+        self, tx: Transaction, worker: str, plain: list[tuple[Job, Outcome]]
+    ) -> dict[str, str | None]:
+        now = now_us()
+        args: list[Any] = []
+        for job, out in plain:
+            args += [job.id, self._result_text(out)]
+        sql = sqlite_hot.succeed(len(plain))
+        done = await tx.fetch_raw(sql, [*args, now, now, worker])
+        succeeded = {row["id"] for row in done}
+        return {job.id: "succeeded" if job.id in succeeded else None for job, _ in plain}
 
     async def _finish_in(
         self, tx: Transaction, job: Job, worker: str, outcome: Outcome
@@ -248,13 +305,15 @@ class SqlJobStore:
         if not job_ids:
             return set()
         now = now_us()
-        async with self._db.transaction() as tx:
-            rows = await tx.fetch_raw(
-                "UPDATE jobs SET lease_until = ?, updated_at = ?"
-                f" WHERE id IN ({_marks(job_ids)}) AND state = 'running' AND locked_by = ?"
-                " RETURNING id, cancel_requested",
-                [now + int(lease_s * 1_000_000), now, *job_ids, worker],
-            )
+        lease = now + int(lease_s * 1_000_000)
+        rows: Any
+        if self._claimer is not None:
+            # With the claims: neither ever waits for a row lock, while the completer may.
+            rows = await self._claimer.fetch(pg_direct.EXTEND, lease, now, job_ids, worker)
+        else:
+            async with self._db.transaction() as tx:
+                sql = sqlite_hot.extend(len(job_ids))
+                rows = await tx.fetch_raw(sql, [lease, now, *job_ids, worker])
         return {r["id"] for r in rows if r["cancel_requested"]}
 
     async def rescue_expired(self) -> int:
@@ -314,13 +373,13 @@ class SqlJobStore:
     async def release(self, worker: str, job_ids: list[str]) -> int:
         if not job_ids:
             return 0
-        async with self._db.transaction() as tx:
-            rows = await tx.fetch_raw(
-                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_until = NULL,"
-                f" locked_by = NULL, updated_at = ? WHERE id IN ({_marks(job_ids)})"
-                " AND state = 'running' AND locked_by = ? RETURNING id",
-                [now_us(), *job_ids, worker],
-            )
+        rows: Any
+        if self._finisher is not None:
+            rows = await self._finisher.fetch(pg_direct.RELEASE, now_us(), job_ids, worker)
+        else:
+            async with self._db.transaction() as tx:
+                sql = sqlite_hot.release(len(job_ids))
+                rows = await tx.fetch_raw(sql, [now_us(), *job_ids, worker])
         return len(rows)
 
     async def retry(self, job_id: str) -> Job | None:

@@ -105,13 +105,30 @@ class JobStore(Protocol):
         self, worker: str, outcomes: list[tuple[Job, Outcome]]
     ) -> dict[str, str | None]:
         """Record runs' outcomes where `worker` still holds the lease; new state per job id
-        (None where the lease was lost), all in one transaction."""
+        (None where the lease was lost). Each outcome commits or not as a whole; when this
+        returns, every one of them is durable."""
+
+    async def finish_and_claim(
+        self,
+        worker: str,
+        succeeded: list[tuple[Job, Outcome]],
+        queue: str,
+        limit: int,
+        lease_s: float,
+    ) -> tuple[dict[str, str], list[Job]]:
+        """Record plain successes where `worker` holds the lease, then `claim`, in one round
+        trip where the store can. Returns the state of each outcome it recorded (durable when
+        this returns); those it left out (lease lost, or row locked elsewhere) are for
+        `finish_many`."""
 
     async def extend_leases(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
         """Heartbeat: extend the leases `worker` holds; returns ids whose cancel was requested."""
 
     async def rescue_expired(self) -> int:
         """Requeue (or dead-letter) running jobs whose lease expired; returns how many."""
+
+    async def close(self) -> None:
+        """Let go of connections of the store's own (the pool calls it when it stops)."""
 
 
 class JobControl(Protocol):

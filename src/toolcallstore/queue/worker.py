@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from toolcallstore.ids import now_us, random_base62
 from toolcallstore.metrics import Metrics
+from toolcallstore.queue.listener import Listener
 from toolcallstore.queue.sql import NOTIFY_CHANNEL
 from toolcallstore.queue.store import Job, NewJob, Outcome, QueueStore, backoff_us
 
@@ -26,6 +25,15 @@ log = logging.getLogger("toolcallstore.jobs")
 
 class JobCancelled(Exception):
     """Raised by `JobContext.check_cancelled` when the job's cancellation was requested."""
+
+
+class RetryAt(Exception):
+    """Raised by a handler whose attempt failed and that chooses when the next one runs
+    (epoch microseconds; None: no further attempt). Webhook deliveries keep their schedule."""
+
+    def __init__(self, message: str, retry_at: int | None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
 
 
 @dataclass
@@ -44,6 +52,7 @@ class JobContext:
 
 
 Handler = Callable[[JobContext], Awaitable[Any]]
+StateMap = dict[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -96,8 +105,11 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
-        # Outcomes waiting to be recorded: one transaction records a whole batch of them.
+        # Outcomes waiting to be recorded: one statement records a whole batch of them. Their
+        # jobs free their slots at once but stay leased (and heartbeated) until recorded; a
+        # crash before that means the job runs again after its lease, never that it is lost.
         self._done: list[tuple[Job, Outcome, float]] = []
+        self._finishing: dict[str, Job] = {}
         self._done_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -120,14 +132,11 @@ class WorkerPool:
         self._wake.set()
 
     async def listen(self, postgres_url: str) -> Callable[[], Awaitable[None]]:
-        """Wake on NOTIFY from any process enqueueing on this Postgres; returns the closer."""
-        conn = await asyncpg.connect(postgres_url)
-        await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
-
-        async def close() -> None:
-            await conn.close()
-
-        return close
+        """Wake on NOTIFY from any process enqueueing on this Postgres, reconnecting whenever
+        the connection is lost (listener.py); returns the closer."""
+        listener = Listener(postgres_url, NOTIFY_CHANNEL, self._wake.set)
+        await listener.start()
+        return listener.close
 
     def start(self) -> dict[str, asyncio.Task[None]]:
         loops = {
@@ -156,6 +165,7 @@ class WorkerPool:
         if leftover:
             await asyncio.wait([self._running[j][0] for j in leftover], timeout=5)
         await self._record_done()
+        leftover = [job_id for job_id in leftover if job_id in self._running]
         if leftover:
             released = await self.store.release(self.worker_id, leftover)
             log.info("released unfinished jobs", extra={"fields": {"count": released}})
@@ -164,9 +174,13 @@ class WorkerPool:
         self._done_event.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.grace_s)
+        await self.store.close()
 
     def _free_slots(self, queue: str) -> int:
-        total = self.config.concurrency - len(self._running)
+        # Outcomes not yet recorded hold no slot, up to a backlog of one batch: beyond it, a
+        # slow database slows claiming instead of piling up unrecorded work.
+        backlog = max(0, len(self._finishing) - max(self.config.batch, self.config.concurrency))
+        total = self.config.concurrency - len(self._running) - backlog
         limit = self.config.queue_limits.get(queue)
         if limit is not None:
             busy = sum(1 for _, ctx in self._running.values() if ctx.job.queue == queue)
@@ -181,11 +195,7 @@ class WorkerPool:
                 slots = self._free_slots(queue)
                 if slots == 0:
                     continue
-                try:
-                    jobs = await self.store.claim(queue, self.worker_id, slots, self.config.lease_s)
-                except Exception:
-                    log.exception("claiming jobs failed; retrying")
-                    jobs = []
+                jobs = await self._claim(queue, slots)
                 claimed += len(jobs)
                 for job in jobs:
                     self._start(job)
@@ -193,6 +203,31 @@ class WorkerPool:
                 continue  # more may be due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.poll_s)
+
+    async def _claim(self, queue: str, slots: int) -> list[Job]:
+        """Claim, recording the successes waiting to be recorded in the same round trip."""
+        batch: list[tuple[Job, Outcome, float]] = []
+        others: list[tuple[Job, Outcome, float]] = []
+        for done in self._done:
+            (batch if done[1].error is None and not done[1].cancelled else others).append(done)
+        self._done = others
+        try:
+            states, jobs = await self.store.finish_and_claim(
+                self.worker_id, [(job, out) for job, out, _ in batch], queue, slots,
+                self.config.lease_s,
+            )  # fmt: skip
+        except BaseException as exc:
+            self._done[:0] = batch  # kept for the completer: an outcome is never dropped
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("claiming jobs failed; retrying")
+            return []
+        left = [done for done in batch if done[0].id not in states]
+        if left:  # the completer records them, waiting for their rows if it must
+            self._done[:0] = left
+            self._done_event.set()
+        self._recorded([done for done in batch if done[0].id in states], dict(states))
+        return jobs
 
     def _start(self, job: Job) -> None:
         ctx = JobContext(job, self.worker_id, self.store)
@@ -210,9 +245,13 @@ class WorkerPool:
             outcome = Outcome(error=f"no handler is registered for job type {job.type!r}")
         else:
             outcome = await self._call(spec, ctx)
-        # The job keeps its slot and its heartbeat until the completer has recorded it.
+        # The slot is free now; the lease and its heartbeat last until the outcome is recorded
+        # (by the next claim, or by the completer).
+        self._running.pop(job.id, None)
+        self._finishing[job.id] = job
         self._done.append((job, outcome, started))
         self._done_event.set()
+        self._wake.set()
 
     async def _complete_loop(self) -> None:
         while not (self._stopping.is_set() and not self._running and not self._done):
@@ -236,18 +275,23 @@ class WorkerPool:
             except BaseException:
                 self._done[:0] = batch  # keep them: an outcome is never dropped
                 raise
-            finished = time.perf_counter()
-            for job, _, started in batch:
-                state = states.get(job.id) or "lease_lost"
-                self.metrics.job_runs.labels(job.type, state).observe(finished - started)
-                self._running.pop(job.id, None)
+            self._recorded(batch, states)
             self._wake.set()
+
+    def _recorded(self, batch: list[tuple[Job, Outcome, float]], states: StateMap) -> None:
+        finished = time.perf_counter()
+        for job, _, started in batch:
+            state = states.get(job.id) or "lease_lost"
+            self.metrics.job_runs.labels(job.type, state).observe(finished - started)
+            self._finishing.pop(job.id, None)
 
     async def _call(self, spec: HandlerSpec, ctx: JobContext) -> Outcome:
         try:
             return Outcome(result=await spec.handler(ctx))
         except JobCancelled:
             return Outcome(cancelled=True)
+        except RetryAt as exc:
+            return Outcome(error=str(exc)[:1000], retry_at=exc.retry_at)
         except Exception as exc:
             log.warning("job failed", exc_info=True, extra={"fields": {"job": ctx.job.id}})
             retry_at = now_us() + backoff_us(ctx.job.attempts)
@@ -257,7 +301,7 @@ class WorkerPool:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.config.lease_s / 3)
-            ids = list(self._running)
+            ids = [*self._running, *self._finishing]
             try:
                 cancel = await self.store.extend_leases(self.worker_id, ids, self.config.lease_s)
             except Exception:

@@ -9,18 +9,20 @@ Paths, relative to where the app is mounted:
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:generateContent
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:streamGenerateContent[?alt=sse]
     GET  [/fault/{spec}]/openrouter/api/v1/models   (a stored price list, `openrouter.py`)
+    /stripe/v1/...                                  (Stripe billing, `stripe.py`)
 """
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from toolcallstore.sandbox.anthropic import AnthropicDialect
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
 from toolcallstore.sandbox.gemini import GeminiDialect
 from toolcallstore.sandbox.openai import OpenAIDialect
 from toolcallstore.sandbox.openrouter import OpenRouterModels
+from toolcallstore.sandbox.stripe import create_stripe_app
 
 __all__ = ["create_sandbox_app"]
 
@@ -34,7 +36,7 @@ def create_sandbox_app() -> Starlette:
         ("/gemini/v1beta/models/{model}:streamGenerateContent", GeminiDialect()),
     ]
     price_list = OpenRouterModels(state)
-    routes = []
+    routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
             handle = Endpoint(dialect, state).handle

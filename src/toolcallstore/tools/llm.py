@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from toolcallstore.controls.ledger import receipt_id_for
 from toolcallstore.controls.pricing import Estimate, Pricing
 from toolcallstore.lanes.base import StreamError
 from toolcallstore.lanes.catalog import Catalog
@@ -68,7 +69,8 @@ def register_llm_tool(
             refused = refusal
         answered = cut is None and refused is None
         # The result is the execution's, which the tenant reads: no provider costs in it.
-        outcome, usage, toolcall = settlement_of(lane_call, plan, None, operator=False,
+        receipt_id = receipt_id_for(call.execution_id)
+        outcome, usage, toolcall = settlement_of(lane_call, plan, receipt_id, operator=False,
                                                  charge=answered)  # fmt: skip
         if refused is not None:
             raise CostlyFailure(f"The target refused the request: {refused.error.message}"[:500],

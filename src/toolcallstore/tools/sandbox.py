@@ -16,7 +16,7 @@ from toolcallstore.db import Database
 from toolcallstore.errors import ProviderError
 from toolcallstore.ids import now_us
 from toolcallstore.site.fields import body_schema
-from toolcallstore.tools.registry import Outcome, Tool, ToolCall, ToolRegistry
+from toolcallstore.tools.registry import CostlyFailure, Outcome, Tool, ToolCall, ToolRegistry
 from toolcallstore.validation import Field, invalid, validate
 
 MAX_DELAY_MS = 3000
@@ -30,6 +30,7 @@ IRREVERSIBLE_PARAMS = {
     "action": Field(str, required=True, max_length=200),
     "delay_ms": Field(int),
     "fail_times": Field(int),
+    "failures_billed": Field(bool),
 }
 
 
@@ -59,6 +60,17 @@ def _settled(call: ToolCall, result: dict[str, Any]) -> Outcome:
     )
 
 
+def _billed_failure(call: ToolCall) -> Outcome:
+    return Outcome(
+        result={},
+        price_micros=0,
+        provider_cost_micros=call.estimate.provider_cost_micros,
+        provider=call.estimate.provider,
+        usage={"calls": 1},
+        attempts=[{"provider": call.estimate.provider, "outcome": "failed"}],
+    )
+
+
 def register_sandbox_tools(tools: ToolRegistry, db: Database) -> None:
     async def echo(call: ToolCall) -> Outcome:
         await asyncio.sleep(call.params.get("delay_ms", 0) / 1000)
@@ -76,7 +88,10 @@ def register_sandbox_tools(tools: ToolRegistry, db: Database) -> None:
                 {"id": call.execution_id, "now": now_us()},
             )
         if runs <= call.params.get("fail_times", 0):
-            raise ProviderError(f"sandbox.irreversible failing on purpose (run {runs}).")
+            message = f"sandbox.irreversible failing on purpose (run {runs})."
+            if call.params.get("failures_billed"):  # as a provider that bills a failed call
+                raise CostlyFailure(message, _billed_failure(call))
+            raise ProviderError(message)
         return _settled(call, {"action": call.params["action"], "effect_id": call.execution_id})
 
     tools.register(
@@ -113,6 +128,7 @@ def register_sandbox_tools(tools: ToolRegistry, db: Database) -> None:
                 "action": "string, required",
                 "delay_ms": "0-3000",
                 "fail_times": "fail the first N runs",
+                "failures_billed": "boolean: the provider bills each failed run",
             },  # fmt: skip
             params_schema=body_schema(IRREVERSIBLE_PARAMS),
             timeout_s=30.0,
