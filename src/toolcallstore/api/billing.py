@@ -20,9 +20,22 @@ from toolcallstore.errors import InvalidRequest, PermissionDenied, Unavailable
 from toolcallstore.idempotency import idempotency_key
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import Services, services
+from toolcallstore.site.operations import Operation
 from toolcallstore.validation import Field, invalid, read_json_object, validate
 
 CHECKOUT_FIELDS = {"plan": Field(str, required=True, max_length=64)}
+# What Stripe posts (https://docs.stripe.com/api/events/object); only its signature is checked.
+STRIPE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["id", "object", "type", "created", "data"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "event"},
+        "type": {"type": "string"},
+        "created": {"type": "integer"},
+        "data": {"type": "object", "required": ["object"]},
+    },
+}
 
 
 def _billing(svc: Services) -> tuple[PaymentsProvider, BillingConfig]:
@@ -109,3 +122,19 @@ routes = [
     Route("/v1/billing/account", billing_account, methods=["GET"]),
     Route("/v1/stripe/webhook", stripe_webhook, methods=["POST"]),
 ]
+
+_UNAVAILABLE = {503: ("billing_unavailable",)}
+operations = [
+    Operation("POST", "/v1/billing/checkout", "A Stripe Checkout Session for a plan (its `url`"
+              " is where a person pays)", "billing", "billing:manage", body=CHECKOUT_FIELDS,
+              idempotency="required", responses={200: "CheckoutSession"},
+              errors={403: ("project_forbidden",), 502: ("provider_error",), **_UNAVAILABLE}),
+    Operation("GET", "/v1/billing/account", "The tenant's plan, subscription and payment state",
+              "billing", "billing:manage", responses={200: "BillingAccount"}),
+    Operation("POST", "/v1/stripe/webhook", "Stripe's events (Stripe calls this, signed)",
+              "billing", "public", body_schema=STRIPE_EVENT_SCHEMA,
+              responses={200: "StripeWebhookReceived"},
+              errors={400: ("invalid_signature",), **_UNAVAILABLE},
+              description="Verified by the `Stripe-Signature` header against the endpoint's"
+              " signing secret; each event is applied once, in any order."),
+]  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
+from toolcallstore.auth import SUSPENDED_ALLOWED
 from toolcallstore.errors import ToolCallError
 from toolcallstore.site.fields import body_schema, field_schema
 from toolcallstore.site.operations import Operation
@@ -85,6 +86,8 @@ def error_codes(op: Operation) -> dict[int, list[str]]:
     if op.scope != "public":
         codes[401] = ["unauthenticated", "invalid_api_key"]
         codes[403] = ["insufficient_scope"]
+        if not op.path.startswith(SUSPENDED_ALLOWED):
+            codes[403].append("account_suspended")  # live keys, payment failing past grace
     if op.body is not None or op.body_schema is not None:
         codes[400] += ["invalid_json", "unknown_parameter", "missing_parameter"]
         codes[413] = ["request_too_large"]

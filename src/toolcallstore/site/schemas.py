@@ -131,6 +131,66 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Health": obj(None, {"status": STR}),
     "ProviderHealth": obj("provider_health", {"targets": {}, "lanes": {"type": "object"}}),
     "Metrics": STR,
+    "WebhookEndpoint": obj(
+        "webhook_endpoint",
+        {
+            "id": STR,
+            "url": STR,
+            "events": {"type": "array", "items": STR},
+            "livemode": BOOL,
+            "status": {"enum": ["enabled", "disabled"]},
+            "secret": NULL_STR,
+        },
+    ),  # fmt: skip
+    "WebhookTest": obj("webhook_test", {"event_id": STR, "delivery_id": STR, "endpoint_id": STR}),
+    "Event": obj(
+        "event",
+        {
+            "id": STR,
+            "type": STR,
+            "created": INT,
+            "livemode": {"type": ["boolean", "null"]},
+            "data": {"type": "object"},
+        },
+        deliveries={
+            "type": "array",
+            "items": obj(
+                "webhook_delivery",
+                {
+                    "id": STR,
+                    "endpoint_id": STR,
+                    "state": STR,
+                    "attempt_count": INT,
+                    "attempts": {"type": "array"},
+                },
+            ),
+        },
+    ),  # fmt: skip
+    "Redelivery": obj(
+        "redelivery", {"event_id": STR, "delivery_ids": {"type": "array", "items": STR}}
+    ),  # fmt: skip
+    "CheckoutSession": obj(
+        "checkout_session", {"id": STR, "url": STR, "plan": STR, "customer": STR}
+    ),  # fmt: skip
+    "BillingAccount": obj(
+        "billing_account",
+        {
+            "tenant_id": STR,
+            "customer": NULL_STR,
+            "plan": NULL_STR,
+            "subscription_status": NULL_STR,
+            "live_keys_suspended": BOOL,
+        },
+    ),  # fmt: skip
+    "StripeWebhookReceived": obj(
+        None,
+        {
+            "received": {"const": True},
+            "id": STR,
+            "outcome": {"enum": ["applied", "duplicate", "ignored", "stale"]},
+        },
+    ),  # fmt: skip
 }
-for _item in ("ApiKey", "Tenant", "Project", "Approval", "Receipt", "ByokKey", "Tool", "SpendCap"):
+for _item in ("ApiKey", "Tenant", "Project", "Approval", "Receipt", "ByokKey", "Tool", "SpendCap",
+              "WebhookEndpoint", "Event"):  # fmt: skip
     SCHEMAS[f"{_item}List"] = list_of(_item)

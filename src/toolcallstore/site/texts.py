@@ -36,6 +36,9 @@ GUIDE = """\
    `/v1`); `max_cost_usd` caps the price; the last chunk carries `toolcall.receipt_id`.
 9. MCP: the same tools at `/mcp` (streamable HTTP, the same bearer key). A call that needs a
    quote or an approval returns the quote instead of acting; call again with `approval_id`.
+10. Webhooks: `POST /v1/webhook_endpoints {"url", "events"}` (scope `webhooks:manage`; the
+   signing secret is shown once) gets events such as `execution.succeeded`, signed with Standard
+   Webhooks headers and delivered at least once; `GET /v1/events/{id}` shows every attempt.
 """
 
 
