@@ -182,14 +182,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "live_keys_suspended": BOOL,
         },
     ),  # fmt: skip
-    "StripeWebhookReceived": obj(
-        None,
-        {
-            "received": {"const": True},
-            "id": STR,
-            "outcome": {"enum": ["applied", "duplicate", "ignored", "stale"]},
-        },
-    ),  # fmt: skip
 }
 for _item in ("ApiKey", "Tenant", "Project", "Approval", "Receipt", "ByokKey", "Tool", "SpendCap",
               "WebhookEndpoint", "Event"):  # fmt: skip
