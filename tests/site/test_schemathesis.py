@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, free_port, start_server, stop_server
 
 # A few minutes at most in CI: the fuzzing and stateful phases share this budget.
 SECONDS = os.environ.get("TOOLCALLSTORE_SCHEMATHESIS_SECONDS", "45")
@@ -37,9 +37,14 @@ def schemathesis(*args: str, timeout: float) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture
 def served(database_url: str, tmp_path: Path) -> Iterator[Server]:
-    server = start_server(database_url, tmp_path, TOOLCALLSTORE_MASTER_KEY=MASTER,
+    # Billing on, against the server's own Stripe fake, so checkout runs rather than being 503.
+    port = free_port()
+    stripe_fake = f"http://127.0.0.1:{port}/sandbox/stripe"
+    server = start_server(database_url, tmp_path, port, TOOLCALLSTORE_MASTER_KEY=MASTER,
                           TOOLCALLSTORE_PRICE_REFRESH_SECONDS="0",
-                          TOOLCALLSTORE_ACCESS_LOG="false")  # fmt: skip
+                          TOOLCALLSTORE_ACCESS_LOG="false",
+                          TOOLCALLSTORE_STRIPE_API_KEY="sk_test_sandbox",
+                          TOOLCALLSTORE_STRIPE_API_BASE=stripe_fake)  # fmt: skip
     try:
         yield server
     finally:
