@@ -151,3 +151,18 @@ async def test_a_browser_origin_elsewhere_is_refused(settings: Settings) -> None
         )
         assert r.status_code == 403
         assert r.json()["error"]["code"] == "origin_forbidden"
+
+
+async def test_llm_chat_runs_as_a_tool_to_a_receipt(settings: Settings) -> None:
+    async with live_server(settings) as live:
+        agent = await new_key(live, ["llm:chat", "receipts:read"], auto_quote_max_usd="0.50")
+        async with mcp_client(live, agent) as client:
+            failed, body = await call(client, "llm.chat", {
+                "model": "gpt-4o-mini", "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hello"}],
+            })  # fmt: skip
+        assert not failed and body["status"] == "succeeded", body
+        assert body["result"]["choices"][0]["message"]["content"]
+        receipt = await live.receipt(body["receipt_id"])
+        assert receipt["tool"] == "llm.chat" and receipt["status"] == "succeeded"
+        await live.balanced()
