@@ -140,13 +140,28 @@ def _success(op: Operation, status: int, schema_name: str) -> dict[str, Any]:
     return {"description": text, "content": content}
 
 
+REQUEST_ID = {"$ref": "#/components/headers/RequestId"}
+REPLAYED = {"$ref": "#/components/headers/IdempotentReplayed"}
+HEADERS = {
+    "RequestId": {"description": "This request's id (also in error bodies and audit rows).",
+                  "required": True, "schema": {"type": "string", "minLength": 1}},
+    "IdempotentReplayed": {"description": "true: the stored answer of an earlier request with"
+                           " this Idempotency-Key; nothing ran again.",
+                           "schema": {"type": "string", "enum": ["true"]}},
+}  # fmt: skip
+
+
 def operation_object(op: Operation) -> dict[str, Any]:
+    headers: dict[str, Any] = {"ToolCall-Request-Id": REQUEST_ID}
+    if op.idempotency is not None:
+        headers["Idempotent-Replayed"] = REPLAYED
     responses: dict[str, Any] = {}
     for status, name in op.responses.items():
-        responses[str(status)] = _success(op, status, name)
+        responses[str(status)] = {**_success(op, status, name), "headers": headers}
     for status, codes in error_codes(op).items():
         responses[str(status)] = {
             "description": f"{STATUS_TEXT.get(status, 'Error')}: {', '.join(codes)}",
+            "headers": headers,
             "content": {"application/json": {"schema": ERROR_REF}},
             "x-error-codes": codes,
         }
@@ -203,6 +218,7 @@ def build_openapi(routes: Iterable[BaseRoute], operations: Iterable[Operation]) 
                     "bearerFormat": "tcs_live_... or tcs_test_... (an API key)",
                 },  # fmt: skip
             },
+            "headers": HEADERS,
             "parameters": {
                 "IdempotencyKey": _idempotency_header(required=True),
                 "OptionalIdempotencyKey": _idempotency_header(required=False),
