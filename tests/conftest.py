@@ -140,9 +140,9 @@ class Server:
     admin_key: str
 
 
-def start_server(database_url: str, workdir: Path, **env: str) -> Server:
+def start_server(database_url: str, workdir: Path, port: int | None = None, **env: str) -> Server:
     """`toolcallstore serve` in a subprocess; returns once /readyz answers 200."""
-    port = free_port()
+    port = port or free_port()
     full_env = {
         **os.environ,
         "TOOLCALLSTORE_DATABASE_URL": database_url,

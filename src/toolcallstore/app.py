@@ -37,6 +37,7 @@ from toolcallstore.lanes.price_jobs import register_price_job, schedule_price_re
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.sender import Sender, upstream_client
 from toolcallstore.logs import AccessLog
+from toolcallstore.mcp_endpoint.server import McpEndpoint
 from toolcallstore.metrics import Metrics
 from toolcallstore.middleware import InputLimitsMiddleware, ObserveMiddleware, SandboxMount
 from toolcallstore.queue.sandbox import register_sandbox_handlers
@@ -47,6 +48,8 @@ from toolcallstore.responses import error_response
 from toolcallstore.sandbox import create_sandbox_app
 from toolcallstore.services import Services
 from toolcallstore.settings import Settings, parse_queue_limits
+from toolcallstore.site.build import build_site, load_site
+from toolcallstore.site.serve import PublicFiles
 from toolcallstore.tools import ToolRegistry
 from toolcallstore.tools.llm import register_llm_tool
 from toolcallstore.tools.sandbox import register_sandbox_tools
@@ -134,7 +137,8 @@ def create_app(settings: Settings) -> Starlette:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
                 svc.tasks.update(svc.jobs.start())
-            yield
+            async with mcp.running():
+                yield
         finally:
             await stop_services(svc)
             await poster.aclose()
@@ -154,6 +158,9 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = svc
+    site = load_site()
+    mcp = app.state.mcp = McpEndpoint(tools, site.name, frozenset({site.base_url}))
+    app.add_middleware(PublicFiles, build=lambda: build_site(app, site))  # no auth
     app.add_middleware(SandboxMount, sandbox=create_sandbox_app())  # outermost: no auth, no audit
     return app
 

@@ -120,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     byok.add_parser(
         "rotate", help=f"re-encrypt stored keys under the first key of {ENV_NAME}"
     ).set_defaults(run=_byok_rotate)
+    public = sub.add_parser("build-public", help="write public/ (openapi.json, llms.txt, ...)")
+    public.add_argument("--out", default="public", help="directory to write (default: public)")
+    public.add_argument("--site", help="site config (default: config/site.json)")
+    public.add_argument("--check", action="store_true", help="exit 1 if --out is stale")
+    public.set_defaults(run=_build_public)
     return parser
 
 
@@ -278,4 +283,22 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.processes is not None:
         settings = settings.with_(processes=args.processes)
     serve(settings)
+    return 0
+
+
+def _build_public(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from toolcallstore.app import create_app
+    from toolcallstore.site.build import build_site, load_site, stale_files, write_site
+
+    files = build_site(create_app(settings), load_site(args.site))
+    out = Path(args.out)
+    if args.check:
+        stale = stale_files(files, out)
+        for name in stale:
+            print(f"stale: {out / name}", file=sys.stderr)
+        return 1 if stale else 0
+    for name in write_site(files, out):
+        print(f"wrote {out / name}")
     return 0

@@ -12,6 +12,7 @@ from toolcallstore.api import (
     health,
     jobs,
     keys,
+    mcp,
     quotes,
     receipts,
     spend_caps,
@@ -37,4 +38,5 @@ def routes() -> list[BaseRoute]:
         *webhook_endpoints.routes,
         *events.routes,
         *billing.routes,
+        *mcp.routes,
     ]

@@ -19,6 +19,7 @@ from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import PAGE_QUERY, Operation
 from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate
 
 STATES = frozenset({"pending", "granted", "denied", "expired", "used"})
@@ -161,3 +162,26 @@ routes = [
     Route("/v1/approvals/{approval_id}/grant", grant_approval, methods=["POST"]),
     Route("/v1/approvals/{approval_id}/deny", deny_approval, methods=["POST"]),
 ]
+
+operations = [
+    Operation("POST", "/v1/approvals", "Ask a human to approve a quote", "approvals",
+              "quotes:create", body={"quote_id": Field(str, required=True, max_length=64)},
+              idempotency="required", responses={200: "Approval"},
+              errors={409: ("approval_not_required", "approval_already_requested",
+                            "quote_already_used"), 410: ("quote_expired",)}),
+    Operation("GET", "/v1/approvals", "Approvals, newest first (`?status=pending`: the inbox)",
+              "approvals", None, query={**PAGE_QUERY, "status": Field(str, choices=STATES)},
+              responses={200: "ApprovalList"}),
+    Operation("GET", "/v1/approvals/{approval_id}", "An approval", "approvals", None,
+              responses={200: "Approval"}),
+    Operation("POST", "/v1/approvals/{approval_id}/grant", "Grant an approval (not your own)",
+              "approvals", "approvals:grant", body={"note": Field(str, max_length=1000)},
+              idempotency="optional", responses={200: "Approval"},
+              errors={403: ("self_approval_forbidden",),
+                      409: ("approval_already_decided",), 410: ("approval_expired",)}),
+    Operation("POST", "/v1/approvals/{approval_id}/deny", "Deny an approval", "approvals",
+              "approvals:grant", body={"note": Field(str, max_length=1000)},
+              idempotency="optional", responses={200: "Approval"},
+              errors={403: ("self_approval_forbidden",),
+                      409: ("approval_already_decided",), 410: ("approval_expired",)}),
+]  # fmt: skip

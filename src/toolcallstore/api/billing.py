@@ -20,6 +20,7 @@ from toolcallstore.errors import InvalidRequest, PermissionDenied, Unavailable
 from toolcallstore.idempotency import idempotency_key
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import Services, services
+from toolcallstore.site.operations import Operation
 from toolcallstore.validation import Field, invalid, read_json_object, validate
 
 CHECKOUT_FIELDS = {"plan": Field(str, required=True, max_length=64)}
@@ -41,10 +42,11 @@ async def create_checkout(request: Request) -> Response:
         raise PermissionDenied("Billing belongs to the tenant; use a tenant-wide key.",
                                code="project_forbidden")  # fmt: skip
     svc = services(request)
-    payments, config = _billing(svc)
     key = idempotency_key(request)
     body = await read_json_object(request)
     plan = validate(body, CHECKOUT_FIELDS)["plan"]
+    # After the request is checked: a malformed one is 400 whether or not billing is enabled.
+    payments, config = _billing(svc)
     if plan not in config.plans:
         raise invalid("plan", f"Unknown 'plan'; use one of: {', '.join(sorted(config.plans))}.")
     customer = await ensure_customer(svc.db, payments, principal.tenant_id)
@@ -109,3 +111,17 @@ routes = [
     Route("/v1/billing/account", billing_account, methods=["GET"]),
     Route("/v1/stripe/webhook", stripe_webhook, methods=["POST"]),
 ]
+
+_UNAVAILABLE = {503: ("billing_unavailable",)}
+operations = [
+    Operation("POST", "/v1/billing/checkout", "A Stripe Checkout Session for a plan (its `url`"
+              " is where a person pays)", "billing", "billing:manage", body=CHECKOUT_FIELDS,
+              idempotency="required", responses={200: "CheckoutSession"},
+              errors={403: ("project_forbidden",), 502: ("provider_error",), **_UNAVAILABLE}),
+    Operation("GET", "/v1/billing/account", "The tenant's plan, subscription and payment state",
+              "billing", "billing:manage", responses={200: "BillingAccount"}),
+    # Stripe's protocol, not ours: Stripe signs and posts its event objects here (400
+    # invalid_signature, 503 billing_unavailable when no signing secret is set).
+    Operation("POST", "/v1/stripe/webhook", "Stripe's signed events", "billing", "public",
+              external="https://docs.stripe.com/webhooks"),
+]  # fmt: skip

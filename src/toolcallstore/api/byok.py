@@ -33,6 +33,7 @@ from toolcallstore.idempotency import idempotency_key
 from toolcallstore.objects import list_object
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import PAGE_QUERY, Operation
 from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate
 
 MIN_KEY, MAX_KEY = 8, 500
@@ -154,3 +155,19 @@ routes = [
     Route("/v1/byok-keys/{byok_id}", get_byok_key, methods=["GET"]),
     Route("/v1/byok-keys/{byok_id}", delete_byok_key, methods=["DELETE"]),
 ]
+
+operations = [
+    Operation("POST", "/v1/byok-keys", "Store a provider key of your own (AES-256-GCM; only"
+              " last4 is ever shown)", "byok", "keys:manage", body=BYOK_FIELDS,
+              idempotency="required", responses={200: "ByokKey"},
+              errors={403: ("project_forbidden",), 503: ("byok_unavailable",)}),
+    Operation("GET", "/v1/byok-keys", "List your provider keys", "byok", "keys:manage",
+              query=PAGE_QUERY, responses={200: "ByokKeyList"},
+              errors={403: ("project_forbidden",), 503: ("byok_unavailable",)}),
+    Operation("GET", "/v1/byok-keys/{byok_id}", "A provider key", "byok", "keys:manage",
+              responses={200: "ByokKey"},
+              errors={403: ("project_forbidden",), 503: ("byok_unavailable",)}),
+    Operation("DELETE", "/v1/byok-keys/{byok_id}", "Delete a provider key", "byok",
+              "keys:manage", responses={200: "Deleted"},
+              errors={403: ("project_forbidden",), 503: ("byok_unavailable",)}),
+]  # fmt: skip

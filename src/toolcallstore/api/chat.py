@@ -27,10 +27,11 @@ from toolcallstore.lanes.chat import SSE_HEADERS, ChatCall
 from toolcallstore.lanes.openai_out import replay_chunks
 from toolcallstore.lanes.plan import CallPlan, plan_call, plan_quoted_call, priced
 from toolcallstore.lanes.prices import LivePrices
-from toolcallstore.lanes.request import budget_of, parse_chat_params
+from toolcallstore.lanes.request import CHAT_SCHEMA, budget_of, parse_chat_params
 from toolcallstore.money import micros_to_usd
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import Operation
 from toolcallstore.tools import Tool
 from toolcallstore.tools.llm import CHAT_TOOL
 from toolcallstore.validation import invalid, read_json_object
@@ -221,3 +222,25 @@ routes = [
     Route(PATH, create_chat_completion, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
 ]
+
+operations = [
+    Operation("POST", PATH, "Chat completions (OpenAI protocol), quoted, capped and receipted;"
+              " `stream: true` answers Server-Sent Events", "llm", "llm:chat",
+              body_schema=CHAT_SCHEMA, idempotency="optional", responses={200: "ChatCompletion"},
+              streams=("text/event-stream",),
+              errors={400: ("content_policy_violation", "context_length_exceeded"),
+                      402: ("spend_cap_exceeded",),
+                      403: ("quote_required", "approval_required"),
+                      404: ("not_found", "model_not_found"),
+                      409: ("quote_already_used", "quote_stale"), 410: ("quote_expired",),
+                      422: ("max_cost_too_low", "quote_mismatch"),
+                      500: ("execution_interrupted",),
+                      502: ("all_providers_failed", "provider_error"),
+                      503: ("provider_not_configured",)},
+              description="The last chunk (or the body) carries `usage` and `toolcall`"
+              " (receipt_id, cost_usd, target, attempts); headers ToolCall-Quote-Id and"
+              " ToolCall-Receipt-Id. A stream that fails after its first token ends with a"
+              " chunk carrying `error` and no [DONE]."),
+    Operation("GET", "/v1/models", "Lanes, aliases and targets with our prices per million"
+              " tokens", "llm", None, responses={200: "Models"}),
+]  # fmt: skip

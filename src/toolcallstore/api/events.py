@@ -17,6 +17,7 @@ from toolcallstore.idempotency import idempotency_key
 from toolcallstore.objects import list_object
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import PAGE_QUERY, Operation
 from toolcallstore.validation import Field, page_params, read_json_object, validate
 from toolcallstore.webhooks.deliveries import (
     event_deliveries,
@@ -80,3 +81,18 @@ routes = [
     Route("/v1/events/{event_id}", retrieve, methods=["GET"]),
     Route("/v1/events/{event_id}/redeliver", redeliver, methods=["POST"]),
 ]
+
+_FORBIDDEN = {403: ("project_forbidden",)}
+operations = [
+    Operation("GET", "/v1/events", "Events of the key's mode, newest first (`?type=`: one"
+              " event type)", "webhooks", "webhooks:manage",
+              query={**PAGE_QUERY, "type": Field(str, max_length=100)},
+              responses={200: "EventList"}, errors=_FORBIDDEN),
+    Operation("GET", "/v1/events/{event_id}", "An event with its deliveries and their"
+              " attempts", "webhooks", "webhooks:manage", responses={200: "Event"},
+              errors=_FORBIDDEN),
+    Operation("POST", "/v1/events/{event_id}/redeliver", "Deliver an event again: to one"
+              " endpoint, or to every enabled endpoint subscribed to its type", "webhooks",
+              "webhooks:manage", body=REDELIVER_FIELDS, idempotency="required",
+              responses={202: "Redelivery"}, errors=_FORBIDDEN),
+]  # fmt: skip

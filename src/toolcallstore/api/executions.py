@@ -29,6 +29,7 @@ from toolcallstore.idempotency import (
 )
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import Operation
 from toolcallstore.tools import Outcome, ToolCall
 from toolcallstore.tools.registry import CostlyFailure
 from toolcallstore.validation import Field, read_json_object, validate
@@ -117,3 +118,23 @@ routes = [
     Route("/v1/executions", create_execution, methods=["POST"]),
     Route("/v1/executions/{execution_id}", retrieve_execution, methods=["GET"]),
 ]
+
+operations = [
+    Operation("POST", "/v1/executions", "Run a tool: a quote (with its approval), or quoted"
+              " inline under the key's auto_quote_max_usd", "executions", None,
+              body=EXECUTION_FIELDS, idempotency="required",
+              responses={200: "Execution", 202: "Execution"},
+              errors={400: ("content_policy_violation", "context_length_exceeded"),
+                      402: ("spend_cap_exceeded",),
+                      403: ("quote_required", "approval_required"),
+                      404: ("not_found", "model_not_found"),
+                      409: ("quote_already_used", "quote_stale"), 410: ("quote_expired",),
+                      422: ("quote_mismatch", "max_cost_too_low"),
+                      500: ("execution_interrupted",),
+                      502: ("provider_error", "tool_timeout", "all_providers_failed"),
+                      503: ("provider_not_configured",)},
+              description="A sync tool answers 200 with its result and `receipt_id`; a job"
+              " tool answers 202 with `job_id`: poll GET /v1/executions/{id} or the job."),
+    Operation("GET", "/v1/executions/{execution_id}", "An execution: status, result, receipt",
+              "executions", None, responses={200: "Execution"}),
+]  # fmt: skip

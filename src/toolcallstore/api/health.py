@@ -15,6 +15,7 @@ from toolcallstore.errors import PermissionDenied, Unavailable
 from toolcallstore.lanes.health import WINDOW_SECONDS
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import Operation
 
 AUDIT_BACKLOG_LIMIT = 50_000
 
@@ -92,3 +93,14 @@ routes = [
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
 ]
+
+operations = [
+    Operation("GET", "/v1/health/providers", "Each LLM target's breaker, error rate, latency",
+              "health", None, responses={200: "ProviderHealth"}),
+    Operation("GET", "/healthz", "Liveness", "health", "public", responses={200: "Health"}),
+    Operation("GET", "/readyz", "Readiness: database, migrations, background tasks", "health",
+              "public", responses={200: "Health"}, errors={503: ("unavailable",)}),
+    Operation("GET", "/metrics", "Prometheus metrics (loopback clients or admin keys)",
+              "health", "public", responses={200: "Metrics"},
+              errors={403: ("insufficient_scope",)}),
+]  # fmt: skip

@@ -20,7 +20,8 @@ from toolcallstore.objects import job_object
 from toolcallstore.queue.store import TERMINAL, Job
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
-from toolcallstore.validation import invalid
+from toolcallstore.site.operations import Operation
+from toolcallstore.validation import Field, invalid
 from toolcallstore.webhooks.dispatch import DELIVER_JOB_TYPE
 
 POLL_S = 0.05  # how often a waiting request looks again: changes show within 50-100 ms
@@ -162,3 +163,14 @@ routes = [
     Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
 ]
+
+operations = [
+    Operation("GET", "/v1/jobs/{job_id}", "A job; `?wait=` long-polls up to 60 s for a change",
+              "jobs", "jobs:read", query={"wait": Field(float)}, responses={200: "Job"}),
+    Operation("GET", "/v1/jobs/{job_id}/events", "A job's changes as Server-Sent Events"
+              " (`event: job`, ends when the job does)", "jobs", "jobs:read",
+              responses={200: "Job"}, streams=("text/event-stream",)),
+    Operation("POST", "/v1/jobs/{job_id}/cancel", "Cancel a job (a tool's job only before"
+              " its first attempt)", "jobs", "jobs:read", responses={200: "Job"},
+              errors={409: ("job_started",)}),
+]  # fmt: skip

@@ -23,6 +23,7 @@ from toolcallstore.money import usd_to_micros
 from toolcallstore.objects import key_object, list_object
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import PAGE_QUERY, Operation
 from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate
 
 KEY_FIELDS = {
@@ -137,9 +138,10 @@ async def list_keys(request: Request) -> Response:
 
 async def get_key(request: Request) -> Response:
     principal = require_scope(request, "keys:manage")
-    found = await repo.get_key(
-        services(request).db, principal.tenant_id, request.path_params["key_id"]
-    )
+    db, key_id = services(request).db, request.path_params["key_id"]
+    found = await repo.get_key(db, principal.tenant_id, key_id)
+    if found is None and principal.has("admin") and principal.key.project_id is None:
+        found = await repo.find_key(db, key_id)  # made for another tenant (tenant_id)
     return JSONResponse(key_object(_visible(principal, found)))
 
 
@@ -170,3 +172,17 @@ routes = [
     Route("/v1/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
     Route("/v1/me", me, methods=["GET"]),
 ]
+
+operations = [
+    Operation("POST", "/v1/keys", "Create an API key (its secret is shown once)", "keys",
+              "keys:manage", body=KEY_FIELDS, idempotency="required", responses={200: "ApiKey"},
+              errors={403: ("live_mode_forbidden", "project_forbidden", "auto_quote_forbidden"),
+                      404: ("not_found",)}),
+    Operation("GET", "/v1/keys", "List API keys", "keys", "keys:manage", query=PAGE_QUERY,
+              responses={200: "ApiKeyList"}),
+    Operation("GET", "/v1/keys/{key_id}", "An API key", "keys", "keys:manage",
+              responses={200: "ApiKey"}),
+    Operation("POST", "/v1/keys/{key_id}/revoke", "Revoke an API key", "keys", "keys:manage",
+              responses={200: "ApiKey"}),
+    Operation("GET", "/v1/me", "The calling key", "keys", None, responses={200: "Me"}),
+]  # fmt: skip

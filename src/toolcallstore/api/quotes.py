@@ -24,7 +24,9 @@ from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
-from toolcallstore.tools import Estimate, Tool
+from toolcallstore.site.documents import tool_entry
+from toolcallstore.site.operations import Operation
+from toolcallstore.tools import Estimate
 from toolcallstore.validation import Field, invalid, read_json_object, validate
 
 QUOTE_FIELDS = {
@@ -113,30 +115,10 @@ async def retrieve_quote(request: Request) -> Response:
     return JSONResponse(quote_object(quote, operator=principal.has("admin")))
 
 
-def tool_object(tool: Tool, request: Request) -> dict[str, Any]:
-    pricing = services(request).tools.pricing
-    price = None
-    if tool.billable:
-        described = tool.describe_price
-        price = described() if described else pricing.for_tool(tool.name).describe()
-    return {
-        "name": tool.name,
-        "object": "tool",
-        "description": tool.description,
-        "scope": tool.scope,
-        "risk": tool.risk,
-        "billable": tool.billable,
-        "irreversible": tool.irreversible,
-        "mode": tool.mode,
-        "approval": "always" if tool.risk == "high" else "above_tenant_threshold",
-        "price": price,
-        "params": tool.params_doc,
-    }
-
-
 async def list_tools(request: Request) -> Response:
     authenticated(request)
-    data = [tool_object(tool, request) for tool in services(request).tools.all()]
+    tools = services(request).tools
+    data = [tool_entry(tool, tools.pricing) for tool in tools.all()]
     return JSONResponse({"object": "list", "url": "/v1/tools", "data": data, "has_more": False})
 
 
@@ -145,3 +127,15 @@ routes = [
     Route("/v1/quotes", create_quote, methods=["POST"]),
     Route("/v1/quotes/{quote_id}", retrieve_quote, methods=["GET"]),
 ]
+
+operations = [
+    Operation("GET", "/v1/tools", "The tool catalog: scope, risk, approval rule, price, params",
+              "tools", None, responses={200: "ToolList"}),
+    Operation("POST", "/v1/quotes", "Quote a tool call (price, worst case, approval needed)",
+              "quotes", "quotes:create", body=QUOTE_FIELDS, idempotency="required",
+              responses={200: "Quote"},
+              errors={404: ("not_found", "model_not_found"), 422: ("max_cost_too_low",),
+                      503: ("provider_not_configured",)}),
+    Operation("GET", "/v1/quotes/{quote_id}", "A quote", "quotes", "quotes:create",
+              responses={200: "Quote"}),
+]  # fmt: skip

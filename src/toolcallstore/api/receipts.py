@@ -19,7 +19,8 @@ from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
-from toolcallstore.validation import invalid, page_params
+from toolcallstore.site.operations import PAGE_QUERY, Operation
+from toolcallstore.validation import Field, invalid, page_params
 
 PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -145,3 +146,21 @@ routes = [
     Route("/v1/usage", usage, methods=["GET"]),
     Route("/v1/admin/reconciliation", reconciliation, methods=["GET"]),
 ]
+
+ID_QUERY = Field(str, max_length=64)
+operations = [
+    Operation("GET", "/v1/receipts", "Receipts, newest first", "receipts", "receipts:read",
+              query={**PAGE_QUERY, "project_id": ID_QUERY, "from": Field(int), "to": Field(int)},
+              responses={200: "ReceiptList"}),
+    Operation("GET", "/v1/receipts/{receipt_id}", "A receipt", "receipts", "receipts:read",
+              responses={200: "Receipt"}),
+    Operation("GET", "/v1/usage", "Charges of a month by project and tool", "receipts",
+              "receipts:read", query={"period": Field(str, max_length=7), "project_id": ID_QUERY,
+                                      "tool": Field(str, max_length=100)},
+              responses={200: "Usage"}),
+    Operation("GET", "/v1/admin/reconciliation", "Operator: provider cost, price and margin,"
+              " and every mismatch against the ledger", "admin", "admin",
+              query={"period": Field(str, required=True, max_length=7),
+                     "livemode": Field(str, choices=frozenset({"true", "false"}))},
+              responses={200: "Reconciliation"}),
+]  # fmt: skip

@@ -17,6 +17,7 @@ from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd, usd_to_micros
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import Operation
 from toolcallstore.validation import Field, invalid, read_json_object, validate
 
 CAP_FIELDS = {
@@ -138,3 +139,11 @@ routes = [
     Route("/v1/spend_caps", set_spend_cap, methods=["POST"]),
     Route("/v1/spend_caps", list_spend_caps, methods=["GET"]),
 ]
+
+operations = [
+    Operation("POST", "/v1/spend_caps", "Set a monthly spend cap or approval threshold",
+              "spend_caps", "billing:manage", body=CAP_FIELDS, idempotency="optional",
+              responses={200: "SpendCap"}),
+    Operation("GET", "/v1/spend_caps", "Caps with spent, held and remaining this month",
+              "spend_caps", None, responses={200: "SpendCapList"}),
+]  # fmt: skip

@@ -16,6 +16,7 @@ from toolcallstore.idempotency import idempotency_key
 from toolcallstore.objects import list_object, project_object, tenant_object
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import PAGE_QUERY, Operation
 from toolcallstore.validation import Field, page_params, read_json_object, validate
 
 TENANT_FIELDS = {"name": Field(str, required=True)}
@@ -85,7 +86,10 @@ async def list_projects(request: Request) -> Response:
 async def get_project(request: Request) -> Response:
     principal = require_scope(request, "keys:manage")
     project_id = request.path_params["project_id"]
-    row = await repo.get_project(services(request).db, principal.tenant_id, project_id)
+    db = services(request).db
+    row = await repo.get_project(db, principal.tenant_id, project_id)
+    if row is None and principal.has("admin") and principal.key.project_id is None:
+        row = await repo.find_project(db, project_id)  # made for another tenant (tenant_id)
     if row is None or principal.key.project_id not in (None, project_id):
         raise NotFound("No such project.", param="project_id")
     return JSONResponse(project_object(row))
@@ -99,3 +103,18 @@ routes = [
     Route("/v1/projects", list_projects, methods=["GET"]),
     Route("/v1/projects/{project_id}", get_project, methods=["GET"]),
 ]
+
+operations = [
+    Operation("POST", "/v1/tenants", "Operator: create a tenant", "admin", "admin",
+              body=TENANT_FIELDS, idempotency="required", responses={200: "Tenant"}),
+    Operation("GET", "/v1/tenants", "Operator: list tenants", "admin", "admin",
+              query=PAGE_QUERY, responses={200: "TenantList"}),
+    Operation("GET", "/v1/tenants/{tenant_id}", "Operator: a tenant", "admin", "admin",
+              responses={200: "Tenant"}),
+    Operation("POST", "/v1/projects", "Create a project", "projects", "keys:manage",
+              body=PROJECT_FIELDS, idempotency="required", responses={200: "Project"}),
+    Operation("GET", "/v1/projects", "List projects", "projects", "keys:manage",
+              query=PAGE_QUERY, responses={200: "ProjectList"}),
+    Operation("GET", "/v1/projects/{project_id}", "A project", "projects", "keys:manage",
+              responses={200: "Project"}),
+]  # fmt: skip

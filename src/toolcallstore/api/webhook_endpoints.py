@@ -21,6 +21,7 @@ from toolcallstore.idempotency import idempotency_key
 from toolcallstore.objects import list_object
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
+from toolcallstore.site.operations import PAGE_QUERY, Operation
 from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate
 from toolcallstore.webhooks import endpoints as repo
 from toolcallstore.webhooks.deliveries import send_test_event
@@ -222,3 +223,32 @@ routes = [
     Route("/v1/webhook_endpoints/{endpoint_id}/rotate_secret", rotate_secret, methods=["POST"]),
     Route("/v1/webhook_endpoints/{endpoint_id}/test", send_test, methods=["POST"]),
 ]
+
+_FORBIDDEN = {403: ("project_forbidden",)}
+_SEALED = {**_FORBIDDEN, 503: ("webhooks_unavailable",)}  # secrets need the master key
+operations = [
+    Operation("POST", "/v1/webhook_endpoints", "Register a webhook endpoint (its signing secret"
+              " is shown once)", "webhooks", "webhooks:manage", body=CREATE_FIELDS,
+              idempotency="required", responses={200: "WebhookEndpoint"},
+              errors={400: ("url_not_allowed", "webhook_endpoint_limit"), **_SEALED},
+              description="`events` lists `*`, `<family>.*` or event types. Test-mode endpoints"
+              " may use http and loopback; live ones need https to a public address."),
+    Operation("GET", "/v1/webhook_endpoints", "List webhook endpoints of the key's mode",
+              "webhooks", "webhooks:manage", query=PAGE_QUERY,
+              responses={200: "WebhookEndpointList"}, errors=_FORBIDDEN),
+    Operation("GET", "/v1/webhook_endpoints/{endpoint_id}", "A webhook endpoint", "webhooks",
+              "webhooks:manage", responses={200: "WebhookEndpoint"}, errors=_FORBIDDEN),
+    Operation("PATCH", "/v1/webhook_endpoints/{endpoint_id}", "Change its events or"
+              " description, or disable or re-enable it", "webhooks", "webhooks:manage",
+              body=UPDATE_FIELDS, responses={200: "WebhookEndpoint"}, errors=_FORBIDDEN),
+    Operation("DELETE", "/v1/webhook_endpoints/{endpoint_id}", "Delete a webhook endpoint",
+              "webhooks", "webhooks:manage", responses={200: "Deleted"}, errors=_FORBIDDEN),
+    Operation("POST", "/v1/webhook_endpoints/{endpoint_id}/rotate_secret", "A new signing"
+              " secret (shown once); the old one still verifies for 24 hours", "webhooks",
+              "webhooks:manage", body={}, idempotency="required",
+              responses={200: "WebhookEndpoint"}, errors=_SEALED),
+    Operation("POST", "/v1/webhook_endpoints/{endpoint_id}/test", "Send a"
+              " `webhook_endpoint.test` event to this endpoint", "webhooks", "webhooks:manage",
+              body={}, idempotency="required", responses={202: "WebhookTest"},
+              errors={**_FORBIDDEN, 409: ("endpoint_disabled",)}),
+]  # fmt: skip

@@ -120,6 +120,12 @@ async def get_key(db: Database | Transaction, tenant_id: str, key_id: str) -> Ap
     return None if row is None else ApiKey.from_row(row)
 
 
+async def find_key(db: Database | Transaction, key_id: str) -> ApiKey | None:
+    """A key of any tenant (for operators acting across tenants)."""
+    row = await db.fetch_one("SELECT * FROM api_keys WHERE id = :id", {"id": key_id})
+    return None if row is None else ApiKey.from_row(row)
+
+
 async def list_keys(
     db: Database, tenant_id: str, *, limit: int, starting_after: str | None
 ) -> tuple[list[ApiKey], bool]:

@@ -62,6 +62,11 @@ async def get_project(db: Database | Transaction, tenant_id: str, project_id: st
     )
 
 
+async def find_project(db: Database | Transaction, project_id: str) -> Row | None:
+    """A project of any tenant (for operators acting across tenants)."""
+    return await db.fetch_one("SELECT * FROM projects WHERE id = :id", {"id": project_id})
+
+
 async def list_projects(
     db: Database, tenant_id: str, *, limit: int, starting_after: str | None
 ) -> Page:

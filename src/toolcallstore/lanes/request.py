@@ -29,6 +29,25 @@ KNOWN = frozenset(
 MAX_MESSAGES = 2000
 
 
+# The request's JSON Schema (openapi.json, the MCP tool); parse_chat_params is the check.
+CHAT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "additionalProperties": False,
+    "properties": {
+        **{name: {} for name in sorted(KNOWN)},
+        "model": {"type": "string", "minLength": 1, "maxLength": 200,
+                  "description": "A lane, an alias or a target (GET /v1/models)."},
+        "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "stream": {"type": "boolean"},
+        "max_cost_usd": {"type": "string", "description": "Never pay more than this (USD)."},
+        "quote_id": {"type": "string"},
+        "approval_id": {"type": "string"},
+    },
+}  # fmt: skip
+
+
 def parse_chat_params(body: dict[str, Any]) -> dict[str, Any]:
     """The checked, normalised params of a chat call; raises InvalidRequest naming the field."""
     for name in body:

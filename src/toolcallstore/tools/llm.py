@@ -17,7 +17,7 @@ from toolcallstore.lanes.health import ProviderHealth
 from toolcallstore.lanes.openai_out import Assembly
 from toolcallstore.lanes.plan import plan_call, plan_quoted_call
 from toolcallstore.lanes.prices import LivePrices
-from toolcallstore.lanes.request import budget_of, parse_chat_params
+from toolcallstore.lanes.request import CHAT_SCHEMA, TRANSPORT, budget_of, parse_chat_params
 from toolcallstore.lanes.router import AllProvidersFailed, LaneCall, Refused
 from toolcallstore.lanes.sender import Sender
 from toolcallstore.lanes.settlement import settlement_of
@@ -90,8 +90,9 @@ def register_llm_tool(
     def describe() -> dict[str, Any]:
         return {
             "basis": "per_token",
-            "description": "usage x the answering target's price per million tokens"
-            f" x (1 + {catalog.markup}) + a {catalog.fee} USD fee; at most max_cost_usd",
+            # Our prices only: the markup would give the provider's cost away.
+            "description": "usage x the answering target's price per million tokens (GET"
+            f" /v1/models) + a {catalog.fee} USD fee per call; at most max_cost_usd",
         }
 
     tools.register(
@@ -113,7 +114,15 @@ def register_llm_tool(
                 "max_cost_usd": "optional cap on the price",
                 "tools": "optional OpenAI function tools",
             },
+            params_schema=tool_params_schema(),
             timeout_s=TIMEOUT_S,
             describe_price=describe,
         )
     )
+
+
+def tool_params_schema() -> dict[str, Any]:
+    """The chat request less its transport fields (quote, approval, streaming: the flow's)."""
+    properties = {name: schema for name, schema in CHAT_SCHEMA["properties"].items()
+                  if name not in TRANSPORT}  # fmt: skip
+    return {**CHAT_SCHEMA, "properties": properties}

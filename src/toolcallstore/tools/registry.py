@@ -64,6 +64,8 @@ class Tool:
     price: Callable[[dict[str, Any], Pricing], Estimate]
     execute: Callable[[ToolCall], Awaitable[Outcome]]
     params_doc: dict[str, str] = field(default_factory=dict)
+    # The params' JSON Schema, for the public catalog and the MCP tool (None: any object).
+    params_schema: dict[str, Any] | None = None
     timeout_s: float = 60.0
     # A tool priced by usage (tokens) describes its own price basis; others have a
     # fixed-price entry under `tools` in models.json.

@@ -15,6 +15,7 @@ from toolcallstore.controls.pricing import Estimate, Pricing
 from toolcallstore.db import Database
 from toolcallstore.errors import ProviderError
 from toolcallstore.ids import now_us
+from toolcallstore.site.fields import body_schema
 from toolcallstore.tools.registry import CostlyFailure, Outcome, Tool, ToolCall, ToolRegistry
 from toolcallstore.validation import Field, invalid, validate
 
@@ -106,6 +107,7 @@ def register_sandbox_tools(tools: ToolRegistry, db: Database) -> None:
             price=_per_call("sandbox.echo"),
             execute=echo,
             params_doc={"message": "string, required", "delay_ms": "0-3000", "fail": "boolean"},
+            params_schema=body_schema(ECHO_PARAMS),
             timeout_s=5.0,
         )
     )
@@ -128,6 +130,7 @@ def register_sandbox_tools(tools: ToolRegistry, db: Database) -> None:
                 "fail_times": "fail the first N runs",
                 "failures_billed": "boolean: the provider bills each failed run",
             },  # fmt: skip
+            params_schema=body_schema(IRREVERSIBLE_PARAMS),
             timeout_s=30.0,
         )
     )
