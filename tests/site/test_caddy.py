@@ -203,15 +203,19 @@ async def _next_data(lines: AsyncIterator[str]) -> Any:
 
 
 async def test_job_events_stream_through_caddy(edge: Edge) -> None:
+    # An agent asks, a human grants: two keys the operator made, neither minted by the other.
+    agent = await edge.key(["quotes:create", "domains:register", "jobs:read"])
     approver = await edge.key(["approvals:grant"])
     params = {"action": "buy example.com", "delay_ms": 300}
     quote = await edge.client.post(
-        "/v1/quotes", headers=edge.idem(), json={"tool": "sandbox.irreversible", "params": params}
+        "/v1/quotes",
+        headers=edge.idem(agent),
+        json={"tool": "sandbox.irreversible", "params": params},
     )
     assert quote.status_code == 200, quote.text
     quote_id = quote.json()["id"]
     asked = await edge.client.post(
-        "/v1/approvals", json={"quote_id": quote_id}, headers=edge.idem()
+        "/v1/approvals", json={"quote_id": quote_id}, headers=edge.idem(agent)
     )
     approval_id = asked.json()["id"]
     granted = await edge.client.post(
@@ -220,13 +224,13 @@ async def test_job_events_stream_through_caddy(edge: Edge) -> None:
     assert granted.status_code == 200, granted.text
     run = await edge.client.post(
         "/v1/executions",
-        headers=edge.idem(),
+        headers=edge.idem(agent),
         json={"quote_id": quote_id, "approval_id": approval_id},
     )
     assert run.status_code == 202, run.text
     states = []
     async with edge.client.stream(
-        "GET", f"/v1/jobs/{run.json()['job_id']}/events", headers=edge.auth()
+        "GET", f"/v1/jobs/{run.json()['job_id']}/events", headers=edge.auth(agent)
     ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         async for line in r.aiter_lines():
