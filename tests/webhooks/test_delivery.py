@@ -300,3 +300,24 @@ async def test_slow_receivers_get_at_most_half_the_workers(hooks_api: Api) -> No
         assert slow.most_in_flight == 2
     finally:
         await slow.stop()
+
+
+async def test_a_receiver_that_does_not_answer_in_time_counts_as_a_failure(
+    hooks_api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The 15 s limit, shortened so the test need not wait for it; the receiver would answer 200
+    # after 2 s, too late: the attempt fails and the event is scheduled again.
+    from toolcallstore.webhooks import http
+
+    monkeypatch.setattr(http, "TIMEOUT_S", 0.3)
+    db = db_of(hooks_api)
+    receiver.delay_s = 2.0
+    await create_endpoint(hooks_api, receiver.url, ["quote.created"])
+    await quote(hooks_api)
+    await wait_for(lambda: len(receiver.received) == 1, what="first attempt")
+    event_id = receiver.ids()[0]
+    delivery = await wait_for(lambda: _at_attempt(db, event_id, 1), what="attempt recorded")
+    assert delivery["state"] == "pending"  # another attempt is scheduled
+    shown = await event_with_deliveries(hooks_api, event_id)
+    (attempt,) = shown["deliveries"][0]["attempts"]
+    assert attempt["status"] is None and "no answer within 0.3 s" in attempt["error"]
