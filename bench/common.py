@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -13,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -126,3 +128,11 @@ async def _drive_aiohttp(
         latencies[int(len(latencies) * 0.99) - 1] * 1000,
         errors,
     )
+
+
+def admin_post(client: httpx.Client, admin_key: str, path: str, body: dict[str, object]) -> Any:
+    """POST as the admin key with a fresh Idempotency-Key; the answer's JSON (raises on non-2xx)."""
+    headers = {"Authorization": f"Bearer {admin_key}", "Idempotency-Key": secrets.token_hex(16)}
+    resp = client.post(path, json=body, headers=headers)
+    resp.raise_for_status()
+    return resp.json()

@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -51,7 +52,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import toolcallstore  # noqa: E402
-from common import BenchServer, Load, _wrk_ms  # noqa: E402
+from common import BenchServer, Load, _wrk_ms, admin_post  # noqa: E402
 from toolcallstore.db import Database  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -209,13 +210,9 @@ async def _pg_admin(server_url: str, sql: str) -> None:
 def agent_keys(server: BenchServer) -> dict[str, str]:
     """Two agent keys, as an agent would hold them: inline quoting up to $1, or quotes only."""
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
-        admin = {"Authorization": f"Bearer {server.admin_key}"}
 
-        def post(path: str, body: dict[str, object]) -> dict[str, object]:
-            idem = {"Idempotency-Key": secrets.token_hex(16)}
-            resp = client.post(path, json=body, headers={**admin, **idem})
-            resp.raise_for_status()
-            result: dict[str, object] = resp.json()
+        def post(path: str, body: dict[str, object]) -> dict[str, Any]:
+            result: dict[str, Any] = admin_post(client, server.admin_key, path, body)
             return result
 
         # With a cap set, every hold really compares spent + held + amount against it.

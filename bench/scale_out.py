@@ -38,13 +38,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchServer  # noqa: E402
+from common import BenchServer, admin_post  # noqa: E402
 from controls_overhead import (  # noqa: E402
     Run,
     _pg_admin,
@@ -166,16 +167,12 @@ def new_pg_database(server_url: str) -> str:
 def tenant_keys(server: BenchServer, tenants: int) -> list[str]:
     """One agent key per tenant (the bootstrap tenant first), each tenant with a monthly cap."""
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
-        admin = {"Authorization": f"Bearer {server.admin_key}"}
 
-        def post(path: str, body: dict[str, object]) -> dict[str, object]:
-            idem = {"Idempotency-Key": secrets.token_hex(16)}
-            resp = client.post(path, json=body, headers={**admin, **idem})
-            resp.raise_for_status()
-            result: dict[str, object] = resp.json()
+        def post(path: str, body: dict[str, object]) -> dict[str, Any]:
+            result: dict[str, Any] = admin_post(client, server.admin_key, path, body)
             return result
 
-        me = client.get("/v1/me", headers=admin).json()
+        me = client.get("/v1/me", headers={"Authorization": f"Bearer {server.admin_key}"}).json()
         tenant_ids = [me["tenant_id"]]
         tenant_ids += [str(post("/v1/tenants", {"name": f"t{i}"})["id"]) for i in range(1, tenants)]
         keys = []

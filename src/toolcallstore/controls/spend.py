@@ -125,7 +125,8 @@ def hold_spend(
 
 # Postgres, sent with the COMMIT: create or raise the counter if the cap allows, else raise
 # (toolcallstore_refuse is volatile, so it runs only when its CASE branch is reached).
-_PG_TAKE = """
+_PG_TAKE = {
+    table: f"""
 INSERT INTO spend_counters AS c (owner_id, period, livemode, spent_micros, held_micros)
 SELECT :owner_id, :period, :livemode, 0, :amount
 WHERE CASE WHEN :amount <= COALESCE((SELECT monthly_cap_micros FROM {table}
@@ -135,6 +136,8 @@ WHERE CASE WHEN c.spent_micros + c.held_micros + :amount <= COALESCE((SELECT mon
     FROM {table} WHERE id = :owner_id), c.spent_micros + c.held_micros + :amount)
     THEN true ELSE toolcallstore_refuse(:owner_id) END
 """
+    for table in ("tenants", "projects")
+}
 
 
 def _take(tx: SyncTransaction, owner_id: str, period: str, livemode: bool, amount: int) -> None:
@@ -142,7 +145,7 @@ def _take(tx: SyncTransaction, owner_id: str, period: str, livemode: bool, amoun
     table = "tenants" if owner_id.startswith("ten_") else "projects"
     key = {"owner_id": owner_id, "period": period, "livemode": int(livemode), "amount": amount}
     if tx.dialect == "postgresql" and not tx.retried:
-        tx.execute_last(_PG_TAKE.format(table=table), key)
+        tx.execute_last(_PG_TAKE[table], key)
         return
     # The common case in one statement: the row exists and the amount fits. On Postgres the
     # UPDATE waits for a concurrent holder's row lock and re-checks its WHERE on the new row.
