@@ -1,0 +1,1 @@
+"""Media generation: images and video from six providers behind one adapter (base.py)."""

@@ -1,0 +1,1 @@
+"""Where generated assets live: a Storage Protocol with local-disk and S3-compatible backends."""
