@@ -55,6 +55,16 @@ def settings(settings: Settings, backend: dict[str, Any]) -> Settings:
     return settings.with_(**backend)
 
 
+@pytest.fixture
+def storage_settings(backend: dict[str, Any]) -> Settings:
+    """The backend's settings without a database (tests of a Storage alone)."""
+    return Settings(**backend)
+
+
+# Tests whose subject does not depend on the backend run on local disk only.
+local_only = pytest.mark.parametrize("backend", ["local"], indirect=True)
+
+
 def stored_objects(settings: Settings) -> list[str]:
     """Every object the backend holds for this test (files, or keys under the prefix),
     temporary files included."""

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Api, running_api
-from tests.storage.conftest import chunks_of, stored_objects
+from tests.storage.conftest import chunks_of, local_only, stored_objects
 from toolcallstore.db.tenants import insert_tenant
 from toolcallstore.settings import Settings
 from toolcallstore.storage.assets import Assets
@@ -75,6 +75,7 @@ async def test_a_signed_url_downloads_the_bytes_without_a_key(api: Api) -> None:
     assert again.status_code == 304
 
 
+@local_only
 async def test_tampered_urls_are_refused(api: Api) -> None:
     asset = await store(api, png_bytes())
     other = await store(api, png_bytes(2))
@@ -101,6 +102,7 @@ async def test_tampered_urls_are_refused(api: Api) -> None:
         assert answer.content.find(b"\x89PNG") == -1
 
 
+@local_only
 async def test_an_expired_url_is_gone(api: Api) -> None:
     asset = await store(api, png_bytes())
     url = assets_of(api).signed_url(asset, ttl_s=-1)
@@ -112,6 +114,7 @@ async def test_an_expired_url_is_gone(api: Api) -> None:
     assert (await api.client.get(forged)).status_code == 403
 
 
+@local_only
 async def test_another_tenants_asset_with_a_signature_for_mine(api: Api) -> None:
     db = api.app.state.services.db  # type: ignore[attr-defined]
     async with db.transaction() as tx:
@@ -169,6 +172,7 @@ async def test_a_failing_store_leaves_no_row_and_no_object(api: Api, settings: S
     assert stored_objects(settings) == []
 
 
+@local_only
 async def test_a_row_that_cannot_be_written_takes_its_object_with_it(
     api: Api, settings: Settings
 ) -> None:
@@ -197,6 +201,7 @@ async def test_deleting_an_owners_assets_removes_objects_and_rows(
     assert (await api.client.get(assets_of(api).signed_url(kept))).status_code == 200
 
 
+@local_only
 async def test_html_is_never_served_as_html(api: Api) -> None:
     asset = await store(api, b"<html><script>alert(1)</script>", "text/html")
     answer = await api.client.get(assets_of(api).signed_url(asset))
@@ -221,6 +226,7 @@ async def test_publish_gives_a_permanent_url_until_unpublished(api: Api) -> None
     assert (await assets_of(api).get(asset.id)) is not None  # unpublishing keeps the asset
 
 
+@local_only
 async def test_verify_route_for_caddy_forward_auth(api: Api, settings: Settings) -> None:
     asset = await store(api, png_bytes())
     url = assets_of(api).signed_url(asset)
@@ -240,6 +246,7 @@ async def test_verify_route_for_caddy_forward_auth(api: Api, settings: Settings)
     assert other.status_code == 404
 
 
+@local_only
 async def test_public_url_setting_makes_absolute_urls(settings: Settings) -> None:
     async with running_api(settings.with_(public_url="https://store.example/")) as api:
         asset = await store(api, png_bytes())
