@@ -69,6 +69,19 @@ class Settings:
     stripe_webhook_secret: str = field(default="", repr=False)
     billing_file: str = ""
     meter_interval_seconds: int = 60
+    # Media providers (issue 14): live base URLs and keys; test mode always uses the sandbox
+    # fakes (`sandbox_base()` + /stability, /leonardo, /runware, /gemini-image). A provider
+    # without a key serves test mode only. Leonardo bills in API credits: this is one credit's
+    # price, in micro-dollars, that its reported `apiCreditCost` is turned into.
+    stability_base_url: str = "https://api.stability.ai/v2beta"
+    stability_api_key: str = field(default="", repr=False)
+    leonardo_base_url: str = "https://cloud.leonardo.ai/api/rest/v1"
+    leonardo_api_key: str = field(default="", repr=False)
+    leonardo_credit_micros: int = 2600
+    runware_base_url: str = "https://api.runware.ai/v1"
+    runware_api_key: str = field(default="", repr=False)
+    gemini_image_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    gemini_image_api_key: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
