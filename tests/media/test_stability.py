@@ -100,7 +100,7 @@ async def test_a_lost_answer_is_ambiguous_and_a_refused_connection_unavailable(
     assert caught.value.kind == "ambiguous"
     assert (await sandbox.submissions("stability"))["total"] == 1  # it did generate
     with pytest.raises(MediaProviderError) as caught:
-        await provider(http, sandbox.url, "stall_ms=2000", timeout=0.3).submit(request())
+        await provider(http, sandbox.url, "stall_ms=800", timeout=0.2).submit(request())
     assert caught.value.kind == "ambiguous"
     with pytest.raises(MediaProviderError) as caught:
         await provider(http, closed_port_url()).submit(request())

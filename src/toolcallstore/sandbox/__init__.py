@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from toolcallstore.sandbox.anthropic import AnthropicDialect
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
 from toolcallstore.sandbox.gemini import GeminiDialect
+from toolcallstore.sandbox.leonardo import LeonardoFake
 from toolcallstore.sandbox.openai import OpenAIDialect
 from toolcallstore.sandbox.openrouter import OpenRouterModels
 from toolcallstore.sandbox.stability import StabilityFake
@@ -51,7 +52,7 @@ def create_sandbox_app() -> Starlette:
         ("/gemini/v1beta/models/{model}:streamGenerateContent", GeminiDialect()),
     ]
     price_list = OpenRouterModels(state)
-    media_fakes: dict[str, MediaFake] = {"stability": StabilityFake()}
+    media_fakes: dict[str, MediaFake] = {"stability": StabilityFake(), "leonardo": LeonardoFake()}
     routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
