@@ -33,6 +33,7 @@ from toolcallstore.sandbox.gemini import GeminiDialect
 from toolcallstore.sandbox.leonardo import LeonardoFake
 from toolcallstore.sandbox.openai import OpenAIDialect
 from toolcallstore.sandbox.openrouter import OpenRouterModels
+from toolcallstore.sandbox.runware import RunwareFake
 from toolcallstore.sandbox.stability import StabilityFake
 from toolcallstore.sandbox.stripe import create_stripe_app
 
@@ -52,7 +53,11 @@ def create_sandbox_app() -> Starlette:
         ("/gemini/v1beta/models/{model}:streamGenerateContent", GeminiDialect()),
     ]
     price_list = OpenRouterModels(state)
-    media_fakes: dict[str, MediaFake] = {"stability": StabilityFake(), "leonardo": LeonardoFake()}
+    media_fakes: dict[str, MediaFake] = {
+        "stability": StabilityFake(),
+        "leonardo": LeonardoFake(),
+        "runware": RunwareFake(),
+    }
     routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
