@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from toolcallstore.sandbox.anthropic import AnthropicDialect
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
 from toolcallstore.sandbox.gemini import GeminiDialect
+from toolcallstore.sandbox.gemini_image import GeminiImageFake
 from toolcallstore.sandbox.leonardo import LeonardoFake
 from toolcallstore.sandbox.openai import OpenAIDialect
 from toolcallstore.sandbox.openrouter import OpenRouterModels
@@ -57,6 +58,7 @@ def create_sandbox_app() -> Starlette:
         "stability": StabilityFake(),
         "leonardo": LeonardoFake(),
         "runware": RunwareFake(),
+        "gemini-image": GeminiImageFake(),
     }
     routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
     for prefix in ("", "/fault/{spec}"):
