@@ -112,6 +112,8 @@ def open_execution(
     tx.execute(
         f"INSERT INTO executions ({columns}) VALUES ({', '.join(':' + c for c in row)})", row
     )
+    if tool.on_open is not None:
+        tool.on_open(tx, row, quote.params)
     append_rows(
         tx,
         [

@@ -124,9 +124,9 @@ class MediaCatalog:
             return target.id, [target]
         return None
 
-    def ordered(self, lane_id: str, targets: list[MediaTarget], params: dict[str, Any]) -> list[
-        MediaTarget
-    ]:
+    def ordered(
+        self, lane_id: str, targets: list[MediaTarget], params: dict[str, Any]
+    ) -> list[MediaTarget]:
         lane = self.lanes.get(lane_id)
         if lane is not None and lane.order == "price":
             return sorted(targets, key=lambda t: t.cost(params))
@@ -143,8 +143,9 @@ def load_media_catalog(pricing: Pricing) -> MediaCatalog:
     raw = pricing.raw
     source = pricing.source
     providers = {
-        pid: MediaProviderConfig(pid, p["protocol"], p["base_url"], p["sandbox_path"],
-                                 p["api_key_env"], p["description"])  # fmt: skip
+        pid: MediaProviderConfig(
+            pid, p["protocol"], p["base_url"], p["sandbox_path"], p["api_key_env"], p["description"]
+        )  # fmt: skip
         for pid, p in raw.get("media_providers", {}).items()
     }
     targets: dict[str, MediaTarget] = {}

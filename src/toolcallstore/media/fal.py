@@ -18,6 +18,7 @@ import httpx
 
 from toolcallstore.media import http as media_http
 from toolcallstore.media.base import (
+    FailureKind,
     MediaProviderError,
     MediaRequest,
     MediaStatus,
@@ -100,8 +101,13 @@ class FalProvider:
 
     async def poll(self, submitted: Submitted) -> Polled:
         handle = submitted.handle
-        response = await media_http.send(self.http, "GET", handle["status_url"] + "?logs=1",
-                                         headers=self.headers, timeout_s=self.timeout_s)  # fmt: skip
+        response = await media_http.send(
+            self.http,
+            "GET",
+            handle["status_url"] + "?logs=1",
+            headers=self.headers,
+            timeout_s=self.timeout_s,
+        )
         if response.status_code >= 300:
             error = self._error(response, accepted=True)
             if error.kind in ("unavailable",):
@@ -115,20 +121,29 @@ class FalProvider:
             return Polled(status, progress=_progress(body.get("logs")),
                           retry_after=media_http.retry_after(response))  # fmt: skip
         if body.get("error") or body.get("error_type"):
-            kind = "refused" if "content_policy" in str(body.get("error_type")) else "failed"
+            kind: FailureKind = "failed"
+            if "content_policy" in str(body.get("error_type")):
+                kind = "refused"
             return Polled("failed", error=MediaProviderError(kind, f"fal: {body.get('error')}"))
         result = await media_http.send(self.http, "GET", handle["response_url"],
                                        headers=self.headers, timeout_s=self.timeout_s)  # fmt: skip
         if result.status_code >= 300:
             error = self._error(result, accepted=True)
+            if error.kind == "unavailable" and "x-fal-error-type" not in result.headers:
+                raise error  # a proxy's hiccup: the result is still there
             if error.kind == "unavailable":
-                raise error
+                error = MediaProviderError("failed", error.message, status=error.status)
             return Polled("failed", error=error)
         return _outputs(media_http.body_of(result) or {})
 
     async def cancel(self, submitted: Submitted) -> bool:
-        response = await media_http.send(self.http, "PUT", submitted.handle["cancel_url"],
-                                         headers=self.headers, timeout_s=self.timeout_s)  # fmt: skip
+        response = await media_http.send(
+            self.http,
+            "PUT",
+            submitted.handle["cancel_url"],
+            headers=self.headers,
+            timeout_s=self.timeout_s,
+        )
         body = media_http.body_of(response) or {}
         return response.status_code < 300 and body.get("status") in (
             "OK", "CANCELLATION_REQUESTED")  # fmt: skip
@@ -154,8 +169,12 @@ def _progress(logs: Any) -> float | None:
 def _outputs(body: dict[str, Any]) -> Polled:
     nsfw = body.get("has_nsfw_concepts")
     if isinstance(nsfw, list) and nsfw and all(nsfw):
-        return Polled("failed", error=MediaProviderError(
-            "refused", "fal: the output was flagged by the content policy (has_nsfw_concepts)"))
+        return Polled(
+            "failed",
+            error=MediaProviderError(
+                "refused", "fal: the output was flagged by the content policy (has_nsfw_concepts)"
+            ),
+        )
     items = body.get("images")
     if not isinstance(items, list):
         video = body.get("video")

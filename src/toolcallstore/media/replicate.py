@@ -20,6 +20,7 @@ import httpx
 
 from toolcallstore.media import http as media_http
 from toolcallstore.media.base import (
+    FailureKind,
     MediaProviderError,
     MediaRequest,
     MediaStatus,
@@ -103,8 +104,13 @@ class ReplicateProvider:
         return Submitted(submitted.request_id, submitted.handle, _polled(prediction, response))
 
     async def poll(self, submitted: Submitted) -> Polled:
-        response = await media_http.send(self.http, "GET", submitted.handle["get_url"],
-                                         headers=self.headers, timeout_s=self.timeout_s)  # fmt: skip
+        response = await media_http.send(
+            self.http,
+            "GET",
+            submitted.handle["get_url"],
+            headers=self.headers,
+            timeout_s=self.timeout_s,
+        )
         if response.status_code >= 300:
             error = self._error(response, accepted=True)
             if error.kind == "unavailable":
@@ -116,8 +122,13 @@ class ReplicateProvider:
         return _polled(prediction, response)
 
     async def cancel(self, submitted: Submitted) -> bool:
-        response = await media_http.send(self.http, "POST", submitted.handle["cancel_url"],
-                                         headers=self.headers, timeout_s=self.timeout_s)  # fmt: skip
+        response = await media_http.send(
+            self.http,
+            "POST",
+            submitted.handle["cancel_url"],
+            headers=self.headers,
+            timeout_s=self.timeout_s,
+        )
         body = media_http.body_of(response) or {}
         return response.status_code < 300 and body.get("status") == "canceled"
 
@@ -164,7 +175,9 @@ def _polled(prediction: dict[str, Any], response: httpx.Response) -> Polled:
     wait = media_http.retry_after(response)
     if status == "failed":
         message = str(prediction.get("error") or "the prediction failed")
-        kind = "refused" if any(w in message.lower() for w in _REFUSALS) else "failed"
+        kind: FailureKind = "failed"
+        if any(w in message.lower() for w in _REFUSALS):
+            kind = "refused"
         return Polled("failed", error=MediaProviderError(kind, f"replicate: {message}"[:300]))
     if status != "succeeded":
         return Polled(status, retry_after=wait)

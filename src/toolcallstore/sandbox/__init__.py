@@ -10,6 +10,7 @@ Paths, relative to where the app is mounted:
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:streamGenerateContent[?alt=sse]
     GET  [/fault/{spec}]/openrouter/api/v1/models   (a stored price list, `openrouter.py`)
     /stripe/v1/...                                  (Stripe billing, `stripe.py`)
+    [/fault/{spec}]/fal/..., [/fault/{spec}]/replicate/v1/...   (media: `fal.py`, `replicate.py`)
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from starlette.routing import Mount, Route
 
 from toolcallstore.sandbox.anthropic import AnthropicDialect
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
+from toolcallstore.sandbox.fal import FalFake
 from toolcallstore.sandbox.gemini import GeminiDialect
 from toolcallstore.sandbox.openai import OpenAIDialect
 from toolcallstore.sandbox.openrouter import OpenRouterModels
+from toolcallstore.sandbox.replicate import ReplicateFake
 from toolcallstore.sandbox.stripe import create_stripe_app
 
 __all__ = ["create_sandbox_app"]
@@ -37,6 +40,7 @@ def create_sandbox_app() -> Starlette:
     ]
     price_list = OpenRouterModels(state)
     routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
+    routes += FalFake().routes() + ReplicateFake().routes()  # media fakes (issue 14)
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
             handle = Endpoint(dialect, state).handle
