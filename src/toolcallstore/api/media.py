@@ -58,6 +58,7 @@ SSE_PING_S = 15.0
 SCOPE = "media:generate"
 GENERATION_FIELDS = {
     **PARAMS,
+    "prompt": Field(str, max_length=4000),  # required unless a quote_id pins the params
     "quote_id": Field(str, max_length=64),
     "approval_id": Field(str, max_length=64),
     "project_id": Field(str, max_length=64),

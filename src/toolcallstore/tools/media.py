@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
+from toolcallstore.controls.executions import CLOSE_HOOKS
 from toolcallstore.controls.pricing import Estimate
 from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import (
@@ -174,6 +175,21 @@ def generation_opener(kind: str) -> Callable[[SyncTransaction, Row, dict[str, An
     return on_open
 
 
+def close_generation(tx: SyncTransaction, execution: Row) -> None:
+    """The execution closed (settled, failed, or interrupted by the sweep): the generation
+    shows it; one the runner did not finish (a crash, the sweep) fails with the execution."""
+    error = None
+    if execution["state"] != "succeeded" and execution["error"] is not None:
+        error = execution["error"]
+    tx.execute(
+        "UPDATE media_generations SET updated_at = :now, finished_at = COALESCE(finished_at,"
+        " :now), status = CASE WHEN status IN ('succeeded', 'failed', 'cancelled') THEN status"
+        " WHEN :state = 'succeeded' THEN 'succeeded' ELSE 'failed' END,"
+        " error = COALESCE(error, :error) WHERE execution_id = :e",
+        {"now": now_us(), "state": execution["state"], "error": error, "e": execution["id"]},
+    )
+
+
 def register_media_tools(
     tools: ToolRegistry, catalog: MediaCatalog, runner: Callable[[], Runner], db: Database,
     publish: Callable[[str], Any],
@@ -193,6 +209,7 @@ def register_media_tools(
         return price
 
     for kind, risk in (("image", "low"), ("video", "high")):
+        CLOSE_HOOKS[TOOL_OF_KIND[kind]] = close_generation
         tools.register(
             Tool(
                 name=TOOL_OF_KIND[kind],
