@@ -69,19 +69,16 @@ class Settings:
     stripe_webhook_secret: str = field(default="", repr=False)
     billing_file: str = ""
     meter_interval_seconds: int = 60
-    # Media providers (issue 14): live base URLs and keys; test mode always uses the sandbox
-    # fakes (`sandbox_base()` + /stability, /leonardo, /runware, /gemini-image). A provider
-    # without a key serves test mode only. Leonardo bills in API credits: this is one credit's
-    # price, in micro-dollars, that its reported `apiCreditCost` is turned into.
-    stability_base_url: str = "https://api.stability.ai/v2beta"
-    stability_api_key: str = field(default="", repr=False)
-    leonardo_base_url: str = "https://cloud.leonardo.ai/api/rest/v1"
-    leonardo_api_key: str = field(default="", repr=False)
-    leonardo_credit_micros: int = 2600
-    runware_base_url: str = "https://api.runware.ai/v1"
-    runware_api_key: str = field(default="", repr=False)
-    gemini_image_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
-    gemini_image_api_key: str = field(default="", repr=False)
+    # Media generation (issue 14): how long a submit may take before its answer counts as lost,
+    # the longest pause between status polls (Retry-After may ask longer), how long an accepted
+    # request is followed before it is cancelled and the next target tried, where providers
+    # may POST their webhooks (our public base URL; empty: no webhooks), and Replicate's
+    # webhook secret (whsec_...) that verifies them.
+    media_submit_timeout_seconds: float = 30.0
+    media_poll_max_seconds: float = 5.0
+    media_poll_timeout_seconds: int = 1800
+    media_webhook_base_url: str = ""
+    replicate_webhook_secret: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 def provider(http: httpx.AsyncClient, base: str, spec: str = "") -> GeminiImageProvider:
     prefix = f"/fault/{spec}" if spec else ""
-    return GeminiImageProvider(http, base_url=f"{base}{prefix}/gemini-image/v1beta", api_key="k")
+    return GeminiImageProvider(http, f"{base}{prefix}/gemini-image/v1beta", "k")
 
 
 def request(prompt: str = "a nano banana dish", **kw: object) -> MediaRequest:

@@ -17,7 +17,7 @@ CREDIT_MICROS = 2600
 def provider(http: httpx.AsyncClient, base: str, spec: str = "") -> LeonardoProvider:
     prefix = f"/fault/{spec}" if spec else ""
     url = f"{base}{prefix}/leonardo/api/rest/v1"
-    return LeonardoProvider(http, base_url=url, api_key="k", credit_micros=CREDIT_MICROS)
+    return LeonardoProvider(http, url, "k", credit_micros=CREDIT_MICROS)
 
 
 def request(prompt: str = "a koi pond, ink wash", **kw: object) -> MediaRequest:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 def provider(http: httpx.AsyncClient, base: str, spec: str = "") -> RunwareProvider:
     prefix = f"/fault/{spec}" if spec else ""
-    return RunwareProvider(http, base_url=f"{base}{prefix}/runware/v1", api_key="k")
+    return RunwareProvider(http, f"{base}{prefix}/runware/v1", "k")
 
 
 def request(client_ref: str = "att_runware_1", **kw: object) -> MediaRequest:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 def provider(http: httpx.AsyncClient, base: str, spec: str = "", **kw: float) -> StabilityProvider:
     prefix = f"/fault/{spec}" if spec else ""
-    return StabilityProvider(http, base_url=f"{base}{prefix}/stability/v2beta", api_key="k", **kw)
+    return StabilityProvider(http, f"{base}{prefix}/stability/v2beta", "k", **kw)
 
 
 def request(prompt: str = "a red fox in snow", **kw: object) -> MediaRequest:
@@ -100,7 +100,7 @@ async def test_a_lost_answer_is_ambiguous_and_a_refused_connection_unavailable(
     assert caught.value.kind == "ambiguous"
     assert (await sandbox.submissions("stability"))["total"] == 1  # it did generate
     with pytest.raises(MediaProviderError) as caught:
-        await provider(http, sandbox.url, "stall_ms=800", timeout=0.2).submit(request())
+        await provider(http, sandbox.url, "stall_ms=800", timeout_s=0.2).submit(request())
     assert caught.value.kind == "ambiguous"
     with pytest.raises(MediaProviderError) as caught:
         await provider(http, closed_port_url()).submit(request())

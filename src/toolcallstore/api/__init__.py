@@ -13,6 +13,7 @@ from toolcallstore.api import (
     jobs,
     keys,
     mcp,
+    media,
     quotes,
     receipts,
     spend_caps,
@@ -39,4 +40,5 @@ def routes() -> list[BaseRoute]:
         *events.routes,
         *billing.routes,
         *mcp.routes,
+        *media.routes,
     ]

@@ -20,7 +20,6 @@ import orjson
 
 from toolcallstore.media import http as wire
 from toolcallstore.media.base import MediaProviderError, MediaRequest, Output, Polled, Submitted
-from toolcallstore.settings import Settings
 
 ASPECT_RATIOS = ("21:9", "16:9", "3:2", "4:3", "5:4", "1:1", "4:5", "3:4", "2:3", "9:16")
 REFUSALS = frozenset({"SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII",
@@ -42,22 +41,12 @@ class GeminiImageProvider:
     can_lookup = False
 
     def __init__(
-        self, http: httpx.AsyncClient, *, base_url: str, api_key: str, timeout: float = 120.0
+        self, http: httpx.AsyncClient, base_url: str, api_key: str, *, timeout_s: float = 120.0
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")  # .../v1beta
         self._key = api_key
-        self._timeout = httpx.Timeout(timeout, connect=10.0)
-
-    @classmethod
-    def from_settings(
-        cls, http: httpx.AsyncClient, settings: Settings, *, livemode: bool
-    ) -> GeminiImageProvider:
-        if livemode:
-            base, key = settings.gemini_image_base_url, settings.gemini_image_api_key
-        else:
-            base, key = settings.sandbox_base() + "/gemini-image/v1beta", wire.SANDBOX_KEY
-        return cls(http, base_url=base, api_key=key)
+        self._timeout = httpx.Timeout(timeout_s, connect=10.0)
 
     async def submit(self, request: MediaRequest) -> Submitted:
         if request.kind != "image":
@@ -123,7 +112,7 @@ class GeminiImageProvider:
         return Polled("succeeded", 1.0, outputs)
 
     def _error(self, response: httpx.Response) -> MediaProviderError:
-        body = wire.error_json(response)
+        body = wire.body_of(response)
         error = body.get("error") if isinstance(body, dict) else None
         if not isinstance(error, dict):
             return wire.http_error(self.name, response, response.text[:200])
@@ -147,4 +136,4 @@ class GeminiImageProvider:
         return None
 
     def download(self, output: Output) -> AsyncIterator[bytes]:
-        return wire.download(self._http, self.name, output)
+        return wire.download_output(self._http, self.name, output)

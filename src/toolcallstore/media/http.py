@@ -1,24 +1,22 @@
-"""What the media adapters share on the wire: sending on the shared `httpx.AsyncClient` with every
-transport failure turned into a `MediaProviderError` of the right kind, the usual mapping of an
-HTTP error status, and downloads.
+"""What the adapters share: calling a provider with the failure kinds of base.py, reading
+`Retry-After`, and downloading an output as a stream that notices a cut body.
 
 A transport failure is `unavailable` when the request cannot have reached the provider (the
 connection was refused or never made) and, for a submit, `ambiguous` otherwise: the provider may
 have accepted it, so the job must look it up before submitting anywhere again. A poll that fails
-on the wire is `unavailable`: polling again is always safe.
-
-httpx-aiohttp reports most aiohttp errors as `ConnectTimeout`, a dropped connection included,
-so what happened is read from the exception's causes, as `lanes/sender.py` does.
+on the wire is `unavailable`: polling again is always safe. httpx-aiohttp reports most aiohttp
+errors as `ConnectTimeout`, a connection dropped after the request went out included, so what
+happened is read from the exception's causes (as `lanes/sender.py` does), not its type.
 """
 
 from __future__ import annotations
 
 import base64
+import email.utils
 import struct
+import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from decimal import Decimal
-from email.utils import parsedate_to_datetime
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import aiohttp
@@ -27,10 +25,39 @@ import orjson
 
 from toolcallstore.media.base import FailureKind, MediaProviderError, Output
 
-SANDBOX_KEY = "sandbox"
-MAX_ERROR_BODY = 64 * 1024
-DOWNLOAD_CHUNK = 64 * 1024
+DOWNLOAD_CHUNK = 65_536
 _NOT_SENT = (ConnectionRefusedError, aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """`Retry-After` in seconds (a number or an HTTP date), if the provider sent one."""
+    raw = response.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def body_of(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def kind_of_status(status: int) -> FailureKind:
+    """Before acceptance: 408/409/429/5xx mean nothing was done (another target may try);
+    other 4xx are the provider refusing this input."""
+    if status in (408, 409, 429) or status >= 500:
+        return "unavailable"
+    return "invalid"
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -42,7 +69,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def nothing_sent(exc: httpx.TransportError) -> bool:
+def nothing_sent(exc: httpx.HTTPError) -> bool:
     """Whether the request surely never reached the provider."""
     causes = _causes(exc)
     if any(isinstance(c, _NOT_SENT) for c in causes):
@@ -52,44 +79,65 @@ def nothing_sent(exc: httpx.TransportError) -> bool:
     return False
 
 
-def transport_error(
-    provider: str, exc: httpx.TransportError, *, submit: bool
-) -> MediaProviderError:
+def transport_error(provider: str, exc: httpx.HTTPError, *, submit: bool) -> MediaProviderError:
     kind: FailureKind = "ambiguous" if submit and not nothing_sent(exc) else "unavailable"
     cause = _causes(exc)[-1]
     return MediaProviderError(kind, f"{provider}: {type(cause).__name__}: {cause}"[:300])
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
-    """The `Retry-After` header in seconds (a number or an HTTP date), if there is one."""
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
+async def send(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    json: Any = None,
+    timeout_s: float,
+    submit: bool = False,
+) -> httpx.Response:
+    """One request; transport failures become MediaProviderError. For a submit, a failure
+    after the request went out (a timeout, a dropped connection) is `ambiguous` (the provider
+    may have accepted it); a refused connection is `unavailable` (it never got there)."""
+    content = None if json is None else orjson.dumps(json)
+    all_headers = dict(headers)
+    if content is not None:
+        all_headers["content-type"] = "application/json"
     try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+        return await http.request(method, url, headers=all_headers, content=content,
+                                   timeout=timeout_s)  # fmt: skip
+    except httpx.HTTPError as exc:
+        raise transport_error(url.split("/")[2] if "//" in url else url, exc,
+                              submit=submit) from exc  # fmt: skip
+
+
+async def download(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[bytes]:
+    """An output's bytes; a body shorter than its Content-Length (a cut download) raises."""
+    received = 0
     try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        async with http.stream("GET", url, headers=headers or {}, timeout=60.0) as response:
+            if response.status_code != 200:
+                raise MediaProviderError("unavailable", f"download answered {response.status_code}",
+                                         status=response.status_code)  # fmt: skip
+            expected = response.headers.get("content-length")
+            async for chunk in response.aiter_raw(DOWNLOAD_CHUNK):
+                received += len(chunk)
+                yield chunk
+    except httpx.HTTPError as exc:
+        raise MediaProviderError("unavailable", f"download cut: {type(exc).__name__}") from exc
+    if expected is not None and received != int(expected):
+        raise MediaProviderError("unavailable", f"download cut at {received} of {expected} bytes")
+
+
+# What the Stability, Leonardo, Runware and Gemini adapters add: errors from a status with the
+# provider's message, inline outputs, and reported costs.
 
 
 def status_kind(status: int) -> FailureKind:
-    """What an HTTP error status means when the body says nothing more: 429, 5xx and the
-    credential/credit refusals (401, 402, 403) did nothing and the next target may work; other
-    4xx reject the input."""
-    if status == 429 or status >= 500 or status in (401, 402, 403, 408, 409):
-        return "unavailable"
-    return "invalid"
-
-
-def error_json(response: httpx.Response) -> Any:
-    try:
-        return orjson.loads(response.content[:MAX_ERROR_BODY])
-    except orjson.JSONDecodeError:
-        return None
+    """`kind_of_status`, and the credential/credit refusals (401, 402, 403) are `unavailable`
+    too: nothing was done, and another target (another account) may accept the request."""
+    return "unavailable" if status in (401, 402, 403) else kind_of_status(status)
 
 
 def http_error(
@@ -100,7 +148,7 @@ def http_error(
         kind or status_kind(status),
         f"{provider} {status}: {message}"[:500],
         status=status,
-        retry_after=retry_after(response.headers),
+        retry_after=retry_after(response),
     )
 
 
@@ -114,7 +162,7 @@ def usd_to_micros(value: Any) -> int | None:
         return None
     if not amount.is_finite() or amount < 0:
         return None
-    return int((amount * 1_000_000).to_integral_value(rounding="ROUND_CEILING"))
+    return int((amount * 1_000_000).to_integral_value(rounding=ROUND_CEILING))
 
 
 def image_size(data: bytes) -> tuple[int | None, int | None]:
@@ -148,29 +196,14 @@ def content_type_of(url: str, default: str = "image/png") -> str:
     return default
 
 
-async def download(
-    http: httpx.AsyncClient, provider: str, output: Output, *, timeout: float = 120.0
+async def download_output(
+    http: httpx.AsyncClient, provider: str, output: Output
 ) -> AsyncIterator[bytes]:
-    """An output's bytes: inline ones at once, a URL's as they arrive. A download that fails or
-    is cut short raises `unavailable` (downloading again is safe)."""
+    """An output's bytes: inline ones at once, a URL's as they arrive (`download`)."""
     if output.data is not None:
         yield output.data
         return
     if output.url is None:
         raise MediaProviderError("failed", f"{provider}: an output with neither data nor URL")
-    try:
-        async with http.stream("GET", output.url, timeout=timeout) as response:
-            if response.status_code >= 300:
-                await response.aread()
-                raise http_error(provider, response, "download failed", "unavailable")
-            expected = response.headers.get("content-length")
-            size = 0
-            async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
-                size += len(chunk)
-                yield chunk
-            if expected is not None and expected.isdigit() and size != int(expected):
-                raise MediaProviderError(
-                    "unavailable", f"{provider}: download cut at {size} of {expected} bytes"
-                )
-    except httpx.TransportError as exc:
-        raise transport_error(provider, exc, submit=False) from None
+    async for chunk in download(http, output.url):
+        yield chunk

@@ -4,7 +4,7 @@ the `apiCreditCost` it billed; `GET /generations/{id}` is `PENDING`, `COMPLETE` 
 to find a submission whose answer was lost.
 
 The credit cost is known at submit and kept in the handle, so a poll after a crash still reports
-it: `Polled.cost_micros` is `apiCreditCost` x the configured price of a credit. Leonardo's
+it: `Polled.cost_micros` is `apiCreditCost` x the price of a credit (`CREDIT_MICROS`). Leonardo's
 webhooks are set per API key, not per request: `MediaRequest.webhook_url` is not sent.
 """
 
@@ -26,10 +26,12 @@ from toolcallstore.media.base import (
     Polled,
     Submitted,
 )
-from toolcallstore.settings import Settings
 
 STATUSES: dict[str, MediaStatus] = {"PENDING": "running", "COMPLETE": "succeeded",
                                     "FAILED": "failed"}  # fmt: skip
+# One API credit's price in micro-USD (API plans sell 3,500 credits for about $9): the reported
+# `apiCreditCost` times this is the attempt's cost.
+CREDIT_MICROS = 2600
 MODERATION_WORDS = ("moderat", "nsfw", "inappropriate", "content policy")
 
 
@@ -41,27 +43,17 @@ class LeonardoProvider:
     def __init__(
         self,
         http: httpx.AsyncClient,
-        *,
         base_url: str,
         api_key: str,
-        credit_micros: int,
-        timeout: float = 30.0,
+        *,
+        timeout_s: float = 30.0,
+        credit_micros: int = CREDIT_MICROS,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")  # .../api/rest/v1
         self._key = api_key
         self._credit_micros = credit_micros
-        self._timeout = httpx.Timeout(timeout, connect=10.0)
-
-    @classmethod
-    def from_settings(
-        cls, http: httpx.AsyncClient, settings: Settings, *, livemode: bool
-    ) -> LeonardoProvider:
-        if livemode:
-            base, key = settings.leonardo_base_url, settings.leonardo_api_key
-        else:
-            base, key = settings.sandbox_base() + "/leonardo/api/rest/v1", wire.SANDBOX_KEY
-        return cls(http, base_url=base, api_key=key, credit_micros=settings.leonardo_credit_micros)
+        self._timeout = httpx.Timeout(timeout_s, connect=10.0)
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._key}", "accept": "application/json"}
@@ -78,7 +70,7 @@ class LeonardoProvider:
         return response
 
     def _error(self, response: httpx.Response) -> MediaProviderError:
-        body = wire.error_json(response)
+        body = wire.body_of(response)
         message, code = str(body), ""
         if isinstance(body, dict):
             message, code = str(body.get("error", body)), str(body.get("code", ""))
@@ -151,7 +143,7 @@ class LeonardoProvider:
         return None
 
     def download(self, output: Output) -> AsyncIterator[bytes]:
-        return wire.download(self._http, self.name, output)
+        return wire.download_output(self._http, self.name, output)
 
 
 def _json(response: httpx.Response, kind: FailureKind = "unavailable") -> dict[str, Any]:

@@ -27,7 +27,6 @@ from toolcallstore.media.base import (
     Polled,
     Submitted,
 )
-from toolcallstore.settings import Settings
 
 MODERATION_WORDS = ("moderation", "nsfw", "safety")
 NOT_FOUND_CODES = frozenset({"taskNotFound", "invalidTaskUUID"})
@@ -56,22 +55,12 @@ class RunwareProvider:
     can_lookup = True
 
     def __init__(
-        self, http: httpx.AsyncClient, *, base_url: str, api_key: str, timeout: float = 30.0
+        self, http: httpx.AsyncClient, base_url: str, api_key: str, *, timeout_s: float = 30.0
     ) -> None:
         self._http = http
         self._url = base_url.rstrip("/")  # .../v1
         self._key = api_key
-        self._timeout = httpx.Timeout(timeout, connect=10.0)
-
-    @classmethod
-    def from_settings(
-        cls, http: httpx.AsyncClient, settings: Settings, *, livemode: bool
-    ) -> RunwareProvider:
-        if livemode:
-            base, key = settings.runware_base_url, settings.runware_api_key
-        else:
-            base, key = settings.sandbox_base() + "/runware/v1", wire.SANDBOX_KEY
-        return cls(http, base_url=base, api_key=key)
+        self._timeout = httpx.Timeout(timeout_s, connect=10.0)
 
     async def _send(self, tasks: list[dict[str, Any]], *, submit: bool) -> httpx.Response:
         headers = {"authorization": f"Bearer {self._key}", "content-type": "application/json"}
@@ -83,7 +72,7 @@ class RunwareProvider:
             raise wire.transport_error(self.name, exc, submit=submit) from None
 
     def _error(self, response: httpx.Response) -> MediaProviderError:
-        body = wire.error_json(response)
+        body = wire.body_of(response)
         items = body.get("errors") if isinstance(body, dict) else body
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
             items = [body["error"]]
@@ -177,7 +166,7 @@ class RunwareProvider:
         found = Submitted(uuid_, {"task_uuid": uuid_, "number_results": request.n})
         response = await self._send([{"taskType": "getResponse", "taskUUID": uuid_}], submit=False)
         if response.status_code >= 300:
-            body = wire.error_json(response)
+            body = wire.body_of(response)
             items = body.get("errors") if isinstance(body, dict) else None
             codes = {i.get("code") for i in items or [] if isinstance(i, dict)}
             if response.status_code < 500 and codes and codes <= NOT_FOUND_CODES:
@@ -186,4 +175,4 @@ class RunwareProvider:
         return Submitted(uuid_, found.handle, state=self._state(found, response, "unavailable"))
 
     def download(self, output: Output) -> AsyncIterator[bytes]:
-        return wire.download(self._http, self.name, output)
+        return wire.download_output(self._http, self.name, output)

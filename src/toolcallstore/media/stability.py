@@ -22,7 +22,6 @@ import httpx
 
 from toolcallstore.media import http as wire
 from toolcallstore.media.base import MediaProviderError, MediaRequest, Output, Polled, Submitted
-from toolcallstore.settings import Settings
 
 ASPECT_RATIOS = ("21:9", "16:9", "3:2", "5:4", "1:1", "4:5", "2:3", "9:16", "9:21")
 MAX_SEED = 4_294_967_294
@@ -44,22 +43,12 @@ class StabilityProvider:
     can_lookup = False
 
     def __init__(
-        self, http: httpx.AsyncClient, *, base_url: str, api_key: str, timeout: float = 150.0
+        self, http: httpx.AsyncClient, base_url: str, api_key: str, *, timeout_s: float = 150.0
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")  # .../v2beta
         self._key = api_key
-        self._timeout = httpx.Timeout(timeout, connect=10.0)
-
-    @classmethod
-    def from_settings(
-        cls, http: httpx.AsyncClient, settings: Settings, *, livemode: bool
-    ) -> StabilityProvider:
-        if livemode:
-            base, key = settings.stability_base_url, settings.stability_api_key
-        else:
-            base, key = settings.sandbox_base() + "/stability/v2beta", wire.SANDBOX_KEY
-        return cls(http, base_url=base, api_key=key)
+        self._timeout = httpx.Timeout(timeout_s, connect=10.0)
 
     def _form(self, request: MediaRequest) -> tuple[str, dict[str, Any]]:
         if request.kind != "image":
@@ -107,7 +96,7 @@ class StabilityProvider:
         return Polled("succeeded", 1.0, (wire.inline_output(content_type, response.content),))
 
     def _error(self, response: httpx.Response) -> MediaProviderError:
-        body = wire.error_json(response)
+        body = wire.body_of(response)
         name, errors = "", ""
         if isinstance(body, dict):
             name = str(body.get("name", ""))
@@ -129,4 +118,4 @@ class StabilityProvider:
         return None
 
     def download(self, output: Output) -> AsyncIterator[bytes]:
-        return wire.download(self._http, self.name, output)
+        return wire.download_output(self._http, self.name, output)

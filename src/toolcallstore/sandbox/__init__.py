@@ -14,6 +14,7 @@ Paths, relative to where the app is mounted:
 Media fakes (`media_faults.py` has their fault grammar, `media_bytes.py` their outputs), each
 also under `/fault/{spec}`, each with `GET .../_submissions` (accepted generations):
 
+    [/fault/{spec}]/fal/..., [/fault/{spec}]/replicate/v1/...   (`fal.py`, `replicate.py`)
     POST [/fault/{spec}]/stability/v2beta/stable-image/generate/{ultra|core|sd3}
     POST [/fault/{spec}]/leonardo/api/rest/v1/generations, GET .../generations/{id}
     POST [/fault/{spec}]/runware/v1                  (task arrays)
@@ -29,11 +30,13 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from toolcallstore.sandbox.anthropic import AnthropicDialect
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
+from toolcallstore.sandbox.fal import FalFake
 from toolcallstore.sandbox.gemini import GeminiDialect
 from toolcallstore.sandbox.gemini_image import GeminiImageFake
 from toolcallstore.sandbox.leonardo import LeonardoFake
 from toolcallstore.sandbox.openai import OpenAIDialect
 from toolcallstore.sandbox.openrouter import OpenRouterModels
+from toolcallstore.sandbox.replicate import ReplicateFake
 from toolcallstore.sandbox.runware import RunwareFake
 from toolcallstore.sandbox.stability import StabilityFake
 from toolcallstore.sandbox.stripe import create_stripe_app
@@ -61,6 +64,7 @@ def create_sandbox_app() -> Starlette:
         "gemini-image": GeminiImageFake(),
     }
     routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
+    routes += FalFake().routes() + ReplicateFake().routes()  # media fakes (issue 14)
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
             handle = Endpoint(dialect, state).handle

@@ -182,6 +182,11 @@ async def sleep_ms(ms: int) -> None:
         await asyncio.sleep(ms / 1000)
 
 
+async def delay(faults: MediaFaults, *, stall: bool = False) -> None:
+    """Waits `latency_ms` (and `stall_ms` when asked: a synchronous provider's slow answer)."""
+    await sleep_ms(faults.latency_ms + (faults.stall_ms if stall else 0))
+
+
 class _Dropped(Exception):
     """Raised inside a response body: uvicorn then closes the connection mid-answer."""
 
