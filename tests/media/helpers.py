@@ -115,4 +115,3 @@ async def submissions(client: httpx.AsyncClient, protocol: str, prompt: str) -> 
     r = await client.get(path[protocol])
     assert r.status_code == 200, r.text
     return int(r.json()["by_prompt"].get(prompt, 0))
-

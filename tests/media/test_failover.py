@@ -32,8 +32,11 @@ async def test_a_ceiling_that_fits_only_the_first_target_fails_cleanly(
         agent = await media_key(live.client, live.admin_key)
         prompt = "ceiling " + secrets.token_hex(4)
         ceiling = micros_to_usd(price_micros("0.01"))
-        r = await generate(live.client, agent, {"prompt": prompt, "model": "fo",
-                                                "size": "512x512", "max_cost_usd": ceiling})
+        r = await generate(
+            live.client,
+            agent,
+            {"prompt": prompt, "model": "fo", "size": "512x512", "max_cost_usd": ceiling},
+        )
         assert r.status_code == 202, r.text
         done = await finished(live.client, agent, r.json()["id"])
         assert done["status"] == "failed", done
