@@ -73,6 +73,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(
         database_url=database_url,
         admin_key_file=str(tmp_path / "admin-key"),
+        assets_dir=str(tmp_path / "assets"),
         audit_flush_ms=10,
         access_log=False,
         job_lease_seconds=3.0,

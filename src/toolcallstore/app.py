@@ -50,6 +50,8 @@ from toolcallstore.services import Services
 from toolcallstore.settings import Settings, parse_queue_limits
 from toolcallstore.site.build import build_site, load_site
 from toolcallstore.site.serve import PublicFiles
+from toolcallstore.storage import load_signing_keys, open_storage
+from toolcallstore.storage.assets import PRUNE_JOB_TYPE, Assets, register_asset_jobs
 from toolcallstore.tools import ToolRegistry
 from toolcallstore.tools.llm import register_llm_tool
 from toolcallstore.tools.media import build_media
@@ -101,7 +103,16 @@ def create_app(settings: Settings) -> Starlette:
         tools=tools,
         lanes=lanes,
         prices=LivePrices(settings.price_max_age_seconds),
+        assets=Assets(
+            db,
+            open_storage(settings),
+            public_url=settings.public_url,
+            url_ttl_s=settings.asset_url_ttl_seconds,
+            retention_days=settings.asset_retention_days,
+            max_bytes=settings.asset_max_bytes,
+        ),
     )
+    register_asset_jobs(registry, svc.assets)
     register_price_job(registry, svc)
     if settings.master_key:  # parsed here so a bad key stops start-up (ConfigError)
         svc.keyring = Keyring.parse(settings.master_key, cache_seconds=settings.key_cache_seconds)
@@ -127,6 +138,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await migrate(db)
             await svc.prices.load(db)
+            svc.assets.use_keys(await load_signing_keys(db, settings, svc.keyring))
             svc.http = upstream_client()
             svc.sender = Sender(svc.http)
             svc.tasks["audit"] = asyncio.create_task(svc.audit.run(), name="audit-writer")
@@ -135,6 +147,7 @@ def create_app(settings: Settings) -> Starlette:
             svc.tasks["prices"] = asyncio.create_task(schedule_price_refresh(svc), name="prices")
             svc.tasks["webhooks"] = asyncio.create_task(dispatch_webhooks(svc), name="webhooks")
             svc.tasks["metering"] = asyncio.create_task(meter_usage(svc), name="metering")
+            svc.tasks["assets"] = asyncio.create_task(schedule_asset_pruning(svc), name="assets")
             if settings.workers > 0:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
@@ -176,7 +189,7 @@ async def stop_services(svc: Services) -> None:
     await svc.jobs.stop()
     for name in ("workers", "heartbeat", "rescuer", "completer"):
         svc.tasks.pop(name, None)
-    for name in ("maintenance", "sweeper", "prices", "webhooks", "metering"):
+    for name in ("maintenance", "sweeper", "prices", "webhooks", "metering", "assets"):
         task = svc.tasks.pop(name, None)
         if task is not None and not task.done():
             try:
@@ -225,6 +238,20 @@ async def schedule_sweeps(svc: Services) -> None:
                 log.exception("could not enqueue the sweep; will retry")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(svc.stopping.wait(), svc.settings.hold_sweep_seconds)
+
+
+async def schedule_asset_pruning(svc: Services) -> None:
+    """Enqueue `assets.prune` every TOOLCALLSTORE_PRUNE_INTERVAL_SECONDS while a retention is
+    set; its unique key keeps one queued at a time however many processes schedule it."""
+    prune = NewJob(PRUNE_JOB_TYPE, {}, unique_key=PRUNE_JOB_TYPE, max_attempts=1)
+    while not svc.stopping.is_set():
+        if svc.settings.workers > 0 and svc.settings.asset_retention_days > 0:
+            try:
+                await svc.jobs.enqueue(prune)
+            except Exception:
+                log.exception("could not enqueue the asset pruning; will retry")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(svc.stopping.wait(), svc.settings.prune_interval_seconds)
 
 
 async def dispatch_webhooks(svc: Services) -> None:

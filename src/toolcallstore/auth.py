@@ -35,6 +35,8 @@ SCOPES = (
 
 # Reachable without a key. /metrics decides for itself (admin key or loopback client).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/stripe/webhook"})
+# Asset downloads: the URL's signature, or the published URL's token, is the authorisation.
+PUBLIC_PREFIXES = ("/v1/assets/", "/p/", "/v1/provider-webhooks/")
 # What a suspended tenant's live keys may still reach: who they are, and billing to fix it.
 SUSPENDED_ALLOWED = ("/v1/me", "/v1/billing/")
 
@@ -128,7 +130,7 @@ class AuthMiddleware:
                 )
                 await send_error(send, refusal, ctx.request_id)
                 return
-        elif scope["path"] not in PUBLIC_PATHS:
+        elif scope["path"] not in PUBLIC_PATHS and not scope["path"].startswith(PUBLIC_PREFIXES):
             if secret is None:
                 ctx.deny("missing_api_key")
                 error = Unauthenticated(

@@ -130,6 +130,12 @@ class Keyring:
         secret = self._raw[self.current_kid]
         return hmac.new(secret, b"byok-fingerprint\x00" + plaintext.encode(), "sha256").hexdigest()
 
+    def derive(self, purpose: bytes) -> dict[str, bytes]:
+        """One one-way subkey per master key id (the current first), for another use of the
+        master keys (asset URL signing) that rotates with them."""
+        kids = [self.current_kid, *(k for k in self._raw if k != self.current_kid)]
+        return {kid: hmac.digest(self._raw[kid], purpose, "sha256") for kid in kids}
+
     def cached(self, tenant_id: str) -> dict[str, str] | None:
         hit = self._cache.get(tenant_id)
         return hit[1] if hit is not None and hit[0] > time.monotonic() else None

@@ -25,6 +25,7 @@ from toolcallstore.metrics import Metrics
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.worker import WorkerPool
 from toolcallstore.settings import Settings
+from toolcallstore.storage.assets import Assets
 from toolcallstore.tools import ToolRegistry
 
 
@@ -41,6 +42,7 @@ class Services:
     tools: ToolRegistry
     lanes: Catalog
     prices: LivePrices  # live LLM prices; quotes fall back to `lanes` past their max age
+    assets: Assets  # stored media: objects, rows, signed URLs (signing keys loaded at start)
     http: httpx.AsyncClient | None = None
     sender: Sender | None = None
     keyring: Keyring | None = None  # None: no TOOLCALLSTORE_MASTER_KEY, BYOK is off

@@ -79,6 +79,28 @@ class Settings:
     media_poll_timeout_seconds: int = 1800
     media_webhook_base_url: str = ""
     replicate_webhook_secret: str = field(default="", repr=False)
+    # Stored assets (media results): "local" files under `assets_dir` (empty: beside the SQLite
+    # file, else ./toolcallstore-assets) or "s3" objects in an S3-compatible bucket.
+    storage: str = "local"
+    assets_dir: str = ""
+    s3_endpoint_url: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_prefix: str = "assets/"
+    s3_access_key_id: str = field(default="", repr=False)
+    s3_secret_access_key: str = field(default="", repr=False)
+    # Signed asset URLs: "kid:secret[,kid:secret...]", the first signs, all verify. Empty: one
+    # key per TOOLCALLSTORE_MASTER_KEY entry derived from it, else a random key kept in the
+    # database (shared by every process).
+    asset_signing_keys: str = field(default="", repr=False)
+    asset_url_ttl_seconds: int = 3600
+    # Unpublished assets older than this are deleted (objects and rows); 0 keeps them forever.
+    asset_retention_days: int = 30
+    # The largest object a store accepts (0: no limit).
+    asset_max_bytes: int = 536_870_912
+    # The public origin of signed and published asset URLs, e.g. https://toolcallstore.example;
+    # empty gives paths (/v1/assets/...).
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -127,6 +149,16 @@ class Settings:
             if db_path is not None:
                 return db_path.with_name(db_path.name + ".admin-key")
         return Path("toolcallstore.admin-key")
+
+    def resolved_assets_dir(self) -> Path:
+        """Where local assets live: TOOLCALLSTORE_ASSETS_DIR, else beside the SQLite file."""
+        if self.assets_dir:
+            return Path(self.assets_dir)
+        if self.is_sqlite:
+            db_path = sqlite_path(self.database_url)
+            if db_path is not None:
+                return db_path.with_name(db_path.name + ".assets")
+        return Path("toolcallstore-assets")
 
 
 def parse_queue_limits(raw: str) -> dict[str, int]:

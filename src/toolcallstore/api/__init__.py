@@ -4,6 +4,7 @@ from starlette.routing import BaseRoute
 
 from toolcallstore.api import (
     approvals,
+    assets,
     billing,
     byok,
     chat,
@@ -29,6 +30,7 @@ def routes() -> list[BaseRoute]:
         *executions.routes,
         *quotes.routes,
         *jobs.routes,
+        *assets.routes,
         *health.routes,
         *approvals.routes,
         *receipts.routes,

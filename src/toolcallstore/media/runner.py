@@ -49,6 +49,7 @@ from toolcallstore.media.base import (
 )
 from toolcallstore.media.catalog import MediaCatalog, MediaTarget, parse_size
 from toolcallstore.money import micros_to_usd
+from toolcallstore.storage.assets import Assets
 from toolcallstore.tools.registry import CostlyFailure, Outcome, ToolCall
 
 log = logging.getLogger("toolcallstore.media")
@@ -91,18 +92,6 @@ class RunnerConfig:
     webhook_base: str  # our public URL for provider webhooks; "" for none
 
 
-class AssetStore:
-    """What the runner needs of `svc.assets` (the storage branch's Assets service)."""
-
-    async def store(self, *, tenant_id: str, livemode: bool, project_id: str | None,
-                    owner_kind: str, owner_id: str, chunks: AsyncIterator[bytes],
-                    content_type: str) -> Any:  # fmt: skip
-        raise NotImplementedError
-
-    async def delete_for_owner(self, owner_kind: str, owner_id: str) -> int:
-        raise NotImplementedError
-
-
 def worst_price(catalog: MediaCatalog, target: MediaTarget, params: dict[str, Any]) -> int:
     return catalog.price_of(target.cost(params))
 
@@ -124,7 +113,7 @@ class Runner:
         db: Database,
         catalog: MediaCatalog,
         http: Callable[[], httpx.AsyncClient],
-        assets: Callable[[], AssetStore],
+        assets: Callable[[], Assets],
         config: RunnerConfig,
         hints: Hints,
         changed: Callable[[str], None],
@@ -484,7 +473,7 @@ class _Run:
                  "outputs": len(stored)}  # fmt: skip
         return _Won(target, price, asset_ids, usage)
 
-    async def _store(self, assets: AssetStore, adapter: MediaProvider, output: Output) -> Any:
+    async def _store(self, assets: Assets, adapter: MediaProvider, output: Output) -> Any:
         for attempt in range(1, MAX_DOWNLOAD_TRIES + 1):
             try:
                 return await assets.store(

@@ -28,7 +28,8 @@ ERROR_REF = {"$ref": "#/components/schemas/Error"}
 STATUS_TEXT = {
     400: "Bad request", 401: "No valid API key", 402: "A spend cap would be exceeded",
     403: "Not allowed for this key", 404: "Not found", 409: "Conflict", 410: "Gone",
-    413: "Body too large", 422: "Unprocessable", 429: "Too many requests",
+    413: "Body too large", 416: "Range not satisfiable", 422: "Unprocessable",
+    429: "Too many requests",
     500: "Interrupted", 502: "Upstream failed", 503: "Unavailable",
 }  # fmt: skip
 
@@ -130,6 +131,12 @@ def _query_schema(name: str, spec: Field) -> dict[str, Any]:
 
 def _success(op: Operation, status: int, schema_name: str) -> dict[str, Any]:
     content: dict[str, Any] = {}
+    if schema_name == "Empty":
+        return {"description": "Headers only", "content": {}}
+    if schema_name == "Binary":
+        binary = {"schema": {"type": "string", "format": "binary"}}
+        text = "The asset's bytes (a range of them: 206)"
+        return {"description": text, "content": {media: binary for media in ASSET_TYPES}}
     if schema_name == "Metrics":
         content["text/plain"] = {"schema": {"type": "string"}}
     else:
@@ -140,6 +147,8 @@ def _success(op: Operation, status: int, schema_name: str) -> dict[str, Any]:
     return {"description": text, "content": content}
 
 
+ASSET_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "video/mp4", "video/webm",
+               "application/octet-stream")  # fmt: skip
 REQUEST_ID = {"$ref": "#/components/headers/RequestId"}
 REPLAYED = {"$ref": "#/components/headers/IdempotentReplayed"}
 HEADERS = {

@@ -131,6 +131,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Health": obj(None, {"status": STR}),
     "ProviderHealth": obj("provider_health", {"targets": {}, "lanes": {"type": "object"}}),
     "Metrics": STR,
+    # A stored asset's bytes (image/png, video/mp4, ...), and an answer with headers only.
+    "Binary": {"type": "string", "format": "binary"},
+    "Empty": {"type": "string", "maxLength": 0},
     "WebhookEndpoint": obj(
         "webhook_endpoint",
         {

@@ -26,7 +26,6 @@ from toolcallstore.errors import (
 from toolcallstore.ids import new_id, now_us
 from toolcallstore.media.catalog import MediaCatalog, load_media_catalog, parse_size
 from toolcallstore.media.runner import (
-    AssetStore,
     Hints,
     Runner,
     RunnerConfig,
@@ -37,6 +36,7 @@ from toolcallstore.media.service import MediaService
 from toolcallstore.money import micros_to_usd, usd_to_micros
 from toolcallstore.queue.watch import Watch
 from toolcallstore.site.fields import body_schema
+from toolcallstore.storage.assets import Assets
 from toolcallstore.tools.registry import Outcome, Tool, ToolCall, ToolRegistry
 from toolcallstore.validation import Field, invalid, validate
 
@@ -303,9 +303,8 @@ def build_media(svc: Services, *, registry_tools: ToolRegistry) -> MediaService:
         assert svc.http is not None, "the lifespan opens the HTTP client"
         return svc.http
 
-    def assets() -> AssetStore:
-        found: AssetStore = svc.assets
-        return found
+    def assets() -> Assets:
+        return svc.assets
 
     async def publish(asset_id: str) -> str:
         url: str = await svc.assets.publish(asset_id)
