@@ -11,7 +11,11 @@ import httpx
 
 from toolcallstore.media.base import MediaProvider
 from toolcallstore.media.fal import FalProvider
+from toolcallstore.media.gemini_image import GeminiImageProvider
+from toolcallstore.media.leonardo import LeonardoProvider
 from toolcallstore.media.replicate import ReplicateProvider
+from toolcallstore.media.runware import RunwareProvider
+from toolcallstore.media.stability import StabilityProvider
 
 SANDBOX_KEY = "sandbox-test-key"  # what test mode sends to the sandbox fakes
 
@@ -24,4 +28,8 @@ class AdapterFactory(Protocol):
 ADAPTERS: dict[str, AdapterFactory] = {
     "fal": FalProvider,
     "replicate": ReplicateProvider,
+    "stability": StabilityProvider,
+    "leonardo": LeonardoProvider,
+    "runware": RunwareProvider,
+    "gemini-image": GeminiImageProvider,
 }

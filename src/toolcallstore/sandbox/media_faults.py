@@ -177,11 +177,14 @@ class FakeJob:
         return None
 
 
-async def delay(faults: MediaFaults, *, stall: bool = False) -> None:
-    """Waits `latency_ms` (and `stall_ms` when asked: a synchronous provider's slow answer)."""
-    ms = faults.latency_ms + (faults.stall_ms if stall else 0)
+async def sleep_ms(ms: int) -> None:
     if ms:
         await asyncio.sleep(ms / 1000)
+
+
+async def delay(faults: MediaFaults, *, stall: bool = False) -> None:
+    """Waits `latency_ms` (and `stall_ms` when asked: a synchronous provider's slow answer)."""
+    await sleep_ms(faults.latency_ms + (faults.stall_ms if stall else 0))
 
 
 class _Dropped(Exception):
