@@ -76,14 +76,18 @@ class ReplicateFake:
         routes = [
             Route("/replicate/_submissions", self.counts, methods=["GET"]),
             Route("/replicate/files/{pid}/{index:int}", self.file, methods=["GET"]),
-            Route(v1 + "/webhooks/default/secret", self.secret, methods=["GET"]),
-            Route(v1 + "/predictions", self.list, methods=["GET"]),
-            Route(v1 + "/predictions/{pid}", self.get, methods=["GET"]),
-            Route(v1 + "/predictions/{pid}/cancel", self.cancel, methods=["POST"]),
         ]
+        # Under a fault prefix too, as a base URL with one serves every call of the client;
+        # only the create takes the fault (polls follow the faults their job was made with).
         for prefix in ("", "/fault/{spec}"):
-            routes.append(Route(prefix + v1 + "/models/{owner}/{name}/predictions", self.create,
-                                methods=["POST"]))  # fmt: skip
+            routes += [
+                Route(prefix + v1 + "/webhooks/default/secret", self.secret, methods=["GET"]),
+                Route(prefix + v1 + "/predictions", self.list, methods=["GET"]),
+                Route(prefix + v1 + "/predictions/{pid}", self.get, methods=["GET"]),
+                Route(prefix + v1 + "/predictions/{pid}/cancel", self.cancel, methods=["POST"]),
+                Route(prefix + v1 + "/models/{owner}/{name}/predictions", self.create,
+                      methods=["POST"]),
+            ]  # fmt: skip
         return routes
 
     def _authorized(self, request: Request) -> bool:
