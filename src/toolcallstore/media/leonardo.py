@@ -94,7 +94,8 @@ class LeonardoProvider:
         if request.seed is not None:
             body["seed"] = request.seed
         response = await self._send("POST", f"{self._base}/generations", submit=True, json=body)
-        job = _json(response, "ambiguous").get("sdGenerationJob")
+        answer = _json(response, "ambiguous")
+        job = answer.get("sdGenerationJob") or answer.get("generate")  # v1, or v2's name
         if not isinstance(job, dict) or not isinstance(job.get("generationId"), str):
             raise MediaProviderError("ambiguous", "leonardo: an answer without a generationId")
         credits = job.get("apiCreditCost")
