@@ -13,6 +13,7 @@ import httpx
 import pytest_asyncio
 import uvicorn
 from PIL import Image
+from starlette.types import Receive, Scope, Send
 
 from toolcallstore.lanes.sender import upstream_client
 from toolcallstore.media.base import MediaProvider, Output
@@ -24,7 +25,7 @@ class Sandbox:
         self.app = create_sandbox_app()
         self.url = ""
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
 
     async def submissions(self, provider: str) -> dict[str, object]:
