@@ -179,3 +179,27 @@ def load_media_catalog(pricing: Pricing) -> MediaCatalog:
             raise ConfigError(f"{source}: media_defaults.{kind}: no {kind} lane '{lid}'")
     fee = Decimal(raw.get("media_fee_usd", "0"))
     return MediaCatalog(providers, targets, lanes, aliases, defaults, pricing.markup, fee)
+
+
+def media_models(catalog: MediaCatalog) -> list[dict[str, Any]]:
+    """Media lanes, aliases and targets as GET /v1/models lists them (our prices only)."""
+    data: list[dict[str, Any]] = []
+    defaults = {lane: kind for kind, lane in catalog.defaults.items()}
+    for lane in catalog.lanes.values():
+        data.append({"id": lane.id, "object": "model", "created": 0, "owned_by": "toolcallstore",
+                     "kind": "media_lane", "media_kind": lane.kind,
+                     "default_for": defaults.get(lane.id), "description": lane.description,
+                     "targets": list(lane.targets), "policy": {"order": lane.order}})  # fmt: skip
+    for alias, goal in catalog.aliases.items():
+        data.append({"id": alias, "object": "model", "created": 0, "owned_by": "toolcallstore",
+                     "kind": "media_alias", "alias_of": goal})  # fmt: skip
+    fee = f"{catalog.fee.normalize():f}"
+    for target in catalog.targets.values():
+        data.append({"id": target.id, "object": "model", "created": 0,
+                     "owned_by": target.provider.id, "kind": "media_target",
+                     "media_kinds": list(target.kinds), "sizes": list(target.sizes),
+                     "max_n": target.max_n, "max_seconds": target.max_seconds,
+                     "pricing": {"basis": target.basis,
+                                 "unit_price_usd": catalog.unit_price(target),
+                                 "fee_usd_per_generation": fee}})  # fmt: skip
+    return data

@@ -201,9 +201,9 @@ def register_media_tools(
 
     def describe(kind: str) -> Callable[[], dict[str, Any]]:
         def price() -> dict[str, Any]:
-            return {"basis": "per_target", "description": f"the {kind} target's price basis"
-                    " (per image, per megapixel, per second of video or per step; GET"
-                    f" /v1/models) x (1 + markup) + a {catalog.fee} USD fee per generation;"
+            return {"basis": "per_target", "description": f"the {kind} target's own price"
+                    " basis (per image, per megapixel, per second of video or per step; our"
+                    f" unit prices in GET /v1/models) + a {catalog.fee} USD fee per generation;"
                     " at most max_cost_usd"}  # fmt: skip
 
         return price
