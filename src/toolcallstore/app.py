@@ -54,6 +54,7 @@ from toolcallstore.storage import load_signing_keys, open_storage
 from toolcallstore.storage.assets import PRUNE_JOB_TYPE, Assets, register_asset_jobs
 from toolcallstore.tools import ToolRegistry
 from toolcallstore.tools.llm import register_llm_tool
+from toolcallstore.tools.media import build_media
 from toolcallstore.tools.sandbox import register_sandbox_tools
 from toolcallstore.webhooks.delivery import register_delivery_job
 from toolcallstore.webhooks.dispatch import QUEUE as WEBHOOK_QUEUE
@@ -128,6 +129,7 @@ def create_app(settings: Settings) -> Starlette:
     setup_billing(svc, registry)
     register_llm_tool(tools, lanes, sender, lambda: svc.health, svc.prices,
                       settings.sandbox_base(), keys_of)  # fmt: skip
+    svc.media = build_media(svc, registry_tools=tools)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -159,6 +161,8 @@ def create_app(settings: Settings) -> Starlette:
                 await svc.payments.aclose()
             if close_listener is not None:
                 await close_listener()
+            if svc.media is not None:
+                await svc.media.watch.close()
 
     app = Starlette(
         routes=api.routes(),

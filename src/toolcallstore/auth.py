@@ -36,7 +36,7 @@ SCOPES = (
 # Reachable without a key. /metrics decides for itself (admin key or loopback client).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/stripe/webhook"})
 # Asset downloads: the URL's signature, or the published URL's token, is the authorisation.
-PUBLIC_PREFIXES = ("/v1/assets/", "/p/")
+PUBLIC_PREFIXES = ("/v1/assets/", "/p/", "/v1/provider-webhooks/")
 # What a suspended tenant's live keys may still reach: who they are, and billing to fix it.
 SUSPENDED_ALLOWED = ("/v1/me", "/v1/billing/")
 

@@ -20,6 +20,7 @@ from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.health import ProviderHealth
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.sender import Sender
+from toolcallstore.media.service import MediaService
 from toolcallstore.metrics import Metrics
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.worker import WorkerPool
@@ -51,6 +52,7 @@ class Services:
     suspensions: Suspensions | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    media: MediaService | None = None  # media generation (issue 14)
 
 
 def services(request: Request) -> Services:

@@ -69,6 +69,16 @@ class Settings:
     stripe_webhook_secret: str = field(default="", repr=False)
     billing_file: str = ""
     meter_interval_seconds: int = 60
+    # Media generation (issue 14): how long a submit may take before its answer counts as lost,
+    # the longest pause between status polls (Retry-After may ask longer), how long an accepted
+    # request is followed before it is cancelled and the next target tried, where providers
+    # may POST their webhooks (our public base URL; empty: no webhooks), and Replicate's
+    # webhook secret (whsec_...) that verifies them.
+    media_submit_timeout_seconds: float = 30.0
+    media_poll_max_seconds: float = 5.0
+    media_poll_timeout_seconds: int = 1800
+    media_webhook_base_url: str = ""
+    replicate_webhook_secret: str = field(default="", repr=False)
     # Stored assets (media results): "local" files under `assets_dir` (empty: beside the SQLite
     # file, else ./toolcallstore-assets) or "s3" objects in an S3-compatible bucket.
     storage: str = "local"

@@ -14,6 +14,7 @@ from toolcallstore.api import (
     jobs,
     keys,
     mcp,
+    media,
     quotes,
     receipts,
     spend_caps,
@@ -41,4 +42,5 @@ def routes() -> list[BaseRoute]:
         *events.routes,
         *billing.routes,
         *mcp.routes,
+        *media.routes,
     ]

@@ -28,6 +28,7 @@ from toolcallstore.lanes.openai_out import replay_chunks
 from toolcallstore.lanes.plan import CallPlan, plan_call, plan_quoted_call, priced
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.request import CHAT_SCHEMA, budget_of, parse_chat_params
+from toolcallstore.media.catalog import media_models
 from toolcallstore.money import micros_to_usd
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
@@ -215,6 +216,9 @@ async def list_models(request: Request) -> Response:
                                  "output_usd_per_mtok": catalog.list_price(model.output_per_mtok),
                                  "fee_usd_per_call": str(catalog.fee),
                                  "price_source": source}})  # fmt: skip
+    media = services(request).media
+    if media is not None:
+        data += media_models(media.catalog)
     return JSONResponse({"object": "list", "data": data})
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,10 @@ from toolcallstore.queue.store import NewJob
 from toolcallstore.tools import Outcome, Tool, ToolCall
 
 log = logging.getLogger("toolcallstore.controls.executions")
+
+# Tools with a record of their own (a media generation) keep it in step with the execution's
+# end, in the transaction that closes it (settled, failed, or interrupted by the sweep).
+CLOSE_HOOKS: dict[str, Callable[[SyncTransaction, Row], None]] = {}
 
 JOB_TYPE = "tool.execute"
 SWEEP_JOB_TYPE = "controls.sweep"
@@ -112,6 +117,8 @@ def open_execution(
     tx.execute(
         f"INSERT INTO executions ({columns}) VALUES ({', '.join(':' + c for c in row)})", row
     )
+    if tool.on_open is not None:
+        tool.on_open(tx, row, quote.params)
     append_rows(
         tx,
         [
@@ -201,6 +208,9 @@ def _finish(
         {**{k: done[k] for k in ("state", "receipt_id", "price_micros", "result", "error",
                                  "finished_at", "id")}, "was": state},
     )  # fmt: skip
+    hook = CLOSE_HOOKS.get(execution["tool"])
+    if hook is not None:
+        hook(tx, done)
     return done
 
 

@@ -63,7 +63,9 @@ async def run_tool_job(db: Database, tools: ToolRegistry, ctx: JobContext) -> di
     call = ToolCall(execution_id, quote.tenant_id, quote.project_id, quote.livemode, quote.params,
                     quote.estimate)  # fmt: skip
     result = await run_tool(tool, call)
-    if isinstance(result, APIError) and ctx.job.attempts < ctx.job.max_attempts:
+    # A failure the tool marks `final` (a media generation with no target left) is not retried.
+    final = getattr(result, "final", False)
+    if isinstance(result, APIError) and not final and ctx.job.attempts < ctx.job.max_attempts:
         raise RuntimeError(result.message)  # the queue retries with backoff; the hold stays
     origin = Origin(execution["request_id"], execution["api_key_id"], None, "INTERNAL",
                     f"job:{JOB_TYPE}")  # fmt: skip

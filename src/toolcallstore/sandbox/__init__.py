@@ -10,21 +10,42 @@ Paths, relative to where the app is mounted:
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:streamGenerateContent[?alt=sse]
     GET  [/fault/{spec}]/openrouter/api/v1/models   (a stored price list, `openrouter.py`)
     /stripe/v1/...                                  (Stripe billing, `stripe.py`)
+
+Media fakes (`media_faults.py` has their fault grammar, `media_bytes.py` their outputs), each
+also under `/fault/{spec}`, each with `GET .../_submissions` (accepted generations):
+
+    [/fault/{spec}]/fal/..., [/fault/{spec}]/replicate/v1/...   (`fal.py`, `replicate.py`)
+    POST [/fault/{spec}]/stability/v2beta/stable-image/generate/{ultra|core|sd3}
+    POST [/fault/{spec}]/leonardo/api/rest/v1/generations, GET .../generations/{id}
+    POST [/fault/{spec}]/runware/v1                  (task arrays)
+    POST [/fault/{spec}]/gemini-image/v1beta/models/{model}:generateContent
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from starlette.applications import Starlette
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from toolcallstore.sandbox.anthropic import AnthropicDialect
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
+from toolcallstore.sandbox.fal import FalFake
 from toolcallstore.sandbox.gemini import GeminiDialect
+from toolcallstore.sandbox.gemini_image import GeminiImageFake
+from toolcallstore.sandbox.leonardo import LeonardoFake
 from toolcallstore.sandbox.openai import OpenAIDialect
 from toolcallstore.sandbox.openrouter import OpenRouterModels
+from toolcallstore.sandbox.replicate import ReplicateFake
+from toolcallstore.sandbox.runware import RunwareFake
+from toolcallstore.sandbox.stability import StabilityFake
 from toolcallstore.sandbox.stripe import create_stripe_app
 
 __all__ = ["create_sandbox_app"]
+
+
+class MediaFake(Protocol):
+    def routes(self) -> list[BaseRoute]: ...
 
 
 def create_sandbox_app() -> Starlette:
@@ -36,7 +57,14 @@ def create_sandbox_app() -> Starlette:
         ("/gemini/v1beta/models/{model}:streamGenerateContent", GeminiDialect()),
     ]
     price_list = OpenRouterModels(state)
+    media_fakes: dict[str, MediaFake] = {
+        "stability": StabilityFake(),
+        "leonardo": LeonardoFake(),
+        "runware": RunwareFake(),
+        "gemini-image": GeminiImageFake(),
+    }
     routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
+    routes += FalFake().routes() + ReplicateFake().routes()  # media fakes (issue 14)
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
             handle = Endpoint(dialect, state).handle
@@ -44,4 +72,6 @@ def create_sandbox_app() -> Starlette:
         routes.append(
             Route(prefix + "/openrouter/api/v1/models", price_list.handle, methods=["GET"])
         )
+        for name, fake in media_fakes.items():
+            routes.append(Mount(f"{prefix}/{name}", routes=fake.routes()))
     return Starlette(routes=routes)

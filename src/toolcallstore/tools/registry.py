@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from toolcallstore.controls.pricing import Estimate, Pricing
+from toolcallstore.db import Row, SyncTransaction
 from toolcallstore.errors import ProviderError
 
 Risk = Literal["low", "high"]
@@ -70,6 +71,9 @@ class Tool:
     # A tool priced by usage (tokens) describes its own price basis; others have a
     # fixed-price entry under `tools` in models.json.
     describe_price: Callable[[], dict[str, Any]] | None = None
+    # Called in the transaction that opens an execution (after its row and job are written),
+    # for the tool's own record of it (a media generation); a refusal rolls it all back.
+    on_open: Callable[[SyncTransaction, Row, dict[str, Any]], None] | None = None
 
 
 class ToolRegistry:
