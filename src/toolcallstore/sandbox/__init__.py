@@ -10,6 +10,11 @@ Paths, relative to where the app is mounted:
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:streamGenerateContent[?alt=sse]
     GET  [/fault/{spec}]/openrouter/api/v1/models   (a stored price list, `openrouter.py`)
     /stripe/v1/...                                  (Stripe billing, `stripe.py`)
+    /openprovider/v1beta/...  /porkbun/api/json/v3/...  (registrars and DNS, `domains.py`;
+                              their zones answer on a loopback DNS server, `dns_server.py`)
+
+`app.state.domains` is the registrars' shared world; whoever serves the sandbox starts its DNS
+server (`app.state.domains.dns.start(host, port)`): the API's lifespan does for its mount.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from toolcallstore.sandbox.anthropic import AnthropicDialect
+from toolcallstore.sandbox.domains import DomainSandbox
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
 from toolcallstore.sandbox.gemini import GeminiDialect
 from toolcallstore.sandbox.openai import OpenAIDialect
@@ -36,7 +42,12 @@ def create_sandbox_app() -> Starlette:
         ("/gemini/v1beta/models/{model}:streamGenerateContent", GeminiDialect()),
     ]
     price_list = OpenRouterModels(state)
-    routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
+    domains = DomainSandbox()
+    routes: list[Route | Mount] = [
+        Mount("/stripe", app=create_stripe_app()),
+        Mount("/openprovider/v1beta", app=domains.openprovider.app()),
+        Mount("/porkbun/api/json/v3", app=domains.porkbun.app()),
+    ]
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
             handle = Endpoint(dialect, state).handle
@@ -44,4 +55,6 @@ def create_sandbox_app() -> Starlette:
         routes.append(
             Route(prefix + "/openrouter/api/v1/models", price_list.handle, methods=["GET"])
         )
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.domains = domains
+    return app
