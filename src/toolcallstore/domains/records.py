@@ -117,7 +117,7 @@ def parse_records(raw: Any, domain: str, param: str = "records") -> list[Record]
         names.setdefault(record.name, set()).add(record.type)
     for i, record in enumerate(records):
         types = names[record.name]
-        if "CNAME" in types and (len(types) > 1 or _count(records, record.name) > 1):
+        if record.type == "CNAME" and (len(types) > 1 or _count(records, record.name) > 1):
             raise _bad(f"{param}[{i}]", f"'{record.name}' has a CNAME: no other record may be at"
                        " that name (RFC 1034 3.6.2).", record=raw[i])  # fmt: skip
     return records

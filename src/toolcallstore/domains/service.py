@@ -320,7 +320,8 @@ async def register_domain(svc: Services, call: ToolCall) -> Outcome:
                                     code="registration_unconfirmed") from None  # fmt: skip
             held = asked
         return await _finish(svc, call, row["id"], held, attempts, registrar.name)
-    await _fail(svc, row["id"], attempts, "no registrar could register it")
+    # Nothing was done anywhere: the job tries again later (a maintenance ends); the domain
+    # shows `failed` once its execution does.
     raise ProviderError(f"No registrar could register {name}; nothing was bought.",
                         code="all_providers_failed", attempts=attempts)  # fmt: skip
 

@@ -17,8 +17,9 @@ Fake-only controls, for tests and demos (each fake under its own prefix):
 Faults: `down` (503; OpenProvider `maintenance: true`), `timeout_after_acting` (act, then
 answer only after `delay_ms`, 5000 by default), `code_196` (OpenProvider's auth failure under
 HTTP 200), `error_under_200` (OpenProvider `code` != 0 / Porkbun `status: ERROR`, both under
-200), `rate_limit` (429 with Retry-After). A rule hits requests whose path starts with `path`
-(and of `method`), skipping the first `after` of them, `times` times (0: always).
+200), `rate_limit` (429 with Retry-After). A rule hits requests at `path` (every path when
+empty; a path ending in "/" is a prefix) and of `method` (any when empty), skipping the first
+`after` of them, `times` times (0: always).
 """
 
 from __future__ import annotations
@@ -66,7 +67,12 @@ class Rule:
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
-        if not path.startswith(self.path) or (self.method and self.method != method):
+        hit = (
+            path == self.path
+            or not self.path
+            or (self.path.endswith("/") and path.startswith(self.path))
+        )
+        if not hit or (self.method and self.method != method):
             return False
         self.seen += 1
         if self.seen <= self.after or (self.times and self.hits >= self.times):
