@@ -10,6 +10,11 @@ Paths, relative to where the app is mounted:
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:streamGenerateContent[?alt=sse]
     GET  [/fault/{spec}]/openrouter/api/v1/models   (a stored price list, `openrouter.py`)
     /stripe/v1/...                                  (Stripe billing, `stripe.py`)
+    /openprovider/v1beta/...  /porkbun/api/json/v3/...  (registrars and DNS, `domains.py`;
+                              their zones answer on a loopback DNS server, `dns_server.py`)
+
+`app.state.domains` is the registrars' shared world; whoever serves the sandbox starts its DNS
+server (`app.state.domains.dns.start(host, port)`): the API's lifespan does for its mount.
 
 Media fakes (`media_faults.py` has their fault grammar, `media_bytes.py` their outputs), each
 also under `/fault/{spec}`, each with `GET .../_submissions` (accepted generations):
@@ -29,6 +34,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 
 from toolcallstore.sandbox.anthropic import AnthropicDialect
+from toolcallstore.sandbox.domains import DomainSandbox
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
 from toolcallstore.sandbox.fal import FalFake
 from toolcallstore.sandbox.gemini import GeminiDialect
@@ -63,7 +69,12 @@ def create_sandbox_app() -> Starlette:
         "runware": RunwareFake(),
         "gemini-image": GeminiImageFake(),
     }
-    routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
+    domains = DomainSandbox()
+    routes: list[Route | Mount] = [
+        Mount("/stripe", app=create_stripe_app()),
+        Mount("/openprovider/v1beta", app=domains.openprovider.app()),
+        Mount("/porkbun/api/json/v3", app=domains.porkbun.app()),
+    ]
     routes += FalFake().routes() + ReplicateFake().routes()  # media fakes (issue 14)
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
@@ -74,4 +85,6 @@ def create_sandbox_app() -> Starlette:
         )
         for name, fake in media_fakes.items():
             routes.append(Mount(f"{prefix}/{name}", routes=fake.routes()))
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.domains = domains
+    return app

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from toolcallstore.controls.pricing import Estimate, Pricing
 from toolcallstore.db import Row, SyncTransaction
-from toolcallstore.errors import ProviderError
+from toolcallstore.errors import APIError, ProviderError
 
 Risk = Literal["low", "high"]
 Mode = Literal["sync", "job"]
@@ -41,6 +41,20 @@ class Outcome:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     estimated: bool = False
     provider_costs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuoteContext:
+    """Who a quote is for, for tools whose price depends on the caller's own state (the live
+    zone a DNS change is a diff against)."""
+
+    tenant_id: str
+    livemode: bool
+
+
+class FinalFailure(APIError):
+    """A job tool's failure that another attempt cannot mend (the registrar said the domain is
+    taken): the job ends at once instead of retrying."""
 
 
 class CostlyFailure(ProviderError):
@@ -74,6 +88,11 @@ class Tool:
     # Called in the transaction that opens an execution (after its row and job are written),
     # for the tool's own record of it (a media generation); a refusal rolls it all back.
     on_open: Callable[[SyncTransaction, Row, dict[str, Any]], None] | None = None
+    # A price that needs a provider or the database (a registrar's live price, a zone diff):
+    # used for quotes instead of `price`, which then only serves inline quote refusals.
+    estimate_live: Callable[[QuoteContext, dict[str, Any], Pricing], Awaitable[Estimate]] | None = (
+        None
+    )
 
 
 class ToolRegistry:
