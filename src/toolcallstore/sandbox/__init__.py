@@ -10,6 +10,7 @@ Paths, relative to where the app is mounted:
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:streamGenerateContent[?alt=sse]
     GET  [/fault/{spec}]/openrouter/api/v1/models   (a stored price list, `openrouter.py`)
     /stripe/v1/...                                  (Stripe billing, `stripe.py`)
+    /stalwart/.well-known/jmap, /stalwart/jmap/...  (Stalwart mail, `stalwart.py`)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
 from toolcallstore.sandbox.gemini import GeminiDialect
 from toolcallstore.sandbox.openai import OpenAIDialect
 from toolcallstore.sandbox.openrouter import OpenRouterModels
+from toolcallstore.sandbox.stalwart import create_stalwart_app
 from toolcallstore.sandbox.stripe import create_stripe_app
 
 __all__ = ["create_sandbox_app"]
@@ -36,7 +38,10 @@ def create_sandbox_app() -> Starlette:
         ("/gemini/v1beta/models/{model}:streamGenerateContent", GeminiDialect()),
     ]
     price_list = OpenRouterModels(state)
-    routes: list[Route | Mount] = [Mount("/stripe", app=create_stripe_app())]
+    routes: list[Route | Mount] = [
+        Mount("/stripe", app=create_stripe_app()),
+        Mount("/stalwart", app=create_stalwart_app()),
+    ]
     for prefix in ("", "/fault/{spec}"):
         for path, dialect in paths:
             handle = Endpoint(dialect, state).handle
