@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.requests import Request
@@ -26,6 +27,9 @@ from toolcallstore.queue.worker import WorkerPool
 from toolcallstore.settings import Settings
 from toolcallstore.tools import ToolRegistry
 
+if TYPE_CHECKING:  # mail's tools take the services: imported for the annotation only
+    from toolcallstore.mail.tools import MailTools
+
 
 @dataclass
 class Services:
@@ -47,6 +51,7 @@ class Services:
     billing: BillingConfig | None = None
     payments: PaymentsProvider | None = None  # None: no TOOLCALLSTORE_STRIPE_API_KEY
     suspensions: Suspensions | None = None
+    mail: MailTools | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -7,6 +7,7 @@ from toolcallstore.api import (
     billing,
     byok,
     chat,
+    email,
     events,
     executions,
     health,
@@ -38,5 +39,6 @@ def routes() -> list[BaseRoute]:
         *webhook_endpoints.routes,
         *events.routes,
         *billing.routes,
+        *email.routes,
         *mcp.routes,
     ]

@@ -33,7 +33,11 @@ def load_migrations(dialect: str) -> list[Migration]:
     versions = [m.version for m in found]
     # Increasing and unique; a gap is allowed (numbers are handed out to branches ahead of
     # their merge, so a branch may carry 0015 before 0009..0014 have landed).
-    if not versions or versions[0] < 1 or any(a >= b for a, b in zip(versions, versions[1:])):
+    if (
+        not versions
+        or versions[0] < 1
+        or any(a >= b for a, b in zip(versions, versions[1:], strict=False))
+    ):
         raise DatabaseError(f"{dialect} migrations are not numbered 1, 2, ...: {versions}")
     return found
 

@@ -8,7 +8,7 @@ domain administrator, never as the server-wide admin (BLUEPRINT, email).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Role = Literal["user", "domain_admin"]
 
@@ -66,4 +66,24 @@ class MailProvider(Protocol):
 
     async def delete_account(self, actor: Credential, account_id: str) -> None:
         """Destroy an account (an account already gone counts as destroyed)."""
+        ...
+
+
+class DnsPublisher(Protocol):
+    """The DNS capability as mail uses it: on a domain the tenant holds, publish records under
+    the setup's own (already approved) execution and follow their verification."""
+
+    async def held(self, *, tenant_id: str, livemode: bool, name: str) -> bool:
+        """Whether the tenant holds the registered domain `name`."""
+        ...
+
+    async def publish(
+        self, *, tenant_id: str, livemode: bool, project_id: str | None, domain: str,
+        records: list[dict[str, Any]], execution_id: str,
+    ) -> str:  # fmt: skip
+        """Upsert `records` (idempotent per execution); the DNS change's id."""
+        ...
+
+    async def status(self, change_id: str) -> dict[str, Any]:
+        """`{"status": applying|applied|partial|verified|failed, "missing": [...]}`."""
         ...

@@ -10,7 +10,6 @@ from typing import Any
 from toolcallstore.mail.base import DkimKey, DomainKeys, ZoneRecord
 
 TTL = 3600
-TXT_CHUNK = 255  # one TXT character-string holds at most 255 bytes
 
 
 def parse_zone(text: str) -> list[ZoneRecord]:
@@ -38,31 +37,30 @@ def parse_zone(text: str) -> list[ZoneRecord]:
     return records
 
 
-def split_txt(value: str) -> list[str]:
-    """A TXT value as the ≤255-byte strings DNS carries (long RSA keys need several)."""
-    data = value.encode()
-    return [data[i : i + TXT_CHUNK].decode() for i in range(0, len(data), TXT_CHUNK)] or [""]
-
-
 def _dkim_value(key: DkimKey) -> str:
     return f"v=DKIM1; k={key.algorithm}; h=sha256; p={key.public_key}"
 
 
+def _mx(record: ZoneRecord) -> dict[str, Any]:
+    priority, _, host = record.content.partition(" ")
+    return {"name": "@", "type": "MX", "value": host.strip().rstrip("."),
+            "priority": int(priority) if priority.isdigit() else 10, "ttl": TTL}  # fmt: skip
+
+
 def mail_records(domain: str, keys: DomainKeys) -> list[dict[str, Any]]:
-    """MX, SPF, DKIM and DMARC (p=none) for `domain`; the MX host and SPF as Stalwart asks."""
+    """MX, SPF, DKIM and DMARC (p=none) for `domain`, as the DNS tool takes records
+    (`{name, type, value, ttl, priority?}`, names relative); MX and SPF as Stalwart asks."""
     mx = [r for r in keys.zone if r.type == "MX" and r.name == domain]
     spf = [r for r in keys.zone if r.type == "TXT" and r.name == domain
            and r.content.startswith("v=spf1")]  # fmt: skip
-    records: list[dict[str, Any]] = []
-    for record in mx or [ZoneRecord("MX", domain, f"10 mail.{domain}.")]:
-        records.append({"type": "MX", "name": "@", "content": record.content, "ttl": TTL})
+    records = [_mx(r) for r in mx or [ZoneRecord("MX", domain, f"10 mail.{domain}.")]]
     spf_value = spf[0].content if spf else "v=spf1 mx -all"
-    records.append({"type": "TXT", "name": "@", "content": spf_value, "ttl": TTL})
+    records.append({"name": "@", "type": "TXT", "value": spf_value, "ttl": TTL})
     for key in keys.dkim:
-        records.append({"type": "TXT", "name": f"{key.selector}._domainkey",
-                        "content": _dkim_value(key), "ttl": TTL})  # fmt: skip
+        records.append({"name": f"{key.selector}._domainkey", "type": "TXT",
+                        "value": _dkim_value(key), "ttl": TTL})  # fmt: skip
     dmarc = f"v=DMARC1; p=none; rua=mailto:postmaster@{domain}"
-    records.append({"type": "TXT", "name": "_dmarc", "content": dmarc, "ttl": TTL})
+    records.append({"name": "_dmarc", "type": "TXT", "value": dmarc, "ttl": TTL})
     return records
 
 

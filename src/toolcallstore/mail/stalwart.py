@@ -163,8 +163,9 @@ class StalwartJmap:
                     continue
                 algorithm = "ed25519" if "Ed25519" in str(item.get("@type")) else "rsa"
                 keys.append(DkimKey(str(item["selector"]), algorithm, str(item["publicKey"])))
-        domain = await self.call(admin, "x:Domain/get", {"ids": [domain_id],
-                                                        "properties": ["name", "dnsZoneFile"]})
+        domain = await self.call(
+            admin, "x:Domain/get", {"ids": [domain_id], "properties": ["name", "dnsZoneFile"]}
+        )
         listed = domain.get("list") or []
         if not listed:
             raise ProviderError(f"Stalwart has no domain {domain_id}.", code="provider_rejected")
@@ -185,10 +186,12 @@ class StalwartJmap:
         try:
             return await self._create(actor, "x:Account", account)
         except StateConflict:
-            found = await self._query(actor, "x:Account", {"name": local_part,
-                                                          "domainId": domain_id})
-            raise AccountExists(f"{local_part} already exists on this domain.",
-                                found[0] if found else None) from None
+            found = await self._query(
+                actor, "x:Account", {"name": local_part, "domainId": domain_id}
+            )
+            raise AccountExists(
+                f"{local_part} already exists on this domain.", found[0] if found else None
+            ) from None
 
     async def update_account(
         self, actor: Credential, account_id: str, *, password: str | None = None,

@@ -13,6 +13,7 @@ CREATE TABLE mail_domains (
     execution_id TEXT NOT NULL UNIQUE,
     stalwart_domain_id TEXT,
     admin_name TEXT,
+    admin_account_id TEXT,
     admin_key_id TEXT,
     admin_nonce BYTEA,
     admin_ciphertext BYTEA,
