@@ -100,8 +100,13 @@ class StalwartFake:
         primary = {"urn:ietf:params:jmap:mail": account["id"]}
         if account["roles"]["@type"] in _ADMIN_ROLES:
             primary[CAPABILITY] = account["id"]
-        caps: dict[str, Any] = {"urn:ietf:params:jmap:core": {
-            "maxSizeUpload": 50_000_000, "maxCallsInRequest": 16, "maxObjectsInGet": 500}}
+        caps: dict[str, Any] = {
+            "urn:ietf:params:jmap:core": {
+                "maxSizeUpload": 50_000_000,
+                "maxCallsInRequest": 16,
+                "maxObjectsInGet": 500,
+            }
+        }
         caps.update({name: {} for name in primary})
         return _json({
             "capabilities": caps,
@@ -134,8 +139,9 @@ class StalwartFake:
             if fault == "http_503":
                 return _problem(503, "Service Unavailable", "Temporary failure (fault injected).")
             if fault == "method_error":
-                responses.append(["error", {"type": "serverFail",
-                                            "description": "fault injected"}, call_id])
+                responses.append(
+                    ["error", {"type": "serverFail", "description": "fault injected"}, call_id]
+                )
                 continue
             responses.append(self._method(account, name, args, call_id, fault))
         return _json({"methodResponses": responses, "sessionState": "s1"})
@@ -171,8 +177,11 @@ class StalwartFake:
             return ["error", {"type": "unknownMethod"}, call_id]
         role = _ADMIN_ROLES.get(actor["roles"]["@type"])
         if role is None or (role == "domain_admin" and kind != "x:Account"):
-            return ["error", {"type": "forbidden",
-                              "description": "Not allowed for this account."}, call_id]
+            return [
+                "error",
+                {"type": "forbidden", "description": "Not allowed for this account."},
+                call_id,
+            ]
         if args.get("accountId") != actor["id"]:
             return ["error", {"type": "accountNotFound"}, call_id]
         result = handler(actor, args, fault)
@@ -190,8 +199,7 @@ class StalwartFake:
     def _domain_get(self, actor: Any, args: dict[str, Any], fault: Any) -> dict[str, Any]:
         ids = args.get("ids") or list(self.domains)
         found = [self._domain_view(self.domains[i]) for i in ids if i in self.domains]
-        return {"list": found, "notFound": [i for i in ids if i not in self.domains],
-                "state": "s1"}
+        return {"list": found, "notFound": [i for i in ids if i not in self.domains], "state": "s1"}
 
     def _domain_set(self, actor: Any, args: dict[str, Any], fault: Any) -> dict[str, Any]:
         created, not_created = {}, {}
@@ -212,8 +220,11 @@ class StalwartFake:
             return {"type": "serverFail", "description": "fault injected"}
         name = obj.get("name")
         if not isinstance(name, str) or "." not in name:
-            return {"type": "invalidProperties", "description": "Invalid domain name.",
-                    "properties": ["name"]}
+            return {
+                "type": "invalidProperties",
+                "description": "Invalid domain name.",
+                "properties": ["name"],
+            }
         if any(d["name"] == name for d in self.domains.values()):
             return {"type": "alreadyExists", "description": f"Domain {name} already exists."}
         return None
@@ -221,21 +232,31 @@ class StalwartFake:
     def _make_dkim(self, domain_id: str, name: str) -> None:
         key = base64.b64encode(os.urandom(294)).decode()  # the size of an RSA-2048 SPKI
         dkim_id = self._id("k")
-        self.dkim[dkim_id] = {"id": dkim_id, "@type": "Dkim1RsaSha256", "domainId": domain_id,
-                              "selector": time.strftime("%Y%m", time.gmtime()) + "r",
-                              "publicKey": key, "privateKey": "****", "stage": "active"}
+        self.dkim[dkim_id] = {
+            "id": dkim_id,
+            "@type": "Dkim1RsaSha256",
+            "domainId": domain_id,
+            "selector": time.strftime("%Y%m", time.gmtime()) + "r",
+            "publicKey": key,
+            "privateKey": "****",
+            "stage": "active",
+        }
 
     def _domain_view(self, domain: dict[str, Any]) -> dict[str, Any]:
         name = domain["name"]
-        lines = [f"{name}. 3600 IN MX 10 mail.{name}.",
-                 f'{name}. 3600 IN TXT "v=spf1 mx ra=postmaster -all"']
+        lines = [
+            f"{name}. 3600 IN MX 10 mail.{name}.",
+            f'{name}. 3600 IN TXT "v=spf1 mx ra=postmaster -all"',
+        ]
         for key in self.dkim.values():
             if key["domainId"] == domain["id"]:
                 value = f"v=DKIM1; k=rsa; h=sha256; p={key['publicKey']}"
-                chunks = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+                chunks = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
                 lines.append(f"{key['selector']}._domainkey.{name}. 3600 IN TXT {chunks}")
-        lines.append(f'_dmarc.{name}. 3600 IN TXT "v=DMARC1; p=reject; '
-                     f'rua=mailto:postmaster@{name}; ruf=mailto:postmaster@{name}"')
+        lines.append(
+            f'_dmarc.{name}. 3600 IN TXT "v=DMARC1; p=reject; '
+            f'rua=mailto:postmaster@{name}; ruf=mailto:postmaster@{name}"'
+        )
         lines.append(f'_smtp._tls.{name}. 3600 IN TXT "v=TLSRPTv1; rua=mailto:postmaster@{name}"')
         return {**domain, "dnsZoneFile": "\n".join(lines) + "\n"}
 
@@ -247,8 +268,11 @@ class StalwartFake:
 
     def _dkimsignature_get(self, actor: Any, args: dict[str, Any], fault: Any) -> dict[str, Any]:
         ids = args.get("ids") or list(self.dkim)
-        return {"list": [self.dkim[i] for i in ids if i in self.dkim],
-                "notFound": [i for i in ids if i not in self.dkim], "state": "s1"}
+        return {
+            "list": [self.dkim[i] for i in ids if i in self.dkim],
+            "notFound": [i for i in ids if i not in self.dkim],
+            "state": "s1",
+        }
 
     def _account_query(self, actor: Any, args: dict[str, Any], fault: Any) -> dict[str, Any]:
         filter_ = args.get("filter") or {}
@@ -264,14 +288,25 @@ class StalwartFake:
         ids = args.get("ids") or list(self.accounts)
         seen = [i for i in ids if i in self.accounts and scope in (None,
                 self.accounts[i]["domainId"])]  # fmt: skip
-        views = [{k: v for k, v in self.accounts[i].items() if k not in ("secret", "login")}
-                 | {"credentials": {"0": {"@type": "Password", "secret": "****"}},
-                    "emailAddress": self.accounts[i]["login"]} for i in seen]
+        views = [
+            {k: v for k, v in self.accounts[i].items() if k not in ("secret", "login")}
+            | {
+                "credentials": {"0": {"@type": "Password", "secret": "****"}},
+                "emailAddress": self.accounts[i]["login"],
+            }
+            for i in seen
+        ]
         return {"list": views, "notFound": [i for i in ids if i not in seen], "state": "s1"}
 
     def _account_set(self, actor: Any, args: dict[str, Any], fault: Any) -> dict[str, Any]:
-        result: dict[str, Any] = {"created": {}, "notCreated": {}, "updated": {},
-                                  "notUpdated": {}, "destroyed": [], "notDestroyed": {}}
+        result: dict[str, Any] = {
+            "created": {},
+            "notCreated": {},
+            "updated": {},
+            "notUpdated": {},
+            "destroyed": [],
+            "notDestroyed": {},
+        }
         scope = self._scope(actor)
         for ref, obj in (args.get("create") or {}).items():
             failure = self._account_refusal(obj, scope, fault)
@@ -300,14 +335,20 @@ class StalwartFake:
             return {"type": "serverFail", "description": "fault injected"}
         domain = self.domains.get(obj.get("domainId", ""))
         if domain is None:
-            return {"type": "invalidProperties", "description": "Unknown domain.",
-                    "properties": ["domainId"]}
+            return {
+                "type": "invalidProperties",
+                "description": "Unknown domain.",
+                "properties": ["domainId"],
+            }
         if scope not in (None, domain["id"]):
             return {"type": "forbidden", "description": "Outside your domain."}
         secret = ((obj.get("credentials") or {}).get("0") or {}).get("secret")
         if not isinstance(obj.get("name"), str) or not isinstance(secret, str) or not secret:
-            return {"type": "invalidProperties", "description": "name and a password are"
-                    " required.", "properties": ["name", "credentials"]}
+            return {
+                "type": "invalidProperties",
+                "description": "name and a password are required.",
+                "properties": ["name", "credentials"],
+            }
         if obj.get("roles", {}).get("@type") == "Admin":
             return {"type": "forbidden", "description": "Cannot create server admins."}
         login = f"{obj['name']}@{domain['name']}".lower()
@@ -342,7 +383,6 @@ class StalwartFake:
             else:
                 return {"type": "invalidProperties", "properties": [key]}
         return None
-
 
 
 def create_stalwart_app() -> Starlette:
