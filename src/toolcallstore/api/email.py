@@ -20,7 +20,7 @@ from toolcallstore.auth import Principal, require_scope
 from toolcallstore.context import context_of
 from toolcallstore.controls.calls import Opened, Plan, open_call, plan_from_quote, plan_inline
 from toolcallstore.controls.executions import Origin, close_execution, outcome_response, run_tool
-from toolcallstore.db import Row, SyncTransaction
+from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import APIError, NotFound, StateConflict, Unavailable
 from toolcallstore.idempotency import (
     UNSTORED_STATUSES,
@@ -283,12 +283,17 @@ async def delete_mailbox(request: Request) -> Response:
     provider, _ = mail.provider(principal.livemode)
     await provider.delete_account(store.open_admin(mail.keyring(), domain),
                                   row["stalwart_account_id"])  # fmt: skip
-    deleted = await mail.svc.db.fetch_one(
-        "UPDATE mailboxes SET state = 'deleted', deleted_at = :now WHERE id = :id RETURNING *",
-        {"now": now_us(), "id": row["id"]},
-    )
+    deleted = await _write(mail.svc.db, "UPDATE mailboxes SET state = 'deleted', deleted_at ="
+                           " :now WHERE id = :id RETURNING *", row["id"])
     assert deleted is not None
     return JSONResponse(mailbox_object(deleted))
+
+
+async def _write(db: Database, sql: str, mailbox_id: str) -> Row | None:
+    def write(tx: SyncTransaction) -> Row | None:
+        return tx.fetch_one(sql, {"now": now_us(), "id": mailbox_id})
+
+    return await db.run_sync(write)
 
 
 async def reset_password(request: Request) -> Response:
@@ -310,10 +315,8 @@ async def reset_password(request: Request) -> Response:
         provider, _ = mail.provider(principal.livemode)
         await provider.update_account(store.open_admin(mail.keyring(), domain),
                                       row["stalwart_account_id"], password=password)  # fmt: skip
-        updated = await svc.db.fetch_one(
-            "UPDATE mailboxes SET password_set_at = :now WHERE id = :id RETURNING *",
-            {"now": now_us(), "id": row["id"]},
-        )
+        updated = await _write(svc.db, "UPDATE mailboxes SET password_set_at = :now"
+                               " WHERE id = :id RETURNING *", row["id"])
     except APIError as error:
         if error.status in UNSTORED_STATUSES:
             await svc.db.run_sync(release_claim, claim)

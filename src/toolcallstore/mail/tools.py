@@ -72,7 +72,7 @@ def parse_create(params: dict[str, Any]) -> dict[str, Any]:
     if not 1 <= quota <= MAX_QUOTA_MB:
         raise invalid("quota_mb", f"'quota_mb' must be from 1 to {MAX_QUOTA_MB}.")
     return {"address": f"{local}@{check_domain(domain, 'address')}",
-            "display_name": clean.get("display_name", ""), "quota_mb": quota}  # fmt: skip
+            "display_name": clean.get("display_name", local), "quota_mb": quota}  # fmt: skip
 
 
 def _fixed(name: str) -> Any:
@@ -115,6 +115,8 @@ class MailTools:
         except APIError as error:
             await store.update_domain(self.svc.db, row["id"], error=error.message[:500])
             raise
+        if row["error"] is not None:  # an earlier run's failure, now behind us
+            row = await store.update_domain(self.svc.db, row["id"], error=None)
         return Outcome(result=domain_object(row), price_micros=call.estimate.price_micros,
                        provider_cost_micros=call.estimate.provider_cost_micros,
                        provider="stalwart", usage={"domains": 1},
