@@ -353,21 +353,24 @@ operations = [
               description="Quote `email.domain.setup` first and have it approved; poll the"
               " execution or GET /v1/email/domains/{domain} for status and missing records."),
     Operation("GET", "/v1/email/domains", "Your mail domains", "email", SCOPE, query=PAGE_QUERY,
-              responses={200: "List"}),
+              responses={200: "MailDomainList"}),
     Operation("GET", "/v1/email/domains/{domain}", "A mail domain: status, records, what DNS"
-              " still misses", "email", SCOPE),
+              " still misses", "email", SCOPE, responses={200: "MailDomain"}),
     Operation("POST", "/v1/email/mailboxes", "Create a mailbox (its password is shown once)",
               "email", SCOPE, body=MAILBOX_FIELDS, idempotency="required",
+              responses={200: "Mailbox"},
               errors={**_CALL_ERRORS, 409: ("quote_already_used", "mailbox_exists"),
                       422: ("quote_mismatch", "domain_not_set_up")},
               description="Quote `email.mailbox.create` (priced per month) and have it"
               " approved. A replay answers `password: null`: reset it if it was lost."),
     Operation("GET", "/v1/email/mailboxes", "Your mailboxes", "email", SCOPE, query=PAGE_QUERY,
-              responses={200: "List"}),
-    Operation("GET", "/v1/email/mailboxes/{mailbox_id}", "A mailbox", "email", SCOPE),
+              responses={200: "MailboxList"}),
+    Operation("GET", "/v1/email/mailboxes/{mailbox_id}", "A mailbox", "email", SCOPE,
+              responses={200: "Mailbox"}),
     Operation("DELETE", "/v1/email/mailboxes/{mailbox_id}", "Delete a mailbox (it is no longer"
-              " charged)", "email", SCOPE, errors={502: ("provider_error",)}),
+              " charged)", "email", SCOPE, responses={200: "Mailbox"},
+              errors={502: ("provider_error",)}),
     Operation("POST", "/v1/email/mailboxes/{mailbox_id}/reset-password", "A new password,"
-              " shown once", "email", SCOPE, idempotency="required",
+              " shown once", "email", SCOPE, idempotency="required", responses={200: "Mailbox"},
               errors={409: ("mailbox_deleted",), 502: ("provider_error",)}),
 ]  # fmt: skip
