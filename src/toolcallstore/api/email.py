@@ -283,8 +283,11 @@ async def delete_mailbox(request: Request) -> Response:
     provider, _ = mail.provider(principal.livemode)
     await provider.delete_account(store.open_admin(mail.keyring(), domain),
                                   row["stalwart_account_id"])  # fmt: skip
-    deleted = await _write(mail.svc.db, "UPDATE mailboxes SET state = 'deleted', deleted_at ="
-                           " :now WHERE id = :id RETURNING *", row["id"])
+    deleted = await _write(
+        mail.svc.db,
+        "UPDATE mailboxes SET state = 'deleted', deleted_at = :now WHERE id = :id RETURNING *",
+        row["id"],
+    )
     assert deleted is not None
     return JSONResponse(mailbox_object(deleted))
 
@@ -315,8 +318,11 @@ async def reset_password(request: Request) -> Response:
         provider, _ = mail.provider(principal.livemode)
         await provider.update_account(store.open_admin(mail.keyring(), domain),
                                       row["stalwart_account_id"], password=password)  # fmt: skip
-        updated = await _write(svc.db, "UPDATE mailboxes SET password_set_at = :now"
-                               " WHERE id = :id RETURNING *", row["id"])
+        updated = await _write(
+            svc.db,
+            "UPDATE mailboxes SET password_set_at = :now WHERE id = :id RETURNING *",
+            row["id"],
+        )
     except APIError as error:
         if error.status in UNSTORED_STATUSES:
             await svc.db.run_sync(release_claim, claim)
