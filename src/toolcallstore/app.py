@@ -29,6 +29,7 @@ from toolcallstore.controls.pricing import load_pricing
 from toolcallstore.controls.sweeper import register_control_jobs
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
+from toolcallstore.domains.tools import register_domain_tools
 from toolcallstore.errors import APIError, MethodNotAllowed, NotFound
 from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
 from toolcallstore.ids import now_us
@@ -120,6 +121,9 @@ def create_app(settings: Settings) -> Starlette:
     setup_billing(svc, registry)
     register_llm_tool(tools, lanes, sender, lambda: svc.health, svc.prices,
                       settings.sandbox_base(), keys_of)  # fmt: skip
+    register_domain_tools(tools, registry, svc)
+    sandbox = create_sandbox_app()
+    svc.domains.sandbox = sandbox.state.domains
     svc.mail = MailTools(svc, DomainsDns(svc))
     for tool in mail_tool_list(svc.mail):
         tools.register(tool)
@@ -134,6 +138,9 @@ def create_app(settings: Settings) -> Starlette:
             await svc.prices.load(db)
             svc.http = upstream_client()
             svc.sender = Sender(svc.http)
+            if settings.sandbox_dns_port >= 0 and svc.domains.sandbox is not None:
+                await svc.domains.sandbox.dns.start(settings.sandbox_dns_host,
+                                                    settings.sandbox_dns_port)  # fmt: skip
             svc.tasks["audit"] = asyncio.create_task(svc.audit.run(), name="audit-writer")
             svc.tasks["maintenance"] = asyncio.create_task(maintain(svc), name="maintenance")
             svc.tasks["sweeper"] = asyncio.create_task(schedule_sweeps(svc), name="sweeper")
@@ -154,6 +161,8 @@ def create_app(settings: Settings) -> Starlette:
                 await svc.payments.aclose()
             if close_listener is not None:
                 await close_listener()
+            if svc.domains.sandbox is not None:
+                await svc.domains.sandbox.dns.stop()
 
     app = Starlette(
         routes=api.routes(),
@@ -169,7 +178,7 @@ def create_app(settings: Settings) -> Starlette:
     site = load_site()
     mcp = app.state.mcp = McpEndpoint(tools, site.name, frozenset({site.base_url}))
     app.add_middleware(PublicFiles, build=lambda: build_site(app, site))  # no auth
-    app.add_middleware(SandboxMount, sandbox=create_sandbox_app())  # outermost: no auth, no audit
+    app.add_middleware(SandboxMount, sandbox=sandbox)  # outermost: no auth, no audit
     return app
 
 

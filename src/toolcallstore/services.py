@@ -16,6 +16,7 @@ from toolcallstore.billing.base import PaymentsProvider
 from toolcallstore.billing.config import BillingConfig
 from toolcallstore.byok import Keyring
 from toolcallstore.db import Database
+from toolcallstore.domains.context import DomainsContext
 from toolcallstore.idempotency import Idempotency
 from toolcallstore.lanes.catalog import Catalog
 from toolcallstore.lanes.health import ProviderHealth
@@ -51,6 +52,8 @@ class Services:
     billing: BillingConfig | None = None
     payments: PaymentsProvider | None = None  # None: no TOOLCALLSTORE_STRIPE_API_KEY
     suspensions: Suspensions | None = None
+    # OpenProvider's tokens and this process's sandbox DNS server (domains/service.py).
+    domains: DomainsContext = field(default_factory=DomainsContext)
     mail: MailTools | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

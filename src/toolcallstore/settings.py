@@ -69,6 +69,31 @@ class Settings:
     stripe_webhook_secret: str = field(default="", repr=False)
     billing_file: str = ""
     meter_interval_seconds: int = 60
+    # Domains and DNS (live mode): OpenProvider is the primary registrar and DNS host, Porkbun
+    # the failover; a registrar without credentials is not used. Test mode always uses the
+    # sandbox's fakes.
+    openprovider_url: str = "https://api.openprovider.eu/v1beta"
+    openprovider_username: str = ""
+    openprovider_password: str = field(default="", repr=False)
+    porkbun_url: str = "https://api.porkbun.com/api/json/v3"
+    porkbun_api_key: str = field(default="", repr=False)
+    porkbun_secret_key: str = field(default="", repr=False)
+    # Nameservers given at registration ("ns1.x,ns2.x"); empty: the registrar's own.
+    domain_nameservers: str = ""
+    # How long a registrar call may take; a write unanswered by then is ambiguous, and the job
+    # asks the registrar whether the domain is ours (up to `domain_recheck_count` times,
+    # `domain_recheck_ms` apart) before any retry or failover.
+    domain_http_timeout_seconds: float = 30.0
+    domain_recheck_count: int = 3
+    domain_recheck_ms: int = 2000
+    # The sandbox's loopback authoritative DNS server (port 0: any free port; -1: not started).
+    sandbox_dns_host: str = "127.0.0.1"
+    sandbox_dns_port: int = 0
+    # Where dns.verify asks about test-mode domains ("host:port"); empty: this process's
+    # sandbox DNS server. Live domains are asked at their own authoritative nameservers.
+    dns_verify_nameserver: str = ""
+    dns_verify_interval_ms: int = 5000
+    dns_verify_timeout_seconds: int = 900
     # Mail on Stalwart (v0.16+, JMAP): the server live-mode mail goes to and the operator's
     # provisioning credential, used only to create a domain and its own administrator; test
     # keys use the sandbox's fake. The setup job waits this long for DNS verification before

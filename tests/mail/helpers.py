@@ -1,5 +1,6 @@
-"""A served sandbox (the Stalwart fake on a real loopback socket) and the app pointed at it,
-plus the steps of the mail flow: quote, approval by another key, call."""
+"""The whole app on a real loopback socket (`tests.domains.helpers.live_domains`: its sandbox
+with the Stalwart fake and the registrars at /sandbox, its authoritative DNS server on a free
+port), plus the steps of the mail flow: a held domain, quote, approval by another key, call."""
 
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from typing import Any
 
 import httpx
 
-from tests.billing.helpers import Served
-from tests.conftest import Api, running_api
 from tests.controls.helpers import make_key, quote
-from toolcallstore.sandbox import create_sandbox_app
+from tests.domains.helpers import Live, live_domains
 from toolcallstore.settings import Settings
 
 AGENT_SCOPES = ["email:provision", "quotes:create", "receipts:read", "jobs:read",
@@ -27,14 +26,13 @@ MASTER_KEY = "k1:" + base64.b64encode(os.urandom(32)).decode()
 
 @dataclass
 class Mail:
-    api: Api
-    sandbox: str  # the served sandbox's origin
+    api: Live
     agent: str
     human: str
 
     @property
     def stalwart(self) -> str:
-        return self.sandbox + "/stalwart"
+        return self.api.base_url + "/sandbox/stalwart"
 
     async def fake_state(self) -> dict[str, Any]:
         async with httpx.AsyncClient() as client:
@@ -43,20 +41,23 @@ class Mail:
 
     async def arm(self, method: str, kind: str, times: int = 1) -> None:
         async with httpx.AsyncClient() as client:
-            r = await client.post(self.stalwart + "/_faults",
-                                  json={"method": method, "kind": kind, "times": times})
+            r = await client.post(
+                self.stalwart + "/_faults", json={"method": method, "kind": kind, "times": times}
+            )
             r.raise_for_status()
 
     async def approved(self, tool: str, params: dict[str, Any]) -> dict[str, str]:
         """A quote for `tool`, and an approval of it granted by the other key."""
-        q = await quote(self.api, self.agent, tool, params)
+        q = await quote(self.api, self.agent, tool, params)  # type: ignore[arg-type]
         assert q.status_code == 200, q.text
-        r = await self.api.client.post("/v1/approvals", json={"quote_id": q.json()["id"]},
-                                       headers=self.api.idem(self.agent))
+        r = await self.api.client.post(
+            "/v1/approvals", json={"quote_id": q.json()["id"]}, headers=self.api.idem(self.agent)
+        )
         assert r.status_code == 200, r.text
         approval_id = r.json()["id"]
-        granted = await self.api.client.post(f"/v1/approvals/{approval_id}/grant",
-                                             headers=self.api.auth(self.human))
+        granted = await self.api.client.post(
+            f"/v1/approvals/{approval_id}/grant", headers=self.api.auth(self.human)
+        )
         assert granted.status_code == 200, granted.text
         return {"quote_id": q.json()["id"], "approval_id": approval_id}
 
@@ -94,27 +95,20 @@ class Mail:
         return await self.post("/v1/email/mailboxes", {**params, **call})
 
 
-def mail_settings(settings: Settings, sandbox: str, **changes: Any) -> Settings:
-    return settings.with_(sandbox_url=sandbox, master_key=MASTER_KEY,
-                          mail_verify_wait_seconds=10.0, job_poll_ms=50,
-                          **changes)  # fmt: skip
-
-
 @asynccontextmanager
 async def mail_app(settings: Settings, **changes: Any) -> AsyncIterator[Mail]:
-    sandbox = await Served(create_sandbox_app()).start()
-    try:
-        async with running_api(mail_settings(settings, sandbox.url, **changes)) as api:
-            agent = await make_key(api, AGENT_SCOPES)
-            human = await make_key(api, ["approvals:grant"])
-            yield Mail(api, sandbox.url, agent, human)
-    finally:
-        await sandbox.stop()
+    mail_settings = settings.with_(master_key=MASTER_KEY, mail_verify_wait_seconds=15.0,
+                                   **changes)  # fmt: skip
+    async with live_domains(mail_settings) as live:
+        agent = await make_key(live, AGENT_SCOPES)  # type: ignore[arg-type]
+        human = await make_key(live, ["approvals:grant"])  # type: ignore[arg-type]
+        yield Mail(live, agent, human)
 
 
 async def hold_domain(mail: Mail, name: str) -> None:
-    """Have the tenant hold the registered sandbox domain `name` (issue 15's domains)."""
-    return None
+    """Have the tenant hold `name`: registered through the sandbox registrars (issue 15)."""
+    held = await mail.api.register_domain(mail.agent, mail.human, name)
+    assert held["status"] == "registered", held
 
 
 async def stored_anywhere(mail: Mail, secret: str) -> list[str]:

@@ -40,11 +40,14 @@ async def test_each_month_of_a_live_mailbox_is_charged_once(settings: Settings) 
         period = period_of(later)
         rows = await svc.db.fetch_all(
             "SELECT r.price_micros, r.usage, r.status FROM receipts r"
-            " WHERE r.period = :p AND r.tool = 'email.mailbox.create'", {"p": period})
+            " WHERE r.period = :p AND r.tool = 'email.mailbox.create'",
+            {"p": period},
+        )
         assert len(rows) == 1 and rows[0]["price_micros"] == MONTH_MICROS
         assert kept["id"] in rows[0]["usage"] and rows[0]["status"] == "succeeded"
         spent = await svc.db.fetch_val(
             "SELECT spent_micros FROM spend_counters WHERE owner_id = :t AND period = :p",
-            {"t": (await mail.get("/v1/me")).json()["tenant_id"], "p": period})
+            {"t": (await mail.get("/v1/me")).json()["tenant_id"], "p": period},
+        )
         assert spent == MONTH_MICROS
         await ledger_agrees(mail.api)  # this month's receipts, ledger and counters agree

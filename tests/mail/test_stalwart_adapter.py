@@ -65,13 +65,25 @@ async def test_accounts_log_in_with_their_password_until_it_is_reset_or_deleted(
                                  display_name="Boss", password="boss-pw", quota_mb=1,
                                  role="domain_admin")  # fmt: skip
     boss = Credential("boss@accounts.test", "boss-pw")
-    jane = await adapter.create_account(boss, domain_id=domain_id, local_part="jane",
-                                        display_name="Jane", password="first", quota_mb=5)
+    jane = await adapter.create_account(
+        boss,
+        domain_id=domain_id,
+        local_part="jane",
+        display_name="Jane",
+        password="first",
+        quota_mb=5,
+    )
     session = await adapter.session(Credential("jane@accounts.test", "first"))
     assert session["username"] == "jane@accounts.test"
     with pytest.raises(AccountExists) as exists:
-        await adapter.create_account(boss, domain_id=domain_id, local_part="jane",
-                                     display_name="Jane", password="x", quota_mb=5)
+        await adapter.create_account(
+            boss,
+            domain_id=domain_id,
+            local_part="jane",
+            display_name="Jane",
+            password="x",
+            quota_mb=5,
+        )
     assert exists.value.account_id == jane and exists.value.status == 409
     await adapter.update_account(boss, jane, password="second", quota_mb=10)
     with pytest.raises(ProviderError) as refused:

@@ -27,6 +27,7 @@ from toolcallstore.services import services
 from toolcallstore.site.documents import tool_entry
 from toolcallstore.site.operations import Operation
 from toolcallstore.tools import Estimate
+from toolcallstore.tools.registry import QuoteContext
 from toolcallstore.validation import Field, invalid, read_json_object, validate
 
 QUOTE_FIELDS = {
@@ -82,7 +83,12 @@ async def create_quote(request: Request) -> Response:
     ttl = fields.get("expires_in", services(request).settings.quote_ttl_seconds)
     if not MIN_TTL_S <= ttl <= MAX_TTL_S:
         raise invalid("expires_in", f"'expires_in' must be {MIN_TTL_S}-{MAX_TTL_S} seconds.")
-    estimate = tool.price(params, services(request).tools.pricing)
+    pricing = services(request).tools.pricing
+    if tool.estimate_live is not None:
+        context = QuoteContext(principal.tenant_id, principal.livemode)
+        estimate = await tool.estimate_live(context, params, pricing)
+    else:
+        estimate = tool.price(params, pricing)
 
     def execute(tx: SyncTransaction) -> tuple[int, Any]:
         project_id = project_for(tx, principal, fields.get("project_id"))

@@ -25,9 +25,9 @@ from toolcallstore.controls.quotes import Quote
 from toolcallstore.db import Database, Row, SyncTransaction
 from toolcallstore.errors import APIError
 from toolcallstore.ids import now_us
-from toolcallstore.queue.worker import JobContext, Registry
+from toolcallstore.queue.worker import JobContext, Registry, RetryAt
 from toolcallstore.tools import ToolCall, ToolRegistry
-from toolcallstore.tools.registry import CostlyFailure
+from toolcallstore.tools.registry import CostlyFailure, FinalFailure
 
 log = logging.getLogger("toolcallstore.controls.sweeper")
 
@@ -63,7 +63,8 @@ async def run_tool_job(db: Database, tools: ToolRegistry, ctx: JobContext) -> di
     call = ToolCall(execution_id, quote.tenant_id, quote.project_id, quote.livemode, quote.params,
                     quote.estimate)  # fmt: skip
     result = await run_tool(tool, call)
-    if isinstance(result, APIError) and ctx.job.attempts < ctx.job.max_attempts:
+    final = isinstance(result, FinalFailure)
+    if isinstance(result, APIError) and not final and ctx.job.attempts < ctx.job.max_attempts:
         raise RuntimeError(result.message)  # the queue retries with backoff; the hold stays
     origin = Origin(execution["request_id"], execution["api_key_id"], None, "INTERNAL",
                     f"job:{JOB_TYPE}")  # fmt: skip
@@ -72,8 +73,11 @@ async def run_tool_job(db: Database, tools: ToolRegistry, ctx: JobContext) -> di
         spent = result.outcome if isinstance(result, CostlyFailure) else None
         await db.run_sync(close_execution, execution, origin, error=result, outcome=spent)
         # The job fails with its execution, so that neither says "succeeded" of the other.
-        raise RuntimeError(f"the tool failed on its last attempt ({result.code}): its hold was"
-                           f" released and nothing was charged. {result.message}")  # fmt: skip
+        message = (f"the tool failed on its last attempt ({result.code}): its hold was"
+                   f" released and nothing was charged. {result.message}")  # fmt: skip
+        if final:
+            raise RetryAt(message, None)  # no further attempt: nothing left to do
+        raise RuntimeError(message)
     done = await db.run_sync(close_execution, execution, origin, outcome=result)
     status = "already closed" if done is None else done["state"]
     return {"execution_id": execution_id, "status": status}

@@ -11,6 +11,11 @@ Paths, relative to where the app is mounted:
     GET  [/fault/{spec}]/openrouter/api/v1/models   (a stored price list, `openrouter.py`)
     /stripe/v1/...                                  (Stripe billing, `stripe.py`)
     /stalwart/.well-known/jmap, /stalwart/jmap/...  (Stalwart mail, `stalwart.py`)
+    /openprovider/v1beta/...  /porkbun/api/json/v3/...  (registrars and DNS, `domains.py`;
+                              their zones answer on a loopback DNS server, `dns_server.py`)
+
+`app.state.domains` is the registrars' shared world; whoever serves the sandbox starts its DNS
+server (`app.state.domains.dns.start(host, port)`): the API's lifespan does for its mount.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from toolcallstore.sandbox.anthropic import AnthropicDialect
+from toolcallstore.sandbox.domains import DomainSandbox
 from toolcallstore.sandbox.endpoint import Dialect, Endpoint, SandboxState
 from toolcallstore.sandbox.gemini import GeminiDialect
 from toolcallstore.sandbox.openai import OpenAIDialect
@@ -38,8 +44,11 @@ def create_sandbox_app() -> Starlette:
         ("/gemini/v1beta/models/{model}:streamGenerateContent", GeminiDialect()),
     ]
     price_list = OpenRouterModels(state)
+    domains = DomainSandbox()
     routes: list[Route | Mount] = [
         Mount("/stripe", app=create_stripe_app()),
+        Mount("/openprovider/v1beta", app=domains.openprovider.app()),
+        Mount("/porkbun/api/json/v3", app=domains.porkbun.app()),
         Mount("/stalwart", app=create_stalwart_app()),
     ]
     for prefix in ("", "/fault/{spec}"):
@@ -49,4 +58,6 @@ def create_sandbox_app() -> Starlette:
         routes.append(
             Route(prefix + "/openrouter/api/v1/models", price_list.handle, methods=["GET"])
         )
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.domains = domains
+    return app

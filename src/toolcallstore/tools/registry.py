@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from toolcallstore.controls.pricing import Estimate, Pricing
-from toolcallstore.errors import ProviderError
+from toolcallstore.errors import APIError, ProviderError
 
 Risk = Literal["low", "high"]
 Mode = Literal["sync", "job"]
@@ -45,6 +45,20 @@ class Outcome:
     once: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class QuoteContext:
+    """Who a quote is for, for tools whose price depends on the caller's own state (the live
+    zone a DNS change is a diff against)."""
+
+    tenant_id: str
+    livemode: bool
+
+
+class FinalFailure(APIError):
+    """A job tool's failure that another attempt cannot mend (the registrar said the domain is
+    taken): the job ends at once instead of retrying."""
+
+
 class CostlyFailure(ProviderError):
     """A tool failed after its provider did (and billed) some work: the receipt records it."""
 
@@ -73,6 +87,11 @@ class Tool:
     # A tool priced by usage (tokens) describes its own price basis; others have a
     # fixed-price entry under `tools` in models.json.
     describe_price: Callable[[], dict[str, Any]] | None = None
+    # A price that needs a provider or the database (a registrar's live price, a zone diff):
+    # used for quotes instead of `price`, which then only serves inline quote refusals.
+    estimate_live: Callable[[QuoteContext, dict[str, Any], Pricing], Awaitable[Estimate]] | None = (
+        None
+    )
 
 
 class ToolRegistry:
