@@ -38,6 +38,9 @@ from toolcallstore.lanes.price_jobs import register_price_job, schedule_price_re
 from toolcallstore.lanes.prices import LivePrices
 from toolcallstore.lanes.sender import Sender, upstream_client
 from toolcallstore.logs import AccessLog
+from toolcallstore.mail.dns import DomainsDns
+from toolcallstore.mail.months import register_month_job, schedule_month_charges
+from toolcallstore.mail.tools import MailTools, mail_tool_list
 from toolcallstore.mcp_endpoint.server import McpEndpoint
 from toolcallstore.metrics import Metrics
 from toolcallstore.middleware import InputLimitsMiddleware, ObserveMiddleware, SandboxMount
@@ -134,6 +137,10 @@ def create_app(settings: Settings) -> Starlette:
     register_domain_tools(tools, registry, svc)
     sandbox = create_sandbox_app()
     svc.domains.sandbox = sandbox.state.domains
+    svc.mail = MailTools(svc, DomainsDns(svc))
+    for tool in mail_tool_list(svc.mail):
+        tools.register(tool)
+    register_month_job(registry, db, pricing)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -155,6 +162,7 @@ def create_app(settings: Settings) -> Starlette:
             svc.tasks["webhooks"] = asyncio.create_task(dispatch_webhooks(svc), name="webhooks")
             svc.tasks["metering"] = asyncio.create_task(meter_usage(svc), name="metering")
             svc.tasks["assets"] = asyncio.create_task(schedule_asset_pruning(svc), name="assets")
+            svc.tasks["mail"] = asyncio.create_task(charge_mailboxes(svc), name="mail")
             if settings.workers > 0:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
@@ -198,7 +206,7 @@ async def stop_services(svc: Services) -> None:
     await svc.jobs.stop()
     for name in ("workers", "heartbeat", "rescuer", "completer"):
         svc.tasks.pop(name, None)
-    for name in ("maintenance", "sweeper", "prices", "webhooks", "metering", "assets"):
+    for name in ("maintenance", "sweeper", "prices", "webhooks", "metering", "assets", "mail"):
         task = svc.tasks.pop(name, None)
         if task is not None and not task.done():
             try:
@@ -301,6 +309,15 @@ async def meter_usage(svc: Services) -> None:
         await svc.stopping.wait()  # idle, not stopped: /readyz counts a stopped task as broken
         return
     await schedule_metering(svc.jobs.enqueue, svc.stopping, svc.settings.meter_interval_seconds)
+
+
+async def charge_mailboxes(svc: Services) -> None:
+    """Charge mailboxes' months (only where this process runs jobs)."""
+    if svc.settings.workers <= 0:
+        await svc.stopping.wait()  # idle, not stopped: /readyz counts a stopped task as broken
+        return
+    interval = svc.settings.mail_charge_interval_seconds
+    await schedule_month_charges(svc.jobs.enqueue, svc.stopping, interval)
 
 
 def allowed_methods(request: Request) -> list[str]:

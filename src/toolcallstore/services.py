@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.requests import Request
@@ -29,6 +30,9 @@ from toolcallstore.settings import Settings
 from toolcallstore.storage.assets import Assets
 from toolcallstore.tools import ToolRegistry
 
+if TYPE_CHECKING:  # mail's tools take the services: imported for the annotation only
+    from toolcallstore.mail.tools import MailTools
+
 
 @dataclass
 class Services:
@@ -53,6 +57,7 @@ class Services:
     suspensions: Suspensions | None = None
     # OpenProvider's tokens and this process's sandbox DNS server (domains/service.py).
     domains: DomainsContext = field(default_factory=DomainsContext)
+    mail: MailTools | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     media: MediaService | None = None  # media generation (issue 14)

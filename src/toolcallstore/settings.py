@@ -126,6 +126,16 @@ class Settings:
     dns_verify_nameserver: str = ""
     dns_verify_interval_ms: int = 5000
     dns_verify_timeout_seconds: int = 900
+    # Mail on Stalwart (v0.16+, JMAP): the server live-mode mail goes to and the operator's
+    # provisioning credential, used only to create a domain and its own administrator; test
+    # keys use the sandbox's fake. The setup job waits this long for DNS verification before
+    # leaving the rest to GET /v1/email/domains/{domain}; mailboxes' months are charged by a
+    # job enqueued this often.
+    stalwart_url: str = ""
+    stalwart_user: str = ""
+    stalwart_password: str = field(default="", repr=False)
+    mail_verify_wait_seconds: float = 60.0
+    mail_charge_interval_seconds: int = 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -9,6 +9,7 @@ from toolcallstore.api import (
     byok,
     chat,
     domains,
+    email,
     events,
     executions,
     health,
@@ -43,6 +44,7 @@ def routes() -> list[BaseRoute]:
         *domains.routes,
         *events.routes,
         *billing.routes,
+        *email.routes,
         *mcp.routes,
         *media.routes,
     ]

@@ -74,6 +74,9 @@ async def create_execution(request: Request) -> Response:
     if closed is None:  # the sweep released it first and stored the answer
         raise InternalError("The execution was interrupted.", code="execution_interrupted")
     done, status, content = closed
+    if isinstance(result, Outcome) and result.once and status == 200:
+        # Shown in this answer only: the stored result and replays never carry it.
+        content = {**content, "result": {**(content["result"] or {}), **result.once}}
     ctx.receipt_id, ctx.cost_micros = done["receipt_id"], done["price_micros"]
     headers["ToolCall-Receipt-Id"] = done["receipt_id"]
     return JSONResponse(content, status_code=status, headers=headers)

@@ -10,6 +10,7 @@ Paths, relative to where the app is mounted:
     POST [/fault/{spec}]/gemini/v1beta/models/{model}:streamGenerateContent[?alt=sse]
     GET  [/fault/{spec}]/openrouter/api/v1/models   (a stored price list, `openrouter.py`)
     /stripe/v1/...                                  (Stripe billing, `stripe.py`)
+    /stalwart/.well-known/jmap, /stalwart/jmap/...  (Stalwart mail, `stalwart.py`)
     /openprovider/v1beta/...  /porkbun/api/json/v3/...  (registrars and DNS, `domains.py`;
                               their zones answer on a loopback DNS server, `dns_server.py`)
 
@@ -45,6 +46,7 @@ from toolcallstore.sandbox.openrouter import OpenRouterModels
 from toolcallstore.sandbox.replicate import ReplicateFake
 from toolcallstore.sandbox.runware import RunwareFake
 from toolcallstore.sandbox.stability import StabilityFake
+from toolcallstore.sandbox.stalwart import create_stalwart_app
 from toolcallstore.sandbox.stripe import create_stripe_app
 
 __all__ = ["create_sandbox_app"]
@@ -74,6 +76,7 @@ def create_sandbox_app() -> Starlette:
         Mount("/stripe", app=create_stripe_app()),
         Mount("/openprovider/v1beta", app=domains.openprovider.app()),
         Mount("/porkbun/api/json/v3", app=domains.porkbun.app()),
+        Mount("/stalwart", app=create_stalwart_app()),
     ]
     routes += FalFake().routes() + ReplicateFake().routes()  # media fakes (issue 14)
     for prefix in ("", "/fault/{spec}"):

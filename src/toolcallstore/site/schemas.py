@@ -185,7 +185,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "live_keys_suspended": BOOL,
         },
     ),  # fmt: skip
+    "MailDomain": obj("mail_domain", {"id": STR, "domain": STR, "status": STR}),
+    "Mailbox": obj("mailbox", {"id": STR, "address": STR, "status": STR}),
 }
 for _item in ("ApiKey", "Tenant", "Project", "Approval", "Receipt", "ByokKey", "Tool", "SpendCap",
-              "WebhookEndpoint", "Event"):  # fmt: skip
+              "WebhookEndpoint", "Event", "MailDomain", "Mailbox"):  # fmt: skip
     SCHEMAS[f"{_item}List"] = list_of(_item)

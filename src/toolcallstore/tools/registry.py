@@ -41,6 +41,9 @@ class Outcome:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     estimated: bool = False
     provider_costs: dict[str, int] = field(default_factory=dict)
+    # Shown in this call's answer only, never stored with the result nor in the idempotent
+    # replay (a new mailbox's password).
+    once: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
