@@ -3,6 +3,7 @@
 from starlette.routing import BaseRoute
 
 from toolcallstore.api import (
+    admin_page,
     approvals,
     billing,
     byok,
@@ -39,4 +40,5 @@ def routes() -> list[BaseRoute]:
         *events.routes,
         *billing.routes,
         *mcp.routes,
+        *admin_page.routes,
     ]
