@@ -9,11 +9,29 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import Api
 from toolcallstore.db import Database
 from toolcallstore.db.keys import insert_key
 from toolcallstore.queue.store import NewJob
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def db_of(api: Api) -> Database:
+    db: Database = api.app.state.services.db  # type: ignore[attr-defined]
+    return db
+
+
+async def execute(db: Database, sql: str, values: dict[str, Any] | None = None) -> None:
+    async with db.transaction() as tx:
+        await tx.execute(sql, values)
+
+
+def refused(r: httpx.Response, status: int, code: str) -> None:
+    """An error envelope with this status and code."""
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["request_id"].startswith("req_"), error
 
 
 async def operator_tenant(db: Database) -> str:

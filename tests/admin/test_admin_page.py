@@ -3,42 +3,22 @@ buttons acting through the job store, and the audit rows they leave."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
-import pytest
 
 from tests.admin.helpers import (
     csrf_of,
+    db_of,
     failing_job,
     new_key,
     operator_tenant,
+    refused,
     sign_in,
     wait_for_job,
 )
 from tests.conftest import Api, running_api
 from toolcallstore.admin.session import COOKIE
-from toolcallstore.db import Database
 from toolcallstore.queue.store import NewJob
 from toolcallstore.settings import Settings
-
-
-def _db(api: Api) -> Database:
-    db: Database = api.app.state.services.db  # type: ignore[attr-defined]
-    return db
-
-
-@pytest.fixture
-async def ops(api: Api) -> AsyncIterator[tuple[Api, str]]:
-    """The app, and a live admin key of its operator tenant."""
-    db = _db(api)
-    yield api, await new_key(db, await operator_tenant(db), "live", ("admin",))
-
-
-def _refused(r: httpx.Response, status: int, code: str) -> None:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert error["code"] == code and error["request_id"].startswith("req_"), error
 
 
 async def test_sign_in_sets_a_strict_httponly_cookie_that_holds_no_key(
@@ -65,18 +45,18 @@ async def test_sign_in_sets_a_strict_httponly_cookie_that_holds_no_key(
 
 async def test_test_keys_and_keys_without_admin_cannot_sign_in(ops: tuple[Api, str]) -> None:
     api, _ = ops
-    db = _db(api)
+    db = db_of(api)
     tenant = await operator_tenant(db)
-    _refused(await sign_in(api.client, api.admin_key), 403, "live_key_required")  # test mode
+    refused(await sign_in(api.client, api.admin_key), 403, "live_key_required")  # test mode
     test_admin = await new_key(db, tenant, "test", ("admin",))
     r = await sign_in(api.client, test_admin)
-    _refused(r, 403, "live_key_required")
+    refused(r, 403, "live_key_required")
     assert "set-cookie" not in r.headers
     no_admin = await new_key(db, tenant, "live", ("jobs:read",))
-    _refused(await sign_in(api.client, no_admin), 403, "insufficient_scope")
-    _refused(await sign_in(api.client, "tcs_live_" + "x" * 32), 401, "invalid_api_key")
+    refused(await sign_in(api.client, no_admin), 403, "insufficient_scope")
+    refused(await sign_in(api.client, "tcs_live_" + "x" * 32), 401, "invalid_api_key")
     assert COOKIE not in api.client.cookies
-    _refused(await api.client.get("/admin/status.json"), 401, "admin_session_required")
+    refused(await api.client.get("/admin/status.json"), 401, "admin_session_required")
 
 
 async def test_posts_need_the_session_and_its_csrf_token(ops: tuple[Api, str]) -> None:
@@ -84,21 +64,21 @@ async def test_posts_need_the_session_and_its_csrf_token(ops: tuple[Api, str]) -
     pool = api.app.state.services.jobs  # type: ignore[attr-defined]
     job, _ = await pool.enqueue(NewJob("sandbox.noop", {}, run_at=2**60, max_attempts=1))
     cancel = f"/admin/jobs/{job.id}/cancel"
-    _refused(await api.client.post(cancel, data={"csrf": "x"}), 401, "admin_session_required")
+    refused(await api.client.post(cancel, data={"csrf": "x"}), 401, "admin_session_required")
     await sign_in(api.client, secret)
     token = csrf_of((await api.client.get("/admin")).text)
-    _refused(await api.client.post(cancel), 403, "csrf_failed")
-    _refused(await api.client.post(cancel, data={"csrf": token[:-1] + "0"}), 403, "csrf_failed")
+    refused(await api.client.post(cancel), 403, "csrf_failed")
+    refused(await api.client.post(cancel, data={"csrf": token[:-1] + "0"}), 403, "csrf_failed")
     # The token of one session is worthless with another session's cookie.
     async with httpx.AsyncClient(transport=api.client._transport,
                                  base_url="http://testserver") as other:  # fmt: skip
         await sign_in(other, secret)
-        _refused(await other.post(cancel, data={"csrf": "a" * len(token)}), 403, "csrf_failed")
-    state = await _db(api).fetch_val("SELECT state FROM jobs WHERE id = :id", {"id": job.id})
+        refused(await other.post(cancel, data={"csrf": "a" * len(token)}), 403, "csrf_failed")
+    state = await db_of(api).fetch_val("SELECT state FROM jobs WHERE id = :id", {"id": job.id})
     assert state == "queued"  # nothing refused changed anything
     done = await api.client.post(cancel, data={"csrf": token})
     assert done.status_code == 303 and done.headers["location"] == "/admin?done=cancelled"
-    state = await _db(api).fetch_val("SELECT state FROM jobs WHERE id = :id", {"id": job.id})
+    state = await db_of(api).fetch_val("SELECT state FROM jobs WHERE id = :id", {"id": job.id})
     assert state == "cancelled"
     # Sign-out ends the session: the old cookie no longer opens anything.
     cookie = api.client.cookies[COOKIE]
@@ -106,14 +86,14 @@ async def test_posts_need_the_session_and_its_csrf_token(ops: tuple[Api, str]) -
     assert out.status_code == 303 and "max-age=0" in out.headers["set-cookie"].lower()
     assert COOKIE not in api.client.cookies
     stale = await api.client.get("/admin/status.json", headers={"Cookie": f"{COOKIE}={cookie}"})
-    _refused(stale, 401, "admin_session_required")
+    refused(stale, 401, "admin_session_required")
 
 
 async def test_retry_requeues_a_dead_job_which_runs_again_and_is_audited(
     ops: tuple[Api, str],
 ) -> None:
     api, secret = ops
-    db = _db(api)
+    db = db_of(api)
     pool = api.app.state.services.jobs  # type: ignore[attr-defined]
     job, _ = await pool.enqueue(failing_job(await operator_tenant(db)))
     await wait_for_job(db, job.id, "failed")
@@ -129,7 +109,7 @@ async def test_retry_requeues_a_dead_job_which_runs_again_and_is_audited(
     runs = await db.fetch_val("SELECT runs FROM sandbox_effects WHERE job_id = :id", {"id": job.id})
     assert runs == 2
     again = await api.client.post(f"/admin/jobs/{job.id}/retry", data={"csrf": token})
-    _refused(again, 409, "job_not_retryable")  # a succeeded job is not run a third time
+    refused(again, 409, "job_not_retryable")  # a succeeded job is not run a third time
     await api.app.state.services.audit.flush()  # type: ignore[attr-defined]
     rows = await db.fetch_all(
         "SELECT api_key_id, reason, status, decision FROM audit_log WHERE path = :p ORDER BY ts",
@@ -143,7 +123,7 @@ async def test_retry_requeues_a_dead_job_which_runs_again_and_is_audited(
 
 async def test_cancel_follows_the_queue_rules(ops: tuple[Api, str]) -> None:
     api, secret = ops
-    db = _db(api)
+    db = db_of(api)
     pool = api.app.state.services.jobs  # type: ignore[attr-defined]
     running, _ = await pool.enqueue(NewJob("sandbox.sleep", {"ms": 20_000}, max_attempts=1))
     await wait_for_job(db, running.id, "running")
@@ -153,21 +133,21 @@ async def test_cancel_follows_the_queue_rules(ops: tuple[Api, str]) -> None:
     assert r.headers["location"] == "/admin?done=cancel_requested"
     await wait_for_job(db, running.id, "cancelled")  # it stopped at its next check
     r = await api.client.post(f"/admin/jobs/{running.id}/cancel", data={"csrf": token})
-    _refused(r, 409, "job_finished")
+    refused(r, 409, "job_finished")
     r = await api.client.post("/admin/jobs/job_nothing/retry", data={"csrf": token})
-    _refused(r, 404, "not_found")
+    refused(r, 404, "not_found")
 
 
-async def test_remote_clients_without_admin_are_refused(settings: Settings) -> None:
+async def test_remote_clients_without_admin_arerefused(settings: Settings) -> None:
     async with running_api(settings, client_addr="203.0.113.7") as remote:
-        db = _db(remote)
+        db = db_of(remote)
         for path in ("/admin", "/admin/login", "/admin/status.json"):
-            _refused(await remote.client.get(path), 403, "insufficient_scope")
+            refused(await remote.client.get(path), 403, "insufficient_scope")
         weak = await new_key(db, await operator_tenant(db), "live", ("jobs:read",))
         r = await remote.client.get("/admin", headers=remote.auth(weak))
-        _refused(r, 403, "insufficient_scope")
+        refused(r, 403, "insufficient_scope")
         live_admin = await new_key(db, await operator_tenant(db), "live", ("admin",))
-        _refused(await sign_in(remote.client, live_admin), 403, "insufficient_scope")
+        refused(await sign_in(remote.client, live_admin), 403, "insufficient_scope")
         # With an admin credential (as for /metrics), a remote operator may sign in.
         r = await remote.client.post("/admin/login", data={"key": live_admin},
                                      headers=remote.auth(live_admin))  # fmt: skip
@@ -177,7 +157,7 @@ async def test_remote_clients_without_admin_are_refused(settings: Settings) -> N
 
 async def test_the_cookie_is_secure_over_https(settings: Settings) -> None:
     async with running_api(settings) as api:
-        db = _db(api)
+        db = db_of(api)
         secret = await new_key(db, await operator_tenant(db), "live", ("admin",))
         transport = httpx.ASGITransport(app=api.app, client=("127.0.0.1", 40001))  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="https://ops.test") as https:

@@ -156,18 +156,19 @@ async def _reconciled(
 async def audit_status(db: Database, state: AdminState) -> dict[str, Any]:
     """The cheap check on every refresh: the head matches the last row, which matches its own
     hash; plus the unsealed tail (Postgres) and the last full walk, if one ran."""
-    head = await db.fetch_one("SELECT seq, hash FROM audit_head WHERE id = 1")
-    last = await db.fetch_one(
-        "SELECT * FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)"
+    # One statement, one snapshot: the head and the newest row as the same commit left them.
+    row = await db.fetch_one(
+        "SELECT h.seq AS head_seq, h.hash AS head_hash, l.* FROM audit_head h"
+        " LEFT JOIN audit_log l ON l.seq = (SELECT MAX(seq) FROM audit_log) WHERE h.id = 1"
     )
     problem = None
-    if head is None:
+    if row is None:
         problem = "the chain's head is missing"
-    elif last is None:
-        problem = None if int(head["seq"]) == 0 else "the head names rows that are gone"
-    elif int(head["seq"]) != int(last["seq"]) or head["hash"] != last["hash"]:
+    elif row["seq"] is None:
+        problem = None if int(row["head_seq"]) == 0 else "the head names rows that are gone"
+    elif int(row["head_seq"]) != int(row["seq"]) or row["head_hash"] != row["hash"]:
         problem = "the head does not match the newest row"
-    elif chain_hash(last["prev_hash"], last) != last["hash"]:
+    elif chain_hash(row["prev_hash"], row) != row["hash"]:
         problem = "the newest row does not match its hash"
     unsealed = 0
     if db.is_postgres:
@@ -178,7 +179,7 @@ async def audit_status(db: Database, state: AdminState) -> dict[str, Any]:
         walk = {"at": int(at), "ok": report.ok, "rows_checked": report.rows_checked,
                 "broken_at": report.broken_at, "problem": report.problem}  # fmt: skip
     return {
-        "rows": 0 if last is None else int(last["seq"]),
+        "rows": 0 if row is None or row["seq"] is None else int(row["seq"]),
         "tail_ok": problem is None,
         "problem": problem,
         "unsealed": unsealed,
@@ -187,7 +188,7 @@ async def audit_status(db: Database, state: AdminState) -> dict[str, Any]:
 
 
 async def verify_now(db: Database, state: AdminState) -> ChainReport:
-    report = await verify_chain(db)
+    report = await verify_chain(db, while_writing=True)
     state.chain = (time.time(), report)
     return report
 
@@ -195,9 +196,10 @@ async def verify_now(db: Database, state: AdminState) -> ChainReport:
 async def failing_webhooks(db: Database, now: float) -> list[dict[str, Any]]:
     rows = await db.fetch_all(
         "SELECT e.id, e.tenant_id, e.url, e.livemode, e.disabled, e.disabled_reason,"
-        " e.failing_since, (SELECT d.last_error FROM webhook_deliveries d"
-        "   WHERE d.endpoint_id = e.id AND d.last_error IS NOT NULL"
-        "   ORDER BY d.created_at DESC LIMIT 1) AS last_error,"
+        " e.failing_since, (SELECT COALESCE(d.last_error, 'HTTP ' || d.last_status)"
+        "   FROM webhook_deliveries d WHERE d.endpoint_id = e.id"
+        "   AND (d.last_error IS NOT NULL OR d.last_status NOT BETWEEN 200 AND 299)"
+        "   ORDER BY d.created_at DESC, d.id DESC LIMIT 1) AS last_error,"
         " (SELECT COUNT(*) FROM webhook_deliveries d"
         "   WHERE d.endpoint_id = e.id AND d.state = 'pending') AS pending"
         " FROM webhook_endpoints e WHERE e.deleted_at IS NULL"
