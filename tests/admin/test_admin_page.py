@@ -3,11 +3,14 @@ buttons acting through the job store, and the audit rows they leave."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import httpx
 
 from tests.admin.helpers import (
     csrf_of,
     db_of,
+    execute,
     failing_job,
     new_key,
     operator_tenant,
@@ -19,6 +22,8 @@ from tests.conftest import Api, running_api
 from toolcallstore.admin.session import COOKIE
 from toolcallstore.queue.store import NewJob
 from toolcallstore.settings import Settings
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 async def test_sign_in_sets_a_strict_httponly_cookie_that_holds_no_key(
@@ -68,6 +73,10 @@ async def test_posts_need_the_session_and_its_csrf_token(ops: tuple[Api, str]) -
     await sign_in(api.client, secret)
     token = csrf_of((await api.client.get("/admin")).text)
     refused(await api.client.post(cancel), 403, "csrf_failed")
+    crowded = "&".join(f"f{i}=1" for i in range(20)) + f"&csrf={token}"
+    refused(await api.client.post(cancel, content=crowded, headers=FORM), 403, "csrf_failed")
+    refused(await api.client.post(cancel, content=b"csrf=\xff\xfe", headers=FORM), 403,
+            "csrf_failed")  # fmt: skip
     refused(await api.client.post(cancel, data={"csrf": token[:-1] + "0"}), 403, "csrf_failed")
     # The token of one session is worthless with another session's cookie.
     async with httpx.AsyncClient(transport=api.client._transport,
@@ -163,3 +172,27 @@ async def test_the_cookie_is_secure_over_https(settings: Settings) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="https://ops.test") as https:
             r = await sign_in(https, secret)
             assert r.status_code == 303 and "secure" in r.headers["set-cookie"].lower()
+
+
+async def test_a_forged_or_extended_cookie_and_a_revoked_key_end_the_session(
+    ops: tuple[Api, str],
+) -> None:
+    api, secret = ops
+    await sign_in(api.client, secret)
+    cookie = api.client.cookies[COOKIE]
+    key_id, expires, nonce, signature = cookie.split(".")
+    api.client.cookies.clear()
+
+    def status(value: str) -> Awaitable[httpx.Response]:
+        return api.client.get("/admin/status.json", headers={"Cookie": f"{COOKIE}={value}"})
+
+    assert (await status(cookie)).status_code == 200
+    longer = f"{key_id}.{int(expires) + 86_400}.{nonce}.{signature}"
+    refused(await status(longer), 401, "admin_session_required")
+    other = await new_key(db_of(api), await operator_tenant(db_of(api)), "live", ("admin",))
+    other_id = await db_of(api).fetch_val("SELECT id FROM api_keys WHERE last4 = :l",
+                                          {"l": other[-4:]})  # fmt: skip
+    refused(await status(f"{other_id}.{expires}.{nonce}.{signature}"), 401,
+            "admin_session_required")  # fmt: skip
+    await execute(db_of(api), "UPDATE api_keys SET revoked_at = 1 WHERE id = :id", {"id": key_id})
+    refused(await status(cookie), 401, "admin_session_required")

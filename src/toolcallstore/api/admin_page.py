@@ -74,10 +74,15 @@ async def _signed_in(request: Request) -> Session:
 
 
 async def _form(request: Request) -> dict[str, str]:
+    """The urlencoded fields of a small form; anything else reads as an empty form (so a
+    missing key or token is what gets refused)."""
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         return {}
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:  # more fields than any of our forms has
+        return {}
     return {name: values[0] for name, values in fields.items()}
 
 
