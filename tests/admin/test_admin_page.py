@@ -62,6 +62,11 @@ async def test_test_keys_and_keys_without_admin_cannot_sign_in(ops: tuple[Api, s
     refused(await sign_in(api.client, "tcs_live_" + "x" * 32), 401, "invalid_api_key")
     assert COOKIE not in api.client.cookies
     refused(await api.client.get("/admin/status.json"), 401, "admin_session_required")
+    # A browser gets the form again, saying why, with the same status.
+    browser = await api.client.post("/admin/login", data={"key": test_admin},
+                                    headers={"Accept": "text/html"})  # fmt: skip
+    assert browser.status_code == 403 and 'id="refusal"' in browser.text
+    assert "Test-mode keys cannot sign in" in browser.text and "set-cookie" not in browser.headers
 
 
 async def test_posts_need_the_session_and_its_csrf_token(ops: tuple[Api, str]) -> None:

@@ -77,9 +77,10 @@ def _doc(title: str, body: str, nonce: str, script: str = "") -> str:
     )
 
 
-def login_page(nonce: str) -> str:
+def login_page(nonce: str, error: str | None = None) -> str:
+    refusal = f'<p class="bad" id="refusal">{_e(error)}</p>' if error else ""
     body = (
-        '<main class="login"><section><h2>Operator sign-in</h2>'
+        f'<main class="login"><section><h2>Operator sign-in</h2>{refusal}'
         '<form method="post" action="/admin/login">'
         '<label for="key">A live API key with the <code>admin</code> scope</label>'
         '<input type="password" id="key" name="key" autocomplete="off" required>'

@@ -155,7 +155,10 @@ async def login(request: Request) -> Response:
         session = await sign_in(svc.db, form.get("key", ""), svc.settings.admin_session_seconds)
     except (Unauthenticated, PermissionDenied) as refusal:
         context_of(request).deny(f"admin_login:{refusal.code}")
-        raise
+        if "text/html" not in request.headers.get("accept", ""):
+            raise
+        nonce = secrets.token_urlsafe(16)  # a browser: the form again, saying why
+        return _html(html.login_page(nonce, refusal.message), nonce, refusal.status)
     context_of(request).principal = Principal(session.key)
     context_of(request).reason = "admin_signed_in"
     response = _back()
