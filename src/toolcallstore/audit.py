@@ -307,13 +307,22 @@ class ChainReport:
         return self.broken_at is None
 
 
-async def verify_chain(db: Database, page_size: int = 2000) -> ChainReport:
-    """Walk the chain from the first row; report the first link that does not hold."""
+async def verify_chain(
+    db: Database, page_size: int = 2000, *, while_writing: bool = False
+) -> ChainReport:
+    """Walk the chain from the first row; report the first link that does not hold.
+
+    `while_writing` (a running store, e.g. the operator page): walk up to the head as it was
+    when the walk began, so that rows appended meanwhile are not taken for an insertion."""
     expected_seq, prev, checked = 1, "0" * 64, 0
+    head, upto = None, 2**62
+    if while_writing:
+        head = await db.fetch_one("SELECT seq, hash FROM audit_head WHERE id = 1")
+        upto = 0 if head is None else int(head["seq"])
     while True:
         rows = await db.fetch_all(
-            "SELECT * FROM audit_log WHERE seq >= :seq ORDER BY seq LIMIT :n",
-            {"seq": expected_seq, "n": page_size},
+            "SELECT * FROM audit_log WHERE seq >= :seq AND seq <= :upto ORDER BY seq LIMIT :n",
+            {"seq": expected_seq, "upto": upto, "n": page_size},
         )
         for row in rows:
             if row["seq"] != expected_seq:
@@ -325,7 +334,8 @@ async def verify_chain(db: Database, page_size: int = 2000) -> ChainReport:
             prev, expected_seq, checked = row["hash"], expected_seq + 1, checked + 1
         if len(rows) < page_size:
             break
-    head = await db.fetch_one("SELECT seq, hash FROM audit_head WHERE id = 1")
+    if not while_writing:
+        head = await db.fetch_one("SELECT seq, hash FROM audit_head WHERE id = 1")
     last = expected_seq - 1
     if head is None or int(head["seq"]) > last:
         return ChainReport(checked, expected_seq, "rows after this point were removed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ SCOPES = (
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/stripe/webhook"})
 # Asset downloads: the URL's signature, or the published URL's token, is the authorisation.
 PUBLIC_PREFIXES = ("/v1/assets/", "/p/", "/v1/provider-webhooks/")
+# The operator's status pages (api/admin_page.py): they sign in with a key themselves.
+ADMIN_PAGES = "/admin"
 # What a suspended tenant's live keys may still reach: who they are, and billing to fix it.
 SUSPENDED_ALLOWED = ("/v1/me", "/v1/billing/")
 
@@ -130,7 +133,11 @@ class AuthMiddleware:
                 )
                 await send_error(send, refusal, ctx.request_id)
                 return
-        elif scope["path"] not in PUBLIC_PATHS and not scope["path"].startswith(PUBLIC_PREFIXES):
+        elif (
+            scope["path"] not in PUBLIC_PATHS
+            and not scope["path"].startswith(PUBLIC_PREFIXES)
+            and not is_admin_page(scope["path"])
+        ):
             if secret is None:
                 ctx.deny("missing_api_key")
                 error = Unauthenticated(
@@ -147,6 +154,18 @@ class AuthMiddleware:
         if self.suspended is None or key.mode != "live" or path.startswith(SUSPENDED_ALLOWED):
             return False
         return await self.suspended(key.tenant_id)
+
+
+def is_admin_page(path: str) -> bool:
+    return path == ADMIN_PAGES or path.startswith(ADMIN_PAGES + "/")
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether the real client (behind a trusted proxy: the forwarded one) is this host."""
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def require_scope(request: Request, scope: str) -> Principal:

@@ -27,6 +27,8 @@ class Settings:
     idempotency_lock_seconds: int = 300
     prune_interval_seconds: int = 600
     admin_key_file: str = ""
+    # How long an operator's /admin sign-in lasts (the cookie's Max-Age and signed expiry).
+    admin_session_seconds: int = 1800
     log_level: str = "info"
     access_log: bool = True
     db_readers: int = 2

@@ -161,8 +161,11 @@ async def _audited_ip(edge: Edge, request_id: str) -> str | None:
 
 
 async def test_operator_surfaces_are_not_public(edge: Edge) -> None:
-    for path in ("/metrics", "/readyz", "/sandbox/openai/v1/chat/completions"):
+    for path in ("/metrics", "/readyz", "/sandbox/openai/v1/chat/completions", "/admin",
+                 "/admin/login", "/admin/status.json"):  # fmt: skip
         assert (await edge.client.get(path)).status_code == 404, path
+    signin = await edge.client.post("/admin/login", data={"key": edge.api.admin_key})
+    assert signin.status_code == 404 and "set-cookie" not in signin.headers
     admin = await edge.client.get(
         "/v1/admin/reconciliation?period=2026-01&livemode=false", headers=edge.auth()
     )
@@ -171,6 +174,8 @@ async def test_operator_surfaces_are_not_public(edge: Edge) -> None:
     # The API itself still serves them to its operators, on its own port.
     direct = httpx.get(edge.api.base_url + "/metrics", timeout=5)
     assert direct.status_code == 200
+    page = httpx.get(edge.api.base_url + "/admin/login", timeout=5)
+    assert page.status_code == 200 and 'name="key"' in page.text
 
 
 async def test_a_streamed_chat_is_not_buffered(edge: Edge) -> None:

@@ -3,6 +3,7 @@
 from starlette.routing import BaseRoute
 
 from toolcallstore.api import (
+    admin_page,
     approvals,
     assets,
     billing,
@@ -47,4 +48,5 @@ def routes() -> list[BaseRoute]:
         *email.routes,
         *mcp.routes,
         *media.routes,
+        *admin_page.routes,
     ]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from toolcallstore.auth import authenticated
+from toolcallstore.auth import authenticated, is_loopback
 from toolcallstore.context import context_of
 from toolcallstore.db.migrate import current_version, latest_version
 from toolcallstore.errors import PermissionDenied, Unavailable
@@ -44,13 +42,6 @@ async def readyz(request: Request) -> Response:
         reasons = [f"{name}: {state}" for name, state in failing.items()]
         raise Unavailable("Not ready: " + "; ".join(reasons), checks=checks)
     return JSONResponse({"status": "ready", "checks": checks})
-
-
-def is_loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 async def metrics(request: Request) -> Response:

@@ -71,6 +71,9 @@ class Breaker:
     opened_at: float = 0.0
     blocked_until: float = 0.0  # Retry-After
     probing: bool = False
+    # The latest failure ("500 server_error") and when: what an operator asks first.
+    last_error: str | None = None
+    last_error_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.samples = deque(self.samples, maxlen=self.policy.window)
@@ -115,9 +118,12 @@ class Breaker:
         latency_ms: float | None = None,
         first_token_ms: float | None = None,
         retry_after_s: float | None = None,
+        error: str | None = None,
     ) -> None:
         now = self.clock()
         self.samples.append(Sample(now, ok, latency_ms, first_token_ms))
+        if not ok:
+            self.last_error, self.last_error_at = error or "failed", now
         if retry_after_s:
             self.blocked_until = max(self.blocked_until, now + retry_after_s)
         if self.state == "half_open":
@@ -194,5 +200,7 @@ class ProviderHealth:
                 "latency_ms": {"p50": b.p(50, "latency_ms"), "p95": b.p(95, "latency_ms")},
                 "first_token_ms": {"p50": b.p(50, "first_token_ms"),
                                    "p95": b.p(95, "first_token_ms")},
+                "last_error": None if b.last_error is None else {
+                    "error": b.last_error, "age_s": round(now - b.last_error_at, 1)},
             })  # fmt: skip
         return out

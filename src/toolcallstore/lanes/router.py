@@ -251,7 +251,8 @@ class _Race:
         elapsed_ms = (self.loop.time() - started) * 1000
         breaker.record(error is None, elapsed_ms if error is None else None,
                        attempt.first_token_ms,
-                       error.retry_after_s if error is not None else None)  # fmt: skip
+                       error.retry_after_s if error is not None else None,
+                       None if error is None else f"{error.status} {error.code}")  # fmt: skip
 
     def _ended(self, attempt: Attempt, ended: _Ended) -> None:
         """An attempt failed before its first token: retry, fail over, or give up."""

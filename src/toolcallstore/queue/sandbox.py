@@ -23,15 +23,19 @@ def register_sandbox_handlers(registry: Registry, db: Database) -> None:
         return {"slept_ms": total_ms}
 
     async def record(ctx: JobContext) -> dict[str, Any]:
-        """Record this job's effect once, however many times the job runs."""
+        """Record this job's effect once, however many times the job runs (counting the runs);
+        with `fail_times`, fail its first N runs, whatever its attempts (a retried dead job)."""
         await asyncio.sleep(int(ctx.job.payload.get("ms", 0)) / 1000)
         async with db.transaction() as tx:
-            await tx.execute(
+            runs = await tx.fetch_val(
                 "INSERT INTO sandbox_effects (job_id, worker, runs, created_at)"
                 " VALUES (:id, :worker, 1, :now)"
-                " ON CONFLICT (job_id) DO UPDATE SET runs = sandbox_effects.runs + 1",
+                " ON CONFLICT (job_id) DO UPDATE SET runs = sandbox_effects.runs + 1"
+                " RETURNING runs",
                 {"id": ctx.job.id, "worker": ctx.worker, "now": now_us()},
             )
+        if int(runs) <= int(ctx.job.payload.get("fail_times", 0)):
+            raise RuntimeError(f"failing on purpose (run {runs})")
         return {"recorded": ctx.job.id}
 
     async def noop(ctx: JobContext) -> None:
