@@ -49,6 +49,8 @@ class Services:
     suspensions: Suspensions | None = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # When the shutdown's grace period ends (time.monotonic()); None until a signal starts it.
+    drain_deadline: float | None = None
 
 
 def services(request: Request) -> Services:
