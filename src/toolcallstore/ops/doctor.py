@@ -136,7 +136,8 @@ class Doctor:
             self.add("ok", "env file", f"{path}: mode 600, owned by the store's user")
 
     async def check_master_key(self, db: Database) -> None:
-        stored = int(await db.fetch_val("SELECT count(*) FROM byok_keys") or 0)
+        live = " FROM byok_keys WHERE deleted_at IS NULL"
+        stored = int(await db.fetch_val("SELECT count(*)" + live) or 0)
         keyring = None
         if self.settings.master_key:
             try:
@@ -149,7 +150,8 @@ class Doctor:
                      "not set: they cannot be decrypted; set it in the env file")  # fmt: skip
             return
         if keyring is not None and stored:
-            kids = {r["kid"] for r in await db.fetch_all("SELECT DISTINCT kid FROM byok_keys")}
+            rows = await db.fetch_all("SELECT DISTINCT master_key_id" + live)
+            kids = {r["master_key_id"] for r in rows}
             unknown = sorted(kids - set(keyring.kids))
             if unknown:
                 self.add("FAIL", "master key", f"BYOK keys are encrypted under key id(s) "
