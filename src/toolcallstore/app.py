@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -69,6 +70,20 @@ log = logging.getLogger("toolcallstore.app")
 
 STOP_GRACE_SECONDS = 10.0
 
+# The services of this process's running apps, for `begin_drain` (server.py calls it when a
+# SIGTERM or SIGINT starts the shutdown, before the open requests are waited for).
+_RUNNING: list[Services] = []
+
+
+def begin_drain() -> None:
+    """Shutdown has begun: the listening socket is closing, so claim no more jobs and start
+    the grace period now; running jobs and open streams share it (`stop_services`)."""
+    for svc in _RUNNING:
+        if svc.drain_deadline is None:
+            svc.drain_deadline = time.monotonic() + svc.settings.shutdown_grace_seconds
+            svc.jobs.drain()
+            log.info("draining", extra={"fields": {"grace_s": svc.settings.shutdown_grace_seconds}})
+
 
 def create_app(settings: Settings) -> Starlette:
     db = Database(settings.database_url, readers=settings.db_readers)
@@ -89,6 +104,7 @@ def create_app(settings: Settings) -> Starlette:
         queue_limits=queue_limits,
         lease_s=settings.job_lease_seconds,
         poll_s=settings.job_poll_ms / 1000,
+        grace_s=settings.shutdown_grace_seconds,
     )
     svc = Services(
         settings=settings,
@@ -167,9 +183,12 @@ def create_app(settings: Settings) -> Starlette:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)
                 svc.tasks.update(svc.jobs.start())
+            _RUNNING.append(svc)
             async with mcp.running():
                 yield
         finally:
+            with contextlib.suppress(ValueError):
+                _RUNNING.remove(svc)
             await stop_services(svc)
             await poster.aclose()
             if svc.payments is not None:
@@ -203,7 +222,12 @@ async def stop_services(svc: Services) -> None:
     # Ask background loops to finish what they are doing rather than cancelling them
     # mid-query: a cancellation landing inside a driver call can be lost on Python 3.11.
     svc.stopping.set()
-    await svc.jobs.stop()
+    # Jobs get what is left of the grace period that began with the signal (begin_drain),
+    # not a second one after the open requests were waited for.
+    grace = svc.settings.shutdown_grace_seconds
+    if svc.drain_deadline is not None:
+        grace = max(0.0, svc.drain_deadline - time.monotonic())
+    await svc.jobs.stop(grace)
     for name in ("workers", "heartbeat", "rescuer", "completer"):
         svc.tasks.pop(name, None)
     for name in ("maintenance", "sweeper", "prices", "webhooks", "metering", "assets", "mail"):

@@ -80,6 +80,11 @@ class Keyring:
         # query racing a replacement could re-cache the old key after the replacement.
         self.generation = 0
 
+    @property
+    def kids(self) -> tuple[str, ...]:
+        """The ids of the master keys held (no key material)."""
+        return tuple(self._raw)
+
     def __repr__(self) -> str:
         return f"Keyring(kids={list(self._raw)}, current={self.current_kid!r})"
 

@@ -1,11 +1,14 @@
-"""`toolcallstore serve|migrate|tenants|keys|jobs|audit|byok`: the operator's command line."""
+"""`toolcallstore serve|migrate|tenants|keys|jobs|audit|byok|doctor|db|backup|restore`: the
+operator's command line."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.env_file:
+            load_env_file(Path(args.env_file))
         settings = Settings.from_env()
         if getattr(args, "database_url", None):
             settings = settings.with_(database_url=args.database_url)
@@ -43,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolcallstore", description=__doc__)
     parser.add_argument("--database-url", help="overrides TOOLCALLSTORE_DATABASE_URL")
+    parser.add_argument(
+        "--env-file",
+        help="read NAME=value lines (settings and provider keys) from this file (mode 600); "
+        "they override the inherited environment",
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="migrate, bootstrap on first start, serve HTTP")
@@ -120,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     byok.add_parser(
         "rotate", help=f"re-encrypt stored keys under the first key of {ENV_NAME}"
     ).set_defaults(run=_byok_rotate)
+    _ops_commands(sub)
     public = sub.add_parser("build-public", help="write public/ (openapi.json, llms.txt, ...)")
     public.add_argument("--out", default="public", help="directory to write (default: public)")
     public.add_argument("--site", help="site config (default: config/site.json)")
@@ -287,8 +298,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _build_public(settings: Settings, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from toolcallstore.app import create_app
     from toolcallstore.site.build import build_site, load_site, stale_files, write_site
 
@@ -302,3 +311,130 @@ def _build_public(settings: Settings, args: argparse.Namespace) -> int:
     for name in write_site(files, out):
         print(f"wrote {out / name}")
     return 0
+
+
+def load_env_file(path: Path) -> None:
+    """`NAME=value` lines into os.environ (blank lines and # comments skipped; a value may be
+    quoted). PM2 starts the server with `--env-file`, so secrets stay out of PM2's dump."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the env file {path}: {exc.strerror}") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name.replace("_", "").isalnum():
+            raise ConfigError(f"{path}:{number} is not NAME=value")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        os.environ[name] = value
+
+
+def _ops_commands(sub: Any) -> None:
+    doctor = sub.add_parser("doctor", help="check this deployment; exit 1 on any problem")
+    doctor.add_argument("--caddyfile", help="the Caddyfile Caddy serves (default config/Caddyfile)")
+    doctor.add_argument("--public", default="public", help="the built public/ directory")
+    doctor.add_argument("--min-free-mb", type=int, default=1024,
+                        help="free disk wanted beside an SQLite store (default 1024)")  # fmt: skip
+    doctor.set_defaults(run=_doctor)
+
+    db = sub.add_parser("db", help="move and check the store's database").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    copy = db.add_parser(
+        "copy", help="copy the (stopped) SQLite store into an empty Postgres database, verify"
+    )
+    copy.add_argument("--to", required=True, help="postgresql://user@host:port/database (empty)")
+    copy.add_argument("--quiet", action="store_true", help="no progress bar")
+    copy.set_defaults(run=_db_copy)
+    verify = db.add_parser(
+        "verify", help="check a store: audit chain, spend counters, and against a source"
+    )
+    verify.add_argument("url", nargs="?", help="the store to check (default: --database-url)")
+    against = verify.add_mutually_exclusive_group()
+    against.add_argument("--against", help="the store it was copied from (its URL)")
+    against.add_argument("--manifest", help="a backup's .manifest.json it must match")
+    verify.set_defaults(run=_db_verify)
+
+    backup = sub.add_parser("backup", help="snapshot the running store into DEST (+ manifest)")
+    backup.add_argument("dest", help="a new file: the SQLite snapshot or the pg_dump archive")
+    backup.set_defaults(run=_backup)
+    restore = sub.add_parser("restore", help="restore a backup into an empty place, verify")
+    restore.add_argument("src", help="the backup file (its .manifest.json beside it)")
+    restore.add_argument("--to", help="where: a new SQLite path URL or an empty Postgres "
+                         "database (default: --database-url)")  # fmt: skip
+    restore.add_argument("--quiet", action="store_true")
+    restore.set_defaults(run=_restore)
+
+
+def _doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from toolcallstore.ops.doctor import Options, doctor
+
+    options = Options(
+        env_file=Path(args.env_file) if args.env_file else None,
+        public_dir=Path(args.public),
+        min_free_mb=args.min_free_mb,
+    )
+    if args.caddyfile:
+        options.caddyfile = Path(args.caddyfile)
+    found = asyncio.run(doctor(settings, options, dict(os.environ)))
+    found.report()
+    return 1 if found.failed else 0
+
+
+def _db_copy(settings: Settings, args: argparse.Namespace) -> int:
+    from toolcallstore.ops.copy import copy_store
+
+    verdict = asyncio.run(copy_store(settings.database_url, args.to, quiet=args.quiet))
+    print(f"copied {_shown(settings.database_url)} into {_shown(args.to)}")
+    verdict.print()
+    return 0 if verdict.ok else 1
+
+
+def _db_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from toolcallstore.ops.stores import Manifest, store_manifest, verify_store
+
+    async def run() -> int:
+        expected = None
+        if args.against:
+            expected = await store_manifest(args.against)
+        elif args.manifest:
+            expected = Manifest.read(Path(args.manifest))
+        verdict = await verify_store(args.url or settings.database_url, expected)
+        verdict.print()
+        return 0 if verdict.ok else 1
+
+    return asyncio.run(run())
+
+
+def _backup(settings: Settings, args: argparse.Namespace) -> int:
+    from toolcallstore.ops.backup import backup, manifest_path
+
+    dest = Path(args.dest)
+    manifest = asyncio.run(backup(settings.database_url, dest))
+    rows = sum(t.rows for t in manifest.tables.values())
+    print(f"backed up {_shown(settings.database_url)} to {dest} ({len(manifest.tables)} tables, "
+          f"{rows} rows); manifest {manifest_path(dest)}")  # fmt: skip
+    return 0
+
+
+def _restore(settings: Settings, args: argparse.Namespace) -> int:
+    from toolcallstore.ops.backup import restore
+
+    target = args.to or settings.database_url
+    verdict = asyncio.run(restore(Path(args.src), target, quiet=args.quiet))
+    print(f"restored {args.src} into {_shown(target)}")
+    verdict.print()
+    return 0 if verdict.ok else 1
+
+
+def _shown(url: str) -> str:
+    """A database URL without its password."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    userinfo, host = rest.rsplit("@", 1)
+    return f"{scheme}://{userinfo.split(':', 1)[0]}@{host}"

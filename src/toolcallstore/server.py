@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import socket
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 
-from toolcallstore.app import create_app
+from toolcallstore.app import begin_drain, create_app
 from toolcallstore.bootstrap import bootstrap
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
@@ -99,11 +101,35 @@ def serve(settings: Settings, app: Starlette | None = None, *, factory: str = AP
     _run_uvicorn(settings, app)
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app when shutdown begins: uvicorn then stops listening
+    and waits up to the grace period for open requests (streams included) before the
+    lifespan's shutdown; the app stops claiming jobs at that moment too, and its running jobs
+    get what is left of the same grace period (app.begin_drain)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        begin_drain()
+        await super().shutdown(sockets)
+
+
 def _run_uvicorn(
     settings: Settings, app: Starlette | str, *, factory: bool = False, workers: int | None = None
 ) -> None:
-    uvicorn.run(
-        app,
+    options = _uvicorn_options(settings)
+    if workers is not None and workers > 1:
+        # Each process builds its own uvicorn server (which we cannot subclass there): its
+        # jobs get their own grace period after its requests' (ecosystem.config.js allows it).
+        uvicorn.run(app, factory=factory, workers=workers, **options)
+        return
+    config = uvicorn.Config(app, factory=factory, **options)
+    server = DrainingServer(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return dict(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -113,7 +139,5 @@ def _run_uvicorn(
         access_log=False,
         log_level=settings.log_level,
         lifespan="on",
-        timeout_graceful_shutdown=10,
-        factory=factory,
-        workers=workers,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )

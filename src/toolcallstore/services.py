@@ -61,6 +61,8 @@ class Services:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     media: MediaService | None = None  # media generation (issue 14)
+    # When the shutdown's grace period ends (time.monotonic()); None until a signal starts it.
+    drain_deadline: float | None = None
 
 
 def services(request: Request) -> Services:

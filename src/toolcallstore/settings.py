@@ -32,6 +32,10 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True
     db_readers: int = 2
+    # On SIGTERM/SIGINT: stop accepting connections, then give open requests (streams
+    # included) and running jobs this long to finish; jobs still running are handed back to
+    # the queue, requests still open are cut. PM2's kill_timeout must be longer.
+    shutdown_grace_seconds: float = 10.0
     # API processes sharing the port, each with its own worker pool (Postgres only).
     processes: int = 1
     workers: int = 4

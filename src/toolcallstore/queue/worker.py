@@ -104,6 +104,7 @@ class WorkerPool:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{random_base62(6)}"
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._draining = asyncio.Event()  # claim nothing more; running jobs carry on
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
         # Outcomes waiting to be recorded: one statement records a whole batch of them. Their
         # jobs free their slots at once but stay leased (and heartbeated) until recorded; a
@@ -151,14 +152,22 @@ class WorkerPool:
         self._tasks = list(named.values())
         return named
 
-    async def stop(self) -> None:
-        """Stop claiming; let running jobs finish within the grace period, then hand back the
-        leases of the rest so another worker takes them at once."""
+    def drain(self) -> None:
+        """Claim no more jobs (the server is shutting down); running ones carry on, their
+        leases still extended, until `stop`."""
+        self._draining.set()
+        self._wake.set()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming; let running jobs finish within the grace period (`grace_s`, else
+        the pool's), then hand back the leases of the rest so another worker takes them at
+        once."""
+        self._draining.set()
         self._stopping.set()
         self._wake.set()
         running = [task for task, _ in self._running.values()]
         if running:
-            await asyncio.wait(running, timeout=self.config.grace_s)
+            await asyncio.wait(running, timeout=self.config.grace_s if grace_s is None else grace_s)
         leftover = [job_id for job_id, (task, _) in self._running.items() if not task.done()]
         for job_id in leftover:
             self._running[job_id][0].cancel()
@@ -188,7 +197,7 @@ class WorkerPool:
         return max(0, min(total, self.config.batch))
 
     async def _claim_loop(self) -> None:
-        while not self._stopping.is_set():
+        while not self._draining.is_set():
             self._wake.clear()
             claimed = 0
             for queue in sorted(self.registry.queues()):

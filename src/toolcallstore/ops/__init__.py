@@ -1,0 +1,1 @@
+"""Operating a deployment: doctor, database copy, backup and restore."""
