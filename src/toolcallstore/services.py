@@ -23,6 +23,7 @@ from toolcallstore.lanes.sender import Sender
 from toolcallstore.metrics import Metrics
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.worker import WorkerPool
+from toolcallstore.ratelimit import RateLimiter
 from toolcallstore.settings import Settings
 from toolcallstore.tools import ToolRegistry
 
@@ -40,6 +41,7 @@ class Services:
     tools: ToolRegistry
     lanes: Catalog
     prices: LivePrices  # live LLM prices; quotes fall back to `lanes` past their max age
+    rate_limiter: RateLimiter  # per-key and per-tenant token buckets of this process
     http: httpx.AsyncClient | None = None
     sender: Sender | None = None
     keyring: Keyring | None = None  # None: no TOOLCALLSTORE_MASTER_KEY, BYOK is off

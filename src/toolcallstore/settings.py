@@ -69,6 +69,13 @@ class Settings:
     stripe_webhook_secret: str = field(default="", repr=False)
     billing_file: str = ""
     meter_interval_seconds: int = 60
+    # Token buckets (ratelimit.py): requests per second and burst, per key (a key may carry
+    # its own) and per tenant; a rate of 0 turns that limit off. With --processes N each
+    # process enforces 1/N of them.
+    rate_limit_key_per_s: float = 100.0
+    rate_limit_key_burst: int = 200
+    rate_limit_tenant_per_s: float = 1000.0
+    rate_limit_tenant_burst: int = 2000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
