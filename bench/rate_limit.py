@@ -59,8 +59,9 @@ def victim(server: BenchServer, secret: str, seconds: float) -> dict[str, list[f
                             headers={**auth, "Idempotency-Key": secrets.token_hex(8)})  # fmt: skip
             ok = q.status_code == 200
             if ok:
-                e = client.post("/v1/executions", json={"quote_id": q.json()["id"]},
-                                headers={**auth, "Idempotency-Key": secrets.token_hex(8)})  # fmt: skip
+                headers = {**auth, "Idempotency-Key": secrets.token_hex(8)}
+                body = {"quote_id": q.json()["id"]}
+                e = client.post("/v1/executions", json=body, headers=headers)
                 ok = e.status_code == 200
             t1 = time.perf_counter()
             r = client.get("/v1/me", headers=auth)
@@ -106,8 +107,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
-    print(f"load generator: {load_generator()}; victim {VICTIM_RATE:g} ops/s, flood"
-          f" {FLOOD_CONNECTIONS} connections on GET /v1/receipts, {args.seconds:g} s per phase")  # fmt: skip
+    print(
+        f"load generator: {load_generator()}; victim {VICTIM_RATE:g} ops/s, flood"
+        f" {FLOOD_CONNECTIONS} connections on GET /v1/receipts, {args.seconds:g} s per phase"
+    )
     results: dict[str, str] = {}
     limited = start_server(PORTS[0])
     try:
