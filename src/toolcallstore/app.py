@@ -49,6 +49,7 @@ from toolcallstore.queue.sandbox import register_sandbox_handlers
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import NewJob
 from toolcallstore.queue.worker import PoolConfig, Registry, WorkerPool
+from toolcallstore.ratelimit import Limits, RateLimiter, RateLimitMiddleware
 from toolcallstore.responses import error_response
 from toolcallstore.sandbox import create_sandbox_app
 from toolcallstore.services import Services
@@ -131,6 +132,7 @@ def create_app(settings: Settings) -> Starlette:
             retention_days=settings.asset_retention_days,
             max_bytes=settings.asset_max_bytes,
         ),
+        rate_limiter=RateLimiter(limits_of(settings)),
     )
     register_asset_jobs(registry, svc.assets)
     register_price_job(registry, svc)
@@ -206,6 +208,7 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(ObserveMiddleware, metrics=svc.metrics, audit=svc.audit),
             Middleware(InputLimitsMiddleware, max_bytes=settings.max_body_bytes),
             Middleware(AuthMiddleware, keys=svc.keys, suspended=suspended_of(svc)),
+            Middleware(RateLimitMiddleware, limiter=svc.rate_limiter),
         ],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_http_exception},
         lifespan=lifespan,
@@ -320,6 +323,16 @@ def setup_billing(svc: Services, registry: Registry) -> None:
     svc.suspensions = Suspensions(svc.db, svc.billing.payment_grace_days,
                                   ttl=settings.key_cache_seconds)  # fmt: skip
     register_meter_job(registry, svc.db, svc.payments)
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(
+        key_per_s=settings.rate_limit_key_per_s,
+        key_burst=settings.rate_limit_key_burst,
+        tenant_per_s=settings.rate_limit_tenant_per_s,
+        tenant_burst=settings.rate_limit_tenant_burst,
+        processes=settings.processes,
+    )
 
 
 def suspended_of(svc: Services) -> Callable[[str], Awaitable[bool]] | None:

@@ -195,6 +195,9 @@ class AuditWriter:
         self._high_water = max(batch_size * 4, 20_000)
         self._closing = False
         self._closed = asyncio.Event()
+        self._running = False
+        # Rows whose request waits for their commit: id(row) -> its waiter.
+        self._durable: dict[int, asyncio.Future[None]] = {}
 
     @property
     def backlog(self) -> int:
@@ -210,10 +213,25 @@ class AuditWriter:
             self._room.clear()
             await self._room.wait()
 
+    async def record_durable(self, row: dict[str, Any]) -> None:
+        """Queue a row and return once it is committed: the writer is woken at once, and the
+        rows of every request waiting meanwhile commit together in its next batch (a group
+        commit: one transaction, however many requests). Without a running writer (or while
+        closing) this is `record`."""
+        if not self._running or self._closing:
+            await self.record(row)
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._durable[id(row)] = done
+        self._pending.append(row)
+        self._wake.set()
+        await done
+
     async def run(self) -> None:
-        """Flush every `flush_ms` (sooner when a batch fills) until `close`; on Postgres seal
-        alongside, in a task of its own."""
+        """Flush every `flush_ms` (sooner when a batch fills or a durable row waits) until
+        `close`; on Postgres seal alongside, in a task of its own."""
         sealer = asyncio.create_task(self._seal_until_closed()) if self._db.is_postgres else None
+        self._running = True
         try:
             while not self._closing:
                 try:
@@ -272,8 +290,11 @@ class AuditWriter:
                 size = min(self._batch_size, len(self._pending))
                 batch = [self._pending[i] for i in range(size)]
                 await self._db.run_sync(append_rows, batch)
-                for _ in batch:
+                for row in batch:
                     self._pending.popleft()
+                    waiter = self._durable.pop(id(row), None) if self._durable else None
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
                 if self._access_log is not None:
                     self._access_log.write(batch)
                 if len(self._pending) < self._high_water:
@@ -285,6 +306,10 @@ class AuditWriter:
         self._room.set()
         self._wake.set()
         await self._flush_with_retry()
+        for waiter in self._durable.values():  # flushing failed at shutdown: answer anyway
+            if not waiter.done():
+                waiter.set_result(None)
+        self._durable.clear()
         if self._db.is_postgres:
             # The last rows, sealed by this process even if its sealing task (or another
             # process) held the lock a moment ago: an orderly stop leaves no unsealed tail of

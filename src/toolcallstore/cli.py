@@ -20,11 +20,12 @@ from toolcallstore.db import Database
 from toolcallstore.db import keys as key_repo
 from toolcallstore.db import tenants as tenant_repo
 from toolcallstore.db.migrate import migrate
-from toolcallstore.errors import ConfigError, ToolCallError
+from toolcallstore.errors import APIError, ConfigError, ToolCallError
 from toolcallstore.money import usd_to_micros
 from toolcallstore.objects import job_object, key_object, tenant_object
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.store import STATES
+from toolcallstore.ratelimit import rate_limit_of
 from toolcallstore.settings import Settings
 from toolcallstore.webhooks.endpoints import reseal_secrets
 
@@ -88,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument(
         "--auto-quote-max-usd",
         help="let the key's calls quote themselves inline up to this many USD each (an agent key)",
+    )
+    create_key.add_argument(
+        "--rate-limit-per-s",
+        type=float,
+        help="the key's own request rate (per second; default: TOOLCALLSTORE_RATE_LIMIT_KEY_PER_S)",
+    )
+    create_key.add_argument(
+        "--rate-limit-burst",
+        type=int,
+        help="the key's own burst (default: TOOLCALLSTORE_RATE_LIMIT_KEY_BURST, or the rate)",
     )
     create_key.add_argument(
         "--operator",
@@ -193,6 +204,13 @@ async def _keys_create(db: Database, args: argparse.Namespace) -> int:
             auto_quote = usd_to_micros(args.auto_quote_max_usd)
         except ValueError as exc:
             raise ConfigError(f"--auto-quote-max-usd {exc}") from None
+    try:
+        rate, burst = rate_limit_of(
+            {"rate_limit_per_s": args.rate_limit_per_s, "rate_limit_burst": args.rate_limit_burst}
+        )
+    except APIError as exc:
+        flag = "--" + str(exc.details["param"]).replace("_", "-")
+        raise ConfigError(f"{flag}: {exc.message}") from None
     async with db.transaction() as tx:
         if await tenant_repo.get_tenant(tx, args.tenant) is None:
             raise ConfigError(f"no tenant {args.tenant}")
@@ -211,6 +229,8 @@ async def _keys_create(db: Database, args: argparse.Namespace) -> int:
             mode=args.mode,
             scopes=scopes,
             auto_quote_max_micros=auto_quote,
+            rate_limit_per_s=rate,
+            rate_limit_burst=burst,
         )
     _print(key_object(key, secret))
     return 0

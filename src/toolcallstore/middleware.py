@@ -28,6 +28,18 @@ error_log = logging.getLogger("toolcallstore.errors")
 CLIENT_CLOSED = 499
 # Probes are not actions: they are measured but neither audited nor access-logged.
 UNAUDITED_PATHS = frozenset({"/healthz", "/readyz"})
+# Answers that carry a decision against the caller: their audit row commits before the end
+# of the answer is sent (issue 22 item 5), as does the row of every request that may change
+# something (any method but these).
+DENIED_STATUSES = frozenset({401, 402, 403, 409, 429})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def durable_before_answer(method: str, status: int, ctx: RequestContext) -> bool:
+    """Whether the request's audit row must be committed before its answer ends: a denial, or
+    any request but a read (every billable call is a POST). Reads are buffered and committed
+    within TOOLCALLSTORE_AUDIT_FLUSH_MS, so a kill -9 can lose the rows of that last window."""
+    return method not in READ_METHODS or ctx.decision == "denied" or status in DENIED_STATUSES
 
 
 class ObserveMiddleware:
@@ -49,13 +61,26 @@ class ObserveMiddleware:
         request_id_header = (b"toolcall-request-id", ctx.request_id.encode())
         status = 500
         response_started = False
+        audited = False
+        audit_path = scope["path"] not in UNAUDITED_PATHS
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, audited
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
                 message["headers"] = [*message.get("headers", []), request_id_header]
+            elif (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and audit_path
+                and not audited
+                and durable_before_answer(scope["method"], status, ctx)
+            ):
+                # The answer's last bytes wait for its audit row's commit (a group commit).
+                audited = True
+                row = self._row(scope, ctx, status, time.perf_counter() - started)
+                await self.audit.record_durable(row)
             await send(message)
 
         try:
@@ -70,17 +95,18 @@ class ObserveMiddleware:
                 error = InternalError("Something went wrong on our side; it has been logged.")
                 await send_error(send_with_id, error, ctx.request_id)
         finally:
-            await self._finish(scope, ctx, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(_route(scope), scope["method"], status, seconds)
+            if audit_path and not audited:
+                await self.audit.record(self._row(scope, ctx, status, seconds))
 
-    async def _finish(self, scope: Scope, ctx: RequestContext, status: int, seconds: float) -> None:
-        route_obj = scope.get("route")
-        route = getattr(route_obj, "path", None) or "unmatched"
-        method = scope["method"]
-        self.metrics.observe_request(route, method, status, seconds)
-        if scope["path"] in UNAUDITED_PATHS:
-            return
+    def _row(
+        self, scope: Scope, ctx: RequestContext, status: int, seconds: float
+    ) -> dict[str, Any]:
         principal = ctx.principal
-        row: dict[str, Any] = {
+        method = scope["method"]
+        route = _route(scope)
+        return {
             "ts": now_us(),
             "request_id": ctx.request_id,
             "tenant_id": principal.tenant_id if principal else None,
@@ -101,7 +127,10 @@ class ObserveMiddleware:
             "ip": ctx.ip,
             "latency_us": int(seconds * 1_000_000),
         }
-        await self.audit.record(row)
+
+
+def _route(scope: Scope) -> str:
+    return getattr(scope.get("route"), "path", None) or "unmatched"
 
 
 class InputLimitsMiddleware:

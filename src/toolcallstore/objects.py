@@ -46,6 +46,8 @@ def key_object(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
         "scopes": list(key.scopes),
         "redacted": f"tcs_{key.mode}_...{key.last4}",
         "auto_quote_max_usd": None if auto_quote is None else micros_to_usd(auto_quote),
+        "rate_limit_per_s": key.rate_limit_per_s,
+        "rate_limit_burst": key.rate_limit_burst,
         "created_by": key.created_by_key_id,
         "created": _seconds(key.created_at),
         "revoked": _seconds(key.revoked_at),

@@ -26,6 +26,7 @@ from toolcallstore.media.service import MediaService
 from toolcallstore.metrics import Metrics
 from toolcallstore.queue.sql import SqlJobStore
 from toolcallstore.queue.worker import WorkerPool
+from toolcallstore.ratelimit import RateLimiter
 from toolcallstore.settings import Settings
 from toolcallstore.storage.assets import Assets
 from toolcallstore.tools import ToolRegistry
@@ -48,6 +49,7 @@ class Services:
     lanes: Catalog
     prices: LivePrices  # live LLM prices; quotes fall back to `lanes` past their max age
     assets: Assets  # stored media: objects, rows, signed URLs (signing keys loaded at start)
+    rate_limiter: RateLimiter  # per-key and per-tenant token buckets of this process
     http: httpx.AsyncClient | None = None
     sender: Sender | None = None
     keyring: Keyring | None = None  # None: no TOOLCALLSTORE_MASTER_KEY, BYOK is off

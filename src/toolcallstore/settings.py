@@ -142,6 +142,13 @@ class Settings:
     stalwart_password: str = field(default="", repr=False)
     mail_verify_wait_seconds: float = 60.0
     mail_charge_interval_seconds: int = 3600
+    # Token buckets (ratelimit.py): requests per second and burst, per key (a key may carry
+    # its own) and per tenant; a rate of 0 turns that limit off. With --processes N each
+    # process enforces 1/N of them.
+    rate_limit_key_per_s: float = 100.0
+    rate_limit_key_burst: int = 200
+    rate_limit_tenant_per_s: float = 1000.0
+    rate_limit_tenant_burst: int = 2000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -21,6 +21,7 @@ from toolcallstore.errors import NotFound, PermissionDenied
 from toolcallstore.idempotency import idempotency_key
 from toolcallstore.money import usd_to_micros
 from toolcallstore.objects import key_object, list_object
+from toolcallstore.ratelimit import rate_limit_of
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.site.operations import PAGE_QUERY, Operation
@@ -33,6 +34,9 @@ KEY_FIELDS = {
     "project_id": Field(str, max_length=64),
     "tenant_id": Field(str, max_length=64),
     "auto_quote_max_usd": Field(object),
+    # The key's own token bucket (admin keys only): requests per second, and burst.
+    "rate_limit_per_s": Field(object),
+    "rate_limit_burst": Field(int),
 }
 
 
@@ -69,7 +73,14 @@ def _grantable(principal: Principal, params: dict[str, Any]) -> dict[str, Any]:
                 "auto_quote_forbidden",
                 "A key cannot grant a higher 'auto_quote_max_usd' than its own.",
             )
-    return {"scopes": scopes, "mode": mode, "project_id": project_id, "auto_quote": auto_quote}
+    rate, burst = rate_limit_of(params)
+    if (rate is not None or burst is not None) and not principal.has("admin"):
+        raise _refuse(
+            "rate_limit_forbidden",
+            "Only an admin key can set a key's 'rate_limit_per_s' or 'rate_limit_burst'.",
+        )
+    return {"scopes": scopes, "mode": mode, "project_id": project_id, "auto_quote": auto_quote,
+            "rate": rate, "burst": burst}  # fmt: skip
 
 
 async def create_key(request: Request) -> Response:
@@ -97,6 +108,8 @@ async def create_key(request: Request) -> Response:
             scopes=grant["scopes"],
             auto_quote_max_micros=grant["auto_quote"],
             created_by_key_id=principal.key_id,
+            rate_limit_per_s=grant["rate"],
+            rate_limit_burst=grant["burst"],
         )
         return 200, key_object(created, secret)
 
@@ -176,7 +189,8 @@ routes = [
 operations = [
     Operation("POST", "/v1/keys", "Create an API key (its secret is shown once)", "keys",
               "keys:manage", body=KEY_FIELDS, idempotency="required", responses={200: "ApiKey"},
-              errors={403: ("live_mode_forbidden", "project_forbidden", "auto_quote_forbidden"),
+              errors={403: ("live_mode_forbidden", "project_forbidden", "auto_quote_forbidden",
+                            "rate_limit_forbidden", "admin_scope_forbidden"),
                       404: ("not_found",)}),
     Operation("GET", "/v1/keys", "List API keys", "keys", "keys:manage", query=PAGE_QUERY,
               responses={200: "ApiKeyList"}),

@@ -14,6 +14,7 @@ from toolcallstore.billing.reconciliation import stripe_side
 from toolcallstore.controls.ledger import receipt_object
 from toolcallstore.controls.reconciliation import reconcile
 from toolcallstore.controls.spend import period_of
+from toolcallstore.db.tenants import get_project
 from toolcallstore.errors import NotFound
 from toolcallstore.ids import now_us
 from toolcallstore.money import micros_to_usd
@@ -100,7 +101,13 @@ async def usage(request: Request) -> Response:
     clauses = ["tenant_id = :t", "period = :period", "livemode = :l", "kind = 'charge'"]
     values: dict[str, Any] = {"t": principal.tenant_id, "period": period,
                               "l": int(principal.livemode)}  # fmt: skip
-    project_id = principal.key.project_id or request.query_params.get("project_id")
+    asked = request.query_params.get("project_id")
+    if asked is not None and (
+        principal.key.project_id not in (None, asked)
+        or await get_project(services(request).db, principal.tenant_id, asked) is None
+    ):  # another tenant's project, or not the project of a project-bound key
+        raise NotFound("No such project.", param="project_id")
+    project_id = principal.key.project_id or asked
     if project_id is not None:
         clauses.append("project_id = :p")
         values["p"] = project_id

@@ -29,6 +29,9 @@ class ApiKey:
     created_by_key_id: str | None
     created_at: int
     revoked_at: int | None
+    # The key's own token bucket (None: the server's defaults), see ratelimit.py.
+    rate_limit_per_s: float | None = None
+    rate_limit_burst: int | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> ApiKey:
@@ -44,6 +47,8 @@ class ApiKey:
             created_by_key_id=row["created_by_key_id"],
             created_at=row["created_at"],
             revoked_at=row["revoked_at"],
+            rate_limit_per_s=row.get("rate_limit_per_s"),
+            rate_limit_burst=row.get("rate_limit_burst"),
         )
 
 
@@ -71,6 +76,8 @@ async def insert_key(
     scopes: tuple[str, ...],
     auto_quote_max_micros: int | None = None,
     created_by_key_id: str | None = None,
+    rate_limit_per_s: float | None = None,
+    rate_limit_burst: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Store a new key; returns it with its secret, which is never stored or shown again."""
     secret = f"tcs_{mode}_{random_base62(SECRET_RANDOM_CHARS)}"
@@ -88,12 +95,16 @@ async def insert_key(
         "created_by_key_id": created_by_key_id,
         "created_at": now_us(),
         "revoked_at": None,
+        "rate_limit_per_s": rate_limit_per_s,
+        "rate_limit_burst": rate_limit_burst,
     }
     await tx.execute(
         "INSERT INTO api_keys (id, tenant_id, project_id, name, mode, lookup, secret_hash, last4,"
-        " scopes, auto_quote_max_micros, created_by_key_id, created_at, revoked_at) VALUES"
+        " scopes, auto_quote_max_micros, created_by_key_id, created_at, revoked_at,"
+        " rate_limit_per_s, rate_limit_burst) VALUES"
         " (:id, :tenant_id, :project_id, :name, :mode, :lookup, :secret_hash, :last4, :scopes,"
-        " :auto_quote_max_micros, :created_by_key_id, :created_at, :revoked_at)",
+        " :auto_quote_max_micros, :created_by_key_id, :created_at, :revoked_at,"
+        " :rate_limit_per_s, :rate_limit_burst)",
         row,
     )
     return ApiKey.from_row(row), secret

@@ -89,6 +89,7 @@ def error_codes(op: Operation) -> dict[int, list[str]]:
         codes[403] = ["insufficient_scope"]
         if not op.path.startswith(SUSPENDED_ALLOWED):
             codes[403].append("account_suspended")  # live keys, payment failing past grace
+        codes[429] = ["rate_limited"]  # the key's or the tenant's bucket (ratelimit.py)
     if op.body is not None or op.body_schema is not None:
         codes[400] += ["invalid_json", "unknown_parameter", "missing_parameter"]
         codes[413] = ["request_too_large"]
@@ -151,7 +152,22 @@ ASSET_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "video/mp4"
                "application/octet-stream")  # fmt: skip
 REQUEST_ID = {"$ref": "#/components/headers/RequestId"}
 REPLAYED = {"$ref": "#/components/headers/IdempotentReplayed"}
+RATE_HEADERS = {
+    "RateLimit-Limit": {"$ref": "#/components/headers/RateLimitLimit"},
+    "RateLimit-Remaining": {"$ref": "#/components/headers/RateLimitRemaining"},
+    "RateLimit-Reset": {"$ref": "#/components/headers/RateLimitReset"},
+}
+RETRY_AFTER = {"$ref": "#/components/headers/RetryAfter"}
+_INT_HEADER = {"type": "string", "pattern": "^[0-9]+$"}
 HEADERS = {
+    "RateLimitLimit": {"description": "The burst of the key's or tenant's token bucket nearer"
+                       " to empty (IETF draft RateLimit fields).", "schema": _INT_HEADER},
+    "RateLimitRemaining": {"description": "Requests left in that bucket now.",
+                           "schema": _INT_HEADER},
+    "RateLimitReset": {"description": "Seconds until that bucket is full again.",
+                       "schema": _INT_HEADER},
+    "RetryAfter": {"description": "Seconds to wait before the next request will be admitted.",
+                   "required": True, "schema": _INT_HEADER},
     "RequestId": {"description": "This request's id (also in error bodies and audit rows).",
                   "required": True, "schema": {"type": "string", "minLength": 1}},
     "IdempotentReplayed": {"description": "true: the stored answer of an earlier request with"
@@ -164,13 +180,15 @@ def operation_object(op: Operation) -> dict[str, Any]:
     headers: dict[str, Any] = {"ToolCall-Request-Id": REQUEST_ID}
     if op.idempotency is not None:
         headers["Idempotent-Replayed"] = REPLAYED
+    if op.scope != "public":
+        headers.update(RATE_HEADERS)
     responses: dict[str, Any] = {}
     for status, name in op.responses.items():
         responses[str(status)] = {**_success(op, status, name), "headers": headers}
     for status, codes in error_codes(op).items():
         responses[str(status)] = {
             "description": f"{STATUS_TEXT.get(status, 'Error')}: {', '.join(codes)}",
-            "headers": headers,
+            "headers": {**headers, "Retry-After": RETRY_AFTER} if status == 429 else headers,
             "content": {"application/json": {"schema": ERROR_REF}},
             "x-error-codes": codes,
         }

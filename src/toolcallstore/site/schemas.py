@@ -53,6 +53,7 @@ ERROR = {
                         "permission_error",
                         "idempotency_error",
                         "billing_error",
+                        "rate_limit_error",
                         "api_error",
                     ]
                 },
@@ -78,6 +79,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "secret": NULL_STR,
             "auto_quote_max_usd": NULL_USD,
         },
+        rate_limit_per_s={"type": ["number", "null"]},
+        rate_limit_burst=NULL_INT,
     ),  # fmt: skip
     "Tenant": obj("tenant", {"id": STR, "name": STR, "created": INT}),
     "Project": obj("project", {"id": STR, "tenant_id": STR, "name": STR, "created": INT}),
