@@ -1,7 +1,7 @@
 """What ToolCall Store adds to an LLM call: stub direct vs a bare pass-through vs the gateway.
 
     python bench/gateway_overhead.py [--seconds 8] [--rounds 3] [--warmup 2] [--latency-ms 20]
-        [--chunk-gap-ms 0] [--idempotency] [--profile SECONDS] [--passthrough-tune-gc]
+        [--chunk-gap-ms 0] [--chunks 5] [--idempotency] [--profile SECONDS] [--passthrough-tune-gc]
         [--sql-timing] [--litellm-venv PATH] [--database-url URL | --postgres SERVER_URL]
 
 Issue text: an upstream stub with fixed latency on loopback; in one run measure (a) the stub
@@ -18,9 +18,9 @@ at 1 connection <= 2 ms over direct; throughput at 32 connections >= 0.6x the ba
   whose one openai-protocol target has base_url http://127.0.0.1:<stub>/v1 (loopback: called
   directly even by a test-mode key). An agent key (llm:chat, auto_quote_max_usd 1.00) under a
   tenant spend cap of $1,000,000 (checked on every hold, never reached): every call is
-  authenticated, inline-quoted, held, run, settled (receipt, ledger) and audited. Note: the
-  gateway always asks its upstream for a stream (and assembles a non-stream answer itself),
-  while (a), (b) and (d) pass `stream: false` through; the stub's latency is the same for both.
+  authenticated, inline-quoted, held, run, settled (receipt, ledger) and audited. Note: a plain
+  call on this lane of one target asks its upstream for the whole answer too (issue 21); on a
+  lane that could hedge, the gateway would stream and assemble it itself.
 - (d) only with --litellm-venv: `litellm --config ... --num_workers 1` from that venv, a model
   `bench` = openai/stub-model at the stub; no database, no master key (LiteLLM's defaults:
   no auth, no spend tracking, no budgets).
@@ -181,7 +181,8 @@ def main() -> None:
             stub_port = free_port()
             stub = spawn(workdir, "stub", [sys.executable, str(BENCH_DIR / "gateway_stub.py"),
                          "--port", str(stub_port), "--latency-ms", str(args.latency_ms),
-                         "--chunk-gap-ms", str(args.chunk_gap_ms)])  # fmt: skip
+                         "--chunk-gap-ms", str(args.chunk_gap_ms),
+                         "--chunks", str(args.chunks)])  # fmt: skip
             processes.append(stub)
             stub_base = f"http://127.0.0.1:{stub_port}/v1"
             wait_port(stub_port, stub, workdir / "stub.log")
@@ -248,6 +249,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="seconds per system and case")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the stub's latency")
     parser.add_argument("--chunk-gap-ms", type=float, default=0.0, help="between stream chunks")
+    parser.add_argument("--chunks", type=int, default=5, help="content chunks per stream")
     parser.add_argument("--idempotency", action="store_true",
                         help="a fresh Idempotency-Key on every request")  # fmt: skip
     parser.add_argument(

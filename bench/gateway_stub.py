@@ -1,13 +1,14 @@
 """A fixed-latency OpenAI-compatible upstream for bench/gateway_overhead.py.
 
-    python bench/gateway_stub.py --port PORT [--latency-ms 20] [--chunk-gap-ms 0]
+    python bench/gateway_stub.py --port PORT [--latency-ms 20] [--chunk-gap-ms 0] [--chunks 5]
 
 `POST /v1/chat/completions` waits `--latency-ms`, then answers: with `"stream": true` an SSE
-body (role chunk, five content chunks, finish chunk, usage chunk, `data: [DONE]`; each event
+body (role chunk, `--chunks` content chunks, finish chunk, usage chunk, `data: [DONE]`; each event
 its own HTTP chunk and its own write, `--chunk-gap-ms` apart), else one `chat.completion` JSON
 object. Both answers are fixed bytes built at start-up, so the usage is deterministic
-(10 prompt + 5 completion tokens) and a request costs the stub next to nothing: a raw asyncio
-protocol on uvloop with httptools' parser, no framework. Keep-alive; no pipelining.
+(10 prompt + 5 completion tokens, whatever `--chunks`) and a request costs the stub next to
+nothing: a raw asyncio protocol on uvloop with httptools' parser, no framework. Keep-alive; no
+pipelining.
 """
 
 from __future__ import annotations
@@ -41,33 +42,31 @@ STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
     b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
 )
-STREAM_EVENTS = [
-    _chunk([_delta({"role": "assistant", "content": ""})]),
-    *(_chunk([_delta({"content": word})]) for word in WORDS),
-    _chunk([_delta({}, "stop")]),
-    _chunk([], usage=USAGE),
-    b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",
-]
-COMPLETION = orjson.dumps(
-    {
-        "id": ID,
-        "object": "chat.completion",
-        "created": CREATED,
-        "model": MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(WORDS)},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": USAGE,
-    }
-)
-PLAIN = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-    len(COMPLETION),
-    COMPLETION,
-)
+STREAM_EVENTS: list[bytes] = []
+PLAIN = b""
+
+
+def build(chunks: int) -> None:
+    """The fixed answers, with `chunks` content chunks (the words repeated as needed)."""
+    global PLAIN
+    words = [WORDS[i % len(WORDS)] for i in range(chunks)]
+    STREAM_EVENTS[:] = [
+        _chunk([_delta({"role": "assistant", "content": ""})]),
+        *(_chunk([_delta({"content": word})]) for word in words),
+        _chunk([_delta({}, "stop")]),
+        _chunk([], usage=USAGE),
+        b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",
+    ]
+    message = {"role": "assistant", "content": "".join(words)}
+    completion = orjson.dumps({
+        "id": ID, "object": "chat.completion", "created": CREATED, "model": MODEL,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": USAGE,
+    })  # fmt: skip
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    PLAIN = head % len(completion) + completion
+
+
+build(len(WORDS))
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 
 
@@ -145,7 +144,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--chunk-gap-ms", type=float, default=0.0)
+    parser.add_argument("--chunks", type=int, default=len(WORDS), help="content chunks")
     args = parser.parse_args()
+    build(args.chunks)
     Stub.latency, Stub.gap = args.latency_ms / 1000, args.chunk_gap_ms / 1000
     uvloop.run(serve(args.port))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from tests.chat.helpers import Live, live_server, loopback_upstream, models_file, point_provider
 from toolcallstore.db.keys import insert_key
@@ -26,15 +26,20 @@ class Upstream:
     def __init__(self) -> None:
         self.keys: list[str] = []
 
-    async def handle(self, request: Request) -> StreamingResponse:
+    async def handle(self, request: Request) -> Response:
         self.keys.append(request.headers.get("authorization", ""))
+        usage = {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+        if not (await request.json()).get("stream"):  # a plain call is answered whole
+            message = {"role": "assistant", "content": "hi from mine"}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            completion = {"object": "chat.completion", "choices": [choice], "usage": usage}
+            return Response(orjson.dumps(completion), media_type="application/json")
 
         async def body() -> AsyncIterator[bytes]:
             chunk = {"choices": [{"index": 0, "delta": {"content": "hi from mine"}}]}
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
             done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             yield b"data: " + orjson.dumps(done) + b"\n\n"
-            usage = {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
             yield b"data: " + orjson.dumps({"choices": [], "usage": usage}) + b"\n\n"
             yield b"data: [DONE]\n\n"
 

@@ -27,17 +27,22 @@ from toolcallstore.lanes.base import (
     Event,
     Finish,
     Malformed,
+    PlainTranslator,
     StreamError,
     StreamParser,
     TextDelta,
     ToolCallDelta,
+    Translator,
     UpstreamError,
+    UpstreamRequest,
     Usage,
 )
 from toolcallstore.lanes.plan import Candidate, estimate_output_tokens
 from toolcallstore.lanes.request import chat_request
 from toolcallstore.lanes.sender import Sender, UpstreamFailed, route_target
 from toolcallstore.money import micros_to_usd
+
+MAX_PLAIN_ANSWER = 32 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -61,6 +66,9 @@ class Attempt:
     estimated: bool = False
     byok: bool = False  # the tenant's own provider key: the provider bills the tenant
     delivered: bool = False  # its output reached the caller
+    # Sent plain and answered 2xx: the provider generated (and billed) the whole answer even if
+    # reading it failed.
+    answered_plain: bool = False
 
     @classmethod
     def of(cls, candidate: Candidate, role: str) -> Attempt:
@@ -106,23 +114,21 @@ class Conditions:
     idle_timeout_s: float
     ends_at: float  # loop time
     byok: Mapping[str, str] = field(repr=False)  # provider -> the tenant's own key (live mode)
+    # Ask for the whole answer at once where the protocol can: a plain call with one target.
+    # Its answer comes whole, so it is bounded by the call's deadline, not the first-token one.
+    plain: bool = False
 
 
 async def run_attempt(
     conditions: Conditions, candidate: Candidate, attempt: Attempt, params: dict[str, Any]
 ) -> AsyncGenerator[Event, None]:
     """The attempt's events from its first token on; raises AttemptFailed before it."""
-    model = candidate.model
-    key = conditions.byok.get(model.target.provider) if conditions.livemode else None
-    attempt.byok = key is not None
-    target, key = route_target(model.target, key or model.api_key,
-                               livemode=conditions.livemode,
-                               sandbox_url=conditions.sandbox_url)  # fmt: skip
-    translator = TRANSLATORS[target.protocol]
-    request = translator.build(target, _request_for(candidate, params), key)
+    translator, whole, request = _upstream_request(conditions, candidate, attempt, params)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    deadline = min(started + conditions.first_token_timeout_s, conditions.ends_at)
+    # A whole answer comes at once: bounded by the call's deadline, not the first-token one.
+    first = conditions.ends_at if whole else started + conditions.first_token_timeout_s
+    deadline = min(first, conditions.ends_at)
     pending: list[Event] = []  # events before the first token: not yet the caller's
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -133,18 +139,25 @@ async def run_attempt(
                     )
             except TimeoutError:
                 raise AttemptFailed(_as_error(_stalled(True))) from None
-            parser = translator.parser()
-            chunks = response.aiter_raw()
-            while True:
-                before_first = attempt.first_token_ms is None
-                events, ended = await _next_events(chunks, parser, deadline, before_first)
-                for event in events:
-                    for out in _take(event, attempt, pending, started, loop.time()):
-                        yield out
-                if ended:
-                    break
-                if attempt.first_token_ms is not None:
-                    deadline = min(loop.time() + conditions.idle_timeout_s, conditions.ends_at)
+            if whole is not None:
+                attempt.answered_plain = True
+                answer = await _whole_answer(response, whole, deadline)
+                for out in _take_all(answer, attempt, pending, started, loop.time()):
+                    yield out
+            else:
+                parser = translator.parser()
+                chunks = response.aiter_raw()
+                while True:
+                    before_first = attempt.first_token_ms is None
+                    events, ended = await _next_events(chunks, parser, deadline, before_first)
+                    for event in events:  # each goes out before the next is looked at
+                        for out in _take(event, attempt, pending, started, loop.time()):
+                            yield out
+                    if ended:
+                        break
+                    if attempt.first_token_ms is not None:
+                        deadline = min(loop.time() + conditions.idle_timeout_s,
+                                       conditions.ends_at)  # fmt: skip
     except UpstreamFailed as failed:
         fail(attempt, candidate, failed.error, conditions.prompt_tokens)
         raise AttemptFailed(failed.error) from None
@@ -156,13 +169,36 @@ async def run_attempt(
             attempt.outcome = "cancelled"
         price(attempt, candidate, conditions.prompt_tokens)
         raise
+    _conclude(attempt, candidate, pending, conditions.prompt_tokens)
+
+
+def _upstream_request(
+    conditions: Conditions, candidate: Candidate, attempt: Attempt, params: dict[str, Any]
+) -> tuple[Translator, PlainTranslator | None, UpstreamRequest]:
+    """Where the attempt goes and what it sends; the translator again if it asks for the whole
+    answer at once (a plain call whose protocol can: see `Conditions.plain`)."""
+    model = candidate.model
+    key = conditions.byok.get(model.target.provider) if conditions.livemode else None
+    attempt.byok = key is not None
+    target, key = route_target(model.target, key or model.api_key,
+                               livemode=conditions.livemode,
+                               sandbox_url=conditions.sandbox_url)  # fmt: skip
+    translator = TRANSLATORS[target.protocol]
+    asked = _request_for(candidate, params)
+    if conditions.plain and isinstance(translator, PlainTranslator):
+        return translator, translator, translator.build_plain(target, asked, key)
+    return translator, None, translator.build(target, asked, key)
+
+
+def _conclude(attempt: Attempt, candidate: Candidate, pending: list[Event], prompt: int) -> None:
+    """The body ended: a failure if nothing reached the caller, else how it ended, priced."""
     if attempt.first_token_ms is None:
         error = _pending_failure(pending)
-        fail(attempt, candidate, error, conditions.prompt_tokens)
+        fail(attempt, candidate, error, prompt)
         raise AttemptFailed(error)
     if attempt.outcome == "running":
         attempt.outcome = "succeeded" if attempt.finish else "cut"
-    price(attempt, candidate, conditions.prompt_tokens)
+    price(attempt, candidate, prompt)
 
 
 def _request_for(candidate: Candidate, params: dict[str, Any]) -> ChatRequest:
@@ -172,6 +208,12 @@ def _request_for(candidate: Candidate, params: dict[str, Any]) -> ChatRequest:
         # fixed 1.0, the provider's default, whatever the caller asked.
         asked = replace(asked, temperature=None, top_p=None)
     return asked
+
+
+def _take_all(
+    events: list[Event], attempt: Attempt, pending: list[Event], started: float, now: float
+) -> list[Event]:
+    return [out for event in events for out in _take(event, attempt, pending, started, now)]
 
 
 def _take(
@@ -239,7 +281,7 @@ def price(attempt: Attempt, candidate: Candidate, prompt_estimate: int) -> None:
         if attempt.error.status != 200:
             return  # refused before any work (an HTTP error, no connection)
     early = attempt.outcome in ("failed", "cancelled") and attempt.first_token_ms is None
-    if early and attempt.bills_on_cancel:
+    if early and (attempt.bills_on_cancel or attempt.answered_plain):
         attempt.cost, attempt.estimated = candidate.worst_cost, True
     else:
         estimated = attempt.input_tokens is None or attempt.output_tokens is None
@@ -267,6 +309,26 @@ async def _next_events(
     except httpx.TransportError as exc:
         return [_lost(exc)], True
     return parser.feed(chunk), False
+
+
+async def _whole_answer(
+    response: httpx.Response, translator: PlainTranslator, deadline: float
+) -> list[Event]:
+    """The events of a plain answer, read whole (bounded in size and by the call's deadline)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_PLAIN_ANSWER:
+                    return [StreamError("answer_too_large", "The answer exceeded 32 MiB.", False)]
+    except TimeoutError:
+        return [StreamError("timeout", "No whole answer before the call's deadline.")]
+    except httpx.TransportError as exc:
+        return [_lost(exc)]
+    return translator.parse_plain(b"".join(chunks))
 
 
 def _stalled(before_first_token: bool) -> StreamError:

@@ -3,15 +3,16 @@
 A translator (`openai_compat.py`, `anthropic.py`, `gemini.py`) is pure: it builds the provider's
 HTTP request from a `ChatRequest` and turns the provider's streamed bytes into `Event`s. The one
 sender (`sender.py`) does the I/O on the shared `httpx.AsyncClient`; the router decides what to do
-with the events. Upstream calls are always streamed; a non-stream answer is assembled from the
-events, so every protocol has one code path.
+with the events. Upstream calls are streamed, and a non-stream answer is assembled from the events;
+the one exception is a plain call on a lane of one target, sent plain where the protocol's
+translator can (`PlainTranslator`), its answer turned into the same events.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 # OpenAI's finish reasons; each protocol maps its own to these.
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -149,4 +150,20 @@ class Translator(Protocol):
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         """Translate a non-2xx response (its body may be empty or not JSON)."""
+        ...
+
+
+@runtime_checkable
+class PlainTranslator(Translator, Protocol):
+    """A translator that can also ask for the whole answer at once: used for a plain (not
+    streamed) call whose lane has one target, where a stream would be parsed chunk by chunk only
+    to be assembled again (nothing to hedge, nothing to resume)."""
+
+    def build_plain(
+        self, target: Target, request: ChatRequest, api_key: str
+    ) -> UpstreamRequest: ...
+
+    def parse_plain(self, body: bytes) -> list[Event]:
+        """The events the whole answer carries; a cut or unreadable answer ends in StreamError
+        or Malformed."""
         ...

@@ -85,7 +85,7 @@ class ChatCall(Response):
         self._call = LaneCall(self.svc.sender, self.plan, self.params,
                               bool(self.execution["livemode"]),
                               self.svc.settings.sandbox_base(), self.svc.health,
-                              self.byok, self.max_seconds)  # fmt: skip
+                              self.byok, self.max_seconds, plain=not self.stream)  # fmt: skip
         self._assembly = Assembly(f"chatcmpl-{self.execution['id']}", int(time.time()))
         work = asyncio.create_task(self._run(send))
         watcher = asyncio.create_task(_watch_disconnect(receive, work))

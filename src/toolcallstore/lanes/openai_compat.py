@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -28,7 +29,7 @@ from toolcallstore.lanes.base import (
     UpstreamRequest,
     Usage,
 )
-from toolcallstore.lanes.sse import JSONEventParser, as_int
+from toolcallstore.lanes.sse import JSONEventParser, as_int, well_typed
 
 RETRYABLE = frozenset({"rate_limited", "server_error", "overloaded", "timeout"})
 
@@ -259,6 +260,41 @@ class OpenAICompat:
             body=body,
         )
 
+    def build_plain(self, target: Target, request: ChatRequest, api_key: str) -> UpstreamRequest:
+        """The non-streamed request (a plain call on a lane that cannot hedge or resume)."""
+        built = self.build(target, request, api_key)
+        body = {k: v for k, v in built.body.items() if k not in ("stream", "stream_options")}
+        return replace(built, body=body)
+
+    def parse_plain(self, body: bytes) -> list[Event]:
+        """A `chat.completion` as the events its stream would have carried: the content, the
+        tool calls, the finish and the usage in one go; a failure if it is not one."""
+        try:
+            completion = orjson.loads(body)
+            error = completion.get("error")
+            if error:  # an error object under a 200, as some compatible servers send
+                return [stream_error(error if isinstance(error, dict) else {"message": error})]
+            choice = completion["choices"][0]
+            message = choice["message"]
+            if not isinstance(message.get("content"), str | None):
+                return [_unreadable(body)]
+            calls = message.get("tool_calls") or ()
+            delta = {**message, "tool_calls": [{**c, "index": i} for i, c in enumerate(calls)]}
+            out: list[Event] = []
+            _take_choice({"delta": delta, "finish_reason": choice.get("finish_reason")}, out)
+            usage = completion.get("usage")
+            if usage:
+                out.append(Usage(as_int(usage.get("prompt_tokens")),
+                                 as_int(usage.get("completion_tokens"))))  # fmt: skip
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+            return [_unreadable(body)]
+        if not all(map(well_typed, out)):
+            return [_unreadable(body)]
+        if not any(isinstance(e, Finish | StreamError) for e in out):
+            out.append(stream_cut())  # an answer without its finish: what came is delivered
+        out.append(Done())
+        return out
+
     def parser(self) -> OpenAIStreamParser:
         return OpenAIStreamParser()
 
@@ -276,6 +312,11 @@ class OpenAICompat:
         return upstream_error(
             status, headers, _openai_code(status, error, message), message, details
         )
+
+
+def _unreadable(body: bytes) -> StreamError:
+    shown = body[:200].decode(errors="replace")
+    return StreamError("malformed_answer", f"not a chat.completion: {shown!r}", retryable=False)
 
 
 def _openai_code(status: int, error: dict[str, Any], message: str) -> str:

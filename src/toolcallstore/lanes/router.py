@@ -80,6 +80,9 @@ class LaneCall:
     byok: Mapping[str, str] = field(default_factory=dict, repr=False)  # tenants' own keys
     # The whole call ends by then: its hold outlives it only by the grace period.
     max_seconds: float = 600.0
+    # The caller takes the answer whole (not streamed): with one target, nothing to hedge or
+    # resume, the upstream is asked for it whole too (where its protocol can).
+    plain: bool = False
     attempts: list[Attempt] = field(default_factory=list)
     winner: Attempt | None = None  # the first attempt whose output reached the caller
     producer: Attempt | None = None  # the one whose output reached the caller last (resumed)
@@ -122,6 +125,7 @@ class _Race:
             idle_timeout_s=self.lane.idle_timeout_ms / 1000,
             ends_at=self.loop.time() + call.max_seconds,
             byok=call.byok,
+            plain=call.plain and len(call.plan.candidates) == 1,
         )
         self.queue: asyncio.Queue[tuple[Attempt, Event | _Ended]] = asyncio.Queue(QUEUE_SIZE)
         self.live: dict[Attempt, asyncio.Task[None]] = {}

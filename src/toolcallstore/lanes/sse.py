@@ -134,7 +134,7 @@ class JSONEventParser(ABC):
             # orjson.JSONDecodeError is a ValueError; the others are a payload of the wrong shape.
             out.append(Malformed(frame.data.encode()))
             return
-        if not all(map(_well_typed, events)):  # valid JSON, but e.g. a tool name of 7
+        if not all(map(well_typed, events)):  # valid JSON, but e.g. a tool name of 7
             out.append(Malformed(frame.data.encode()))
             return
         for event in events:
@@ -155,7 +155,7 @@ class JSONEventParser(ABC):
         """Append what the end of the body means: nothing, Done, or a cut stream."""
 
 
-def _well_typed(event: Event) -> bool:
+def well_typed(event: Event) -> bool:
     """Whether an event carries the types its class promises: the parsers take fields from the
     provider's JSON as they come, and a wrong type would fail later, far from the frame."""
     if isinstance(event, TextDelta):

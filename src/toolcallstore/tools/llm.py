@@ -52,7 +52,7 @@ def register_llm_tool(
                                 livemode=call.livemode, prices=prices,
                                 byok_providers=frozenset(byok))  # fmt: skip
         lane_call = LaneCall(sender(), plan, call.params, call.livemode, sandbox_url, health(),
-                             byok)  # fmt: skip
+                             byok, plain=True)  # fmt: skip
         assembly = Assembly(f"chatcmpl-{call.execution_id}", int(time.time()))
         cut: StreamError | None = None
         refused: Refused | None = None
