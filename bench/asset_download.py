@@ -71,6 +71,7 @@ async def store_asset(server: BenchServer, data: bytes) -> tuple[str, Path]:
     """Store one asset in the running server's database and assets directory; its signed URL
     and file."""
     from toolcallstore.db import Database
+    from toolcallstore.settings import Settings
     from toolcallstore.storage.assets import Assets
     from toolcallstore.storage.local import LocalDiskStorage
     from toolcallstore.storage.signing import SigningKeys
@@ -81,7 +82,8 @@ async def store_asset(server: BenchServer, data: bytes) -> tuple[str, Path]:
     db = Database(server.database_url, readers=1)
     await db.connect()
     try:
-        storage = LocalDiskStorage(server.workdir / "assets")
+        # Where the server keeps them: its default, beside its SQLite file.
+        storage = LocalDiskStorage(Settings(database_url=server.database_url).resolved_assets_dir())
         assets = Assets(db, storage)
         assets.use_keys(SigningKeys.parse(KEYS))
         tenant = await db.fetch_val("SELECT id FROM tenants LIMIT 1")
@@ -112,7 +114,6 @@ def main() -> None:
     baseline: subprocess.Popen[bytes] | None = None
     runs: dict[str, list[Load]] = {}
     try:
-        # The server's default assets dir is beside its database, in its workdir.
         signed, path = asyncio.run(store_asset(ours, data))
         baseline_port = free_port()
         baseline = start_baseline(baseline_port, path)
