@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -110,3 +113,32 @@ async def test_local_files_are_owner_only_and_written_in_place(tmp_path: Path) -
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "assets").stat().st_mode) == 0o700
     assert sorted(p.name for p in path.parent.iterdir()) == ["asset_7.png"]  # no temp file left
+
+
+WRITER = """
+import asyncio, sys
+from pathlib import Path
+from toolcallstore.storage.local import LocalDiskStorage
+
+async def endless():
+    while True:
+        yield b"\\x89PNG\\r\\n\\x1a\\n" + bytes(2_000_000)
+        await asyncio.sleep(0.01)
+
+asyncio.run(LocalDiskStorage(Path(sys.argv[1])).put("ten_A/asset_9.png", endless(), "image/png"))
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_no_object(tmp_path: Path) -> None:
+    root = tmp_path / "assets"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root)])
+    try:
+        deadline = time.monotonic() + 30
+        while not any(p.stat().st_size > 4_000_000 for p in root.rglob(".tmp-*")):
+            assert writer.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        writer.kill()  # SIGKILL: no cleanup runs
+        writer.wait()
+    assert not (root / "ten_A" / "asset_9.png").exists()
+    assert [p.name.startswith(".tmp-asset_9.png.") for p in (root / "ten_A").iterdir()] == [True]

@@ -10,12 +10,17 @@ import hmac
 import os
 import time
 
+import pytest
+
 from tests.conftest import running_api
 from tests.storage.conftest import local_only, stored_objects
 from tests.storage.test_signed_urls import assets_of, png_bytes, store, with_query
+from toolcallstore.errors import ConfigError
 from toolcallstore.queue.store import NewJob
 from toolcallstore.settings import Settings
+from toolcallstore.storage import open_storage
 from toolcallstore.storage.assets import PRUNE_JOB_TYPE
+from toolcallstore.storage.signing import SigningKeys
 
 OLD = "old:" + "o" * 32
 NEW = "new:" + "n" * 32
@@ -110,3 +115,17 @@ async def test_retention_prunes_old_unpublished_assets(settings: Settings) -> No
         assert await assets_of(api).get(recent.id) is not None
         assert len(stored_objects(settings)) == 2
         assert old.storage_key.split("/")[-1] not in " ".join(stored_objects(settings))
+
+
+def test_bad_storage_and_key_settings_stop_start_up_without_showing_a_secret() -> None:
+    with pytest.raises(ConfigError, match="'local' or 's3'"):
+        open_storage(Settings(storage="ftp"))
+    with pytest.raises(ConfigError, match="TOOLCALLSTORE_S3_BUCKET"):
+        open_storage(Settings(storage="s3"))
+    for raw, needle in (("k1:short", "16 bytes"), ("no-colon-" + "x" * 20, "kid:secret"),
+                        (f"{OLD},{OLD}", "appears twice"), (" , ", "no key")):  # fmt: skip
+        with pytest.raises(ConfigError, match=needle) as refused:
+            SigningKeys.parse(raw)
+        assert "o" * 16 not in str(refused.value) and "short" not in str(refused.value)
+    assert "o" * 16 not in repr(SigningKeys.parse(OLD))
+    assert "o" * 16 not in repr(Settings(asset_signing_keys=OLD))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -73,6 +74,10 @@ async def test_a_signed_url_downloads_the_bytes_without_a_key(api: Api) -> None:
     assert head.headers["content-length"] == str(len(data))
     again = await api.client.get(url, headers={"If-None-Match": answer.headers["etag"]})
     assert again.status_code == 304
+    shown = assets_of(api).to_object(asset, ttl_s=60)
+    assert shown["object"] == "asset" and shown["size"] == len(data)
+    assert abs(shown["url_expires_at"] - (time.time() + 60)) < 5
+    assert (await api.client.get(shown["url"])).content == data
 
 
 @local_only

@@ -77,6 +77,9 @@ def _headers(asset: Asset, max_age: int, visibility: str) -> dict[str, str]:
 class WholeFile(FileResponse):
     """A FileResponse that leaves Range to us: the same answers on every backend."""
 
+    # Four times Starlette's 64 KiB: a quarter of the thread hops per file.
+    chunk_size = 256 * 1024
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
         await super().__call__({**scope, "headers": headers}, receive, send)

@@ -156,6 +156,14 @@ class Assets:
     def signed_url(self, asset: Asset | str, *, ttl_s: int | None = None) -> str:
         return self.signed(asset, ttl_s=ttl_s)[0]
 
+    def to_object(self, asset: Asset, *, ttl_s: int | None = None) -> dict[str, Any]:
+        """The asset as the API shows it, with a fresh signed URL."""
+        url, expires_at = self.signed(asset, ttl_s=ttl_s)
+        return {"id": asset.id, "object": "asset", "content_type": asset.content_type,
+                "size": asset.size, "sha256": asset.sha256, "url": url,
+                "url_expires_at": expires_at, "published_url": asset.published_url,
+                "created": asset.created}  # fmt: skip
+
     def verify(self, path: str, query: Mapping[str, str]) -> None:
         """Raises 403 `invalid_signature` or 410 `expired` unless `query` signs `path`."""
         self.keys.verify(path, query)
