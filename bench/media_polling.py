@@ -37,6 +37,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import admin_post, start_server  # noqa: E402
 
+from toolcallstore.queue.watch import CHANNEL  # noqa: E402
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PORT = 27140
 
@@ -61,7 +63,7 @@ async def seed(conn: asyncpg.Connection, tenant: str, key_id: str, n: int, tag: 
     ids = []
     quotes, executions, generations = [], [], []
     for i in range(n):
-        q, e, g = f"q_bench{tag}{i}", f"exe_bench{tag}{i}", f"gen_bench{tag}{i:05d}"
+        q, e, g = f"q_bench{tag}{i:05d}", f"exe_bench{tag}{i:05d}", f"gen_bench{tag}{i:05d}"
         quotes.append((q, tenant, key_id, 0, "media.image", "x", params, 1000, 1000, 800, "[]",
                        0, "[]", 1, "used", now + 10**9, now, now))  # fmt: skip
         executions.append((e, tenant, key_id, q, "media.image", 0, "running", f"hold_{tag}{i}",
@@ -86,7 +88,7 @@ async def seed(conn: asyncpg.Connection, tenant: str, key_id: str, n: int, tag: 
 async def finisher(pool: asyncpg.Pool, ids: list[str], seconds: float,
                    done_at: dict[str, float]) -> None:  # fmt: skip
     """Finish each generation at a random time: generation succeeded + execution settled, in
-    one transaction, as the job and its close do."""
+    one transaction ending with the NOTIFY, as the job and its close do."""
     start = time.monotonic()
     schedule = sorted((random.uniform(0, seconds), g) for g in ids)
 
@@ -101,13 +103,17 @@ async def finisher(pool: asyncpg.Pool, ids: list[str], seconds: float,
                 "UPDATE executions SET state = 'succeeded', receipt_id = $1, price_micros = 1000,"
                 " finished_at = $2 WHERE id = $3", "rcpt_" + gid, now,
                 "exe_" + gid.removeprefix("gen_"))  # fmt: skip
+            # As the close of a real generation's execution does (tools/media.py).
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"media_generations:{gid}")
         done_at[gid] = time.monotonic()
 
     await asyncio.gather(*(finish(at, gid) for at, gid in schedule))
 
 
-async def client(session: aiohttp.ClientSession, base: str, gid: str, headers: dict[str, str],
-                 long_poll: bool, seen_at: dict[str, float], errors: list[str]) -> None:  # fmt: skip
+async def client(
+    session: aiohttp.ClientSession, base: str, gid: str, headers: dict[str, str],
+    long_poll: bool, seen_at: dict[str, float], errors: list[str],
+) -> None:  # fmt: skip
     url = f"{base}/v1/media/generations/{gid}" + ("?wait=30" if long_poll else "")
     while True:
         try:
@@ -149,7 +155,10 @@ async def phase(name: str, long_poll: bool, args: argparse.Namespace, server: An
                                               seen_at, errors)) for g in ids]  # fmt: skip
         await asyncio.sleep(1)  # every client asking before the first finish
         await finisher(pool, ids, args.seconds, done_at)
-        await asyncio.wait_for(asyncio.gather(*clients), timeout=90)
+        try:
+            await asyncio.wait_for(asyncio.gather(*clients), timeout=90)
+        except TimeoutError:
+            raise SystemExit(f"{name}: clients still waiting; errors: {errors[:5]}") from None
         cpu1, x1 = cpu_seconds(server.process.pid), await xacts(stats, db_name)
     await stats.close()
     await pool.close()

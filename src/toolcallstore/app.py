@@ -148,6 +148,8 @@ def create_app(settings: Settings) -> Starlette:
             svc.tasks["webhooks"] = asyncio.create_task(dispatch_webhooks(svc), name="webhooks")
             svc.tasks["metering"] = asyncio.create_task(meter_usage(svc), name="metering")
             svc.tasks["assets"] = asyncio.create_task(schedule_asset_pruning(svc), name="assets")
+            if db.is_postgres and svc.media is not None:
+                await svc.media.watch.listen(db.url)
             if settings.workers > 0:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)

@@ -34,7 +34,7 @@ from toolcallstore.media.runner import (
 )
 from toolcallstore.media.service import MediaService
 from toolcallstore.money import micros_to_usd, usd_to_micros
-from toolcallstore.queue.watch import Watch
+from toolcallstore.queue.watch import Watch, notify_sql
 from toolcallstore.site.fields import body_schema
 from toolcallstore.storage.assets import Assets
 from toolcallstore.tools.registry import Outcome, Tool, ToolCall, ToolRegistry
@@ -188,6 +188,11 @@ def close_generation(tx: SyncTransaction, execution: Row) -> None:
         " error = COALESCE(error, :error) WHERE execution_id = :e",
         {"now": now_us(), "state": execution["state"], "error": error, "e": execution["id"]},
     )
+    if tx.dialect == "postgresql":
+        gid = tx.fetch_val("SELECT id FROM media_generations WHERE execution_id = :e",
+                           {"e": execution["id"]})  # fmt: skip
+        if gid is not None:
+            tx.execute(notify_sql("media_generations"), {"watched_id": gid})
 
 
 def register_media_tools(
