@@ -167,3 +167,26 @@ async def test_publishing_needs_an_approved_quote(settings: Settings, tmp_path: 
         assert got.status_code == 200 and got.content.startswith(b"\x89PNG")
         assert await submissions(live.client, "replicate", prompt) == 1
         await live.balanced()
+
+
+async def test_generation_events_stream_to_the_end(settings: Settings, tmp_path: Path) -> None:
+    file = media_models_file(tmp_path, {"rep": ("replicate", "polls=4", "0.01")})
+    async with live_server(settings.with_(models_file=str(file), **FAST)) as live:
+        agent = await media_key(live.client, live.admin_key)
+        r = await generate(live.client, agent, {"prompt": "sse", "model": "rep/sandbox-model"})
+        gid = r.json()["id"]
+        names: list[str] = []
+        last: dict[str, object] = {}
+        async with live.client.stream("GET", f"/v1/media/generations/{gid}/events",
+                                      headers=auth(agent), timeout=60) as stream:  # fmt: skip
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            async for line in stream.aiter_lines():
+                if line.startswith("event: "):
+                    names.append(line.removeprefix("event: "))
+                elif line.startswith("data: "):
+                    last = orjson.loads(line.removeprefix("data: "))
+        assert names[0] in ("queued", "running") and names[-1] == "succeeded", names
+        assert "running" in names  # the provider reported progress on the way
+        assert last["receipt_id"] and len(last["assets"]) == 1  # type: ignore[arg-type]
+        got = await live.client.get(last["assets"][0]["url"])  # type: ignore[index]
+        assert got.status_code == 200
