@@ -190,3 +190,33 @@ async def test_generation_events_stream_to_the_end(settings: Settings, tmp_path:
         assert last["receipt_id"] and len(last["assets"]) == 1  # type: ignore[arg-type]
         got = await live.client.get(last["assets"][0]["url"])  # type: ignore[index]
         assert got.status_code == 200
+
+
+async def test_a_video_with_its_approval_runs(settings: Settings) -> None:
+    async with live_server(settings.with_(**FAST)) as live:
+        agent = await media_key(live.client, live.admin_key)
+        human = await media_key(live.client, live.admin_key, scopes=["approvals:grant"])
+        prompt = "a wave breaking " + secrets.token_hex(4)
+        refused = await generate(live.client, agent, {"prompt": prompt, "kind": "video",
+                                                      "seconds": 3})  # fmt: skip
+        assert refused.status_code == 403
+        quote_id = refused.json()["error"]["quote_id"]
+        headers = {**auth(agent), "Idempotency-Key": secrets.token_hex(8)}
+        approval = await live.client.post("/v1/approvals", json={"quote_id": quote_id},
+                                          headers=headers)  # fmt: skip
+        headers = {**auth(human), "Idempotency-Key": secrets.token_hex(8)}
+        grant = await live.client.post(f"/v1/approvals/{approval.json()['id']}/grant",
+                                       headers=headers)  # fmt: skip
+        assert grant.status_code == 200, grant.text
+        r = await generate(
+            live.client, agent, {"quote_id": quote_id, "approval_id": approval.json()["id"]}
+        )
+        assert r.status_code == 202, r.text
+        done = await finished(live.client, agent, r.json()["id"])
+        assert done["status"] == "succeeded", done
+        assert done["model"] == "video-standard" and done["seconds"] == 3
+        [asset] = done["assets"]
+        got = await live.client.get(asset["url"])
+        assert got.status_code == 200 and got.headers["content-type"] == "video/mp4"
+        assert got.content[4:8] == b"ftyp"
+        await live.balanced()
