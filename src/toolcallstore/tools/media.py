@@ -184,7 +184,8 @@ def close_generation(tx: SyncTransaction, execution: Row) -> None:
     tx.execute(
         "UPDATE media_generations SET updated_at = :now, finished_at = COALESCE(finished_at,"
         " :now), status = CASE WHEN status IN ('succeeded', 'failed', 'cancelled') THEN status"
-        " WHEN :state = 'succeeded' THEN 'succeeded' ELSE 'failed' END,"
+        " WHEN :state = 'succeeded' THEN 'succeeded' WHEN cancel_requested = 1 THEN 'cancelled'"
+        " ELSE 'failed' END,"
         " error = COALESCE(error, :error) WHERE execution_id = :e",
         {"now": now_us(), "state": execution["state"], "error": error, "e": execution["id"]},
     )
