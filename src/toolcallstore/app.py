@@ -181,6 +181,8 @@ def create_app(settings: Settings) -> Starlette:
             svc.tasks["metering"] = asyncio.create_task(meter_usage(svc), name="metering")
             svc.tasks["assets"] = asyncio.create_task(schedule_asset_pruning(svc), name="assets")
             svc.tasks["mail"] = asyncio.create_task(charge_mailboxes(svc), name="mail")
+            if db.is_postgres and svc.media is not None:
+                await svc.media.watch.listen(db.url)
             if settings.workers > 0:
                 if db.is_postgres:
                     close_listener = await svc.jobs.listen(db.url)

@@ -156,3 +156,27 @@ async def test_a_lost_submit_answer_is_looked_up_not_resubmitted(
         assert done["amount_usd"] == micros_to_usd(price_micros("0.02"))
         assert receipt["attempts"][0]["provider_cost_usd"] == "0.010000"
         await live.balanced()
+
+
+async def test_an_accepted_job_that_fails_hands_over_and_stays_on_the_receipt(
+    settings: Settings, tmp_path: Path
+) -> None:
+    file = media_models_file(
+        tmp_path, {"flaky": ("fal", "fail_after_queued=1", "0.01"),
+                   "up": ("replicate", None, "0.01")},
+        {"fo": ["flaky", "up"]},
+    )  # fmt: skip
+    async with live_server(
+        settings.with_(models_file=str(file), media_poll_max_seconds=0.5)
+    ) as live:
+        agent = await media_key(live.client, live.admin_key)
+        prompt = "flaky " + secrets.token_hex(4)
+        r = await generate(live.client, agent, {"prompt": prompt, "model": "fo"})
+        done = await finished(live.client, agent, r.json()["id"])
+        assert done["status"] == "succeeded", done
+        receipt = await live.receipt(done["receipt_id"])
+        assert [a["outcome"] for a in receipt["attempts"]] == ["failed", "succeeded"]
+        assert await submissions(live.client, "fal", prompt) == 1
+        assert await submissions(live.client, "replicate", prompt) == 1
+        assert done["amount_usd"] == micros_to_usd(price_micros("0.01"))
+        await live.balanced()

@@ -49,6 +49,7 @@ from toolcallstore.media.base import (
 )
 from toolcallstore.media.catalog import MediaCatalog, MediaTarget, parse_size
 from toolcallstore.money import micros_to_usd
+from toolcallstore.queue.watch import notify_sql
 from toolcallstore.storage.assets import Assets
 from toolcallstore.tools.registry import CostlyFailure, Outcome, ToolCall
 
@@ -213,8 +214,11 @@ class Runner:
     async def set_generation(self, generation_id: str, **values: Any) -> None:
         values["updated_at"] = now_us()
         sets = ", ".join(f"{k} = :{k}" for k in values)
-        await _write(self.db, f"UPDATE media_generations SET {sets} WHERE id = :id",
-                              {**values, "id": generation_id})  # fmt: skip
+        async with self.db.transaction() as tx:
+            await tx.execute(f"UPDATE media_generations SET {sets} WHERE id = :id",
+                             {**values, "id": generation_id})  # fmt: skip
+            if self.db.is_postgres:  # other processes' long-polls wake at COMMIT
+                await tx.execute(notify_sql("media_generations"), {"watched_id": generation_id})
         self.changed(generation_id)
 
 

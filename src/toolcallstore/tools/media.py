@@ -34,7 +34,7 @@ from toolcallstore.media.runner import (
 )
 from toolcallstore.media.service import MediaService
 from toolcallstore.money import micros_to_usd, usd_to_micros
-from toolcallstore.queue.watch import Watch
+from toolcallstore.queue.watch import Watch, notify_sql
 from toolcallstore.site.fields import body_schema
 from toolcallstore.storage.assets import Assets
 from toolcallstore.tools.registry import Outcome, Tool, ToolCall, ToolRegistry
@@ -184,10 +184,16 @@ def close_generation(tx: SyncTransaction, execution: Row) -> None:
     tx.execute(
         "UPDATE media_generations SET updated_at = :now, finished_at = COALESCE(finished_at,"
         " :now), status = CASE WHEN status IN ('succeeded', 'failed', 'cancelled') THEN status"
-        " WHEN :state = 'succeeded' THEN 'succeeded' ELSE 'failed' END,"
+        " WHEN :state = 'succeeded' THEN 'succeeded' WHEN cancel_requested = 1 THEN 'cancelled'"
+        " ELSE 'failed' END,"
         " error = COALESCE(error, :error) WHERE execution_id = :e",
         {"now": now_us(), "state": execution["state"], "error": error, "e": execution["id"]},
     )
+    if tx.dialect == "postgresql":
+        gid = tx.fetch_val("SELECT id FROM media_generations WHERE execution_id = :e",
+                           {"e": execution["id"]})  # fmt: skip
+        if gid is not None:
+            tx.execute(notify_sql("media_generations"), {"watched_id": gid})
 
 
 def register_media_tools(
