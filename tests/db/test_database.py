@@ -16,7 +16,7 @@ async def test_migrations_record_the_schema_version_and_are_idempotent(db: Datab
     assert await current_version(db) == latest_version(db.dialect) >= 1
     assert await migrate(db) == []
     rows = await db.fetch_all("SELECT version, name FROM schema_migrations ORDER BY version")
-    assert [r["version"] for r in rows] == list(range(1, latest_version(db.dialect) + 1))
+    assert [r["version"] for r in rows] == [m.version for m in load_migrations(db.dialect)]
 
 
 def test_both_dialects_have_the_same_migrations() -> None:
