@@ -29,7 +29,7 @@ from toolcallstore.controls.pricing import load_pricing
 from toolcallstore.controls.sweeper import register_control_jobs
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
-from toolcallstore.domains.tools import register_domain_tools
+from toolcallstore.domains.tools import DOMAINS_QUEUE, register_domain_tools
 from toolcallstore.errors import APIError, MethodNotAllowed, NotFound
 from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
 from toolcallstore.ids import now_us
@@ -78,6 +78,8 @@ def create_app(settings: Settings) -> Starlette:
     queue_limits = parse_queue_limits(settings.queue_limits)
     # Slow receivers (up to 15 s each) must not take every worker from tool and billing jobs.
     queue_limits.setdefault(WEBHOOK_QUEUE, max(1, settings.workers // 2))
+    # dns.verify polls nameservers for minutes: it must not take every worker either.
+    queue_limits.setdefault(DOMAINS_QUEUE, max(1, settings.workers // 2))
     pool_config = PoolConfig(
         concurrency=settings.workers,
         queue_limits=queue_limits,
