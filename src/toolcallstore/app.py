@@ -30,7 +30,7 @@ from toolcallstore.controls.pricing import load_pricing
 from toolcallstore.controls.sweeper import register_control_jobs
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import migrate
-from toolcallstore.domains.tools import register_domain_tools
+from toolcallstore.domains.tools import DOMAINS_QUEUE, register_domain_tools
 from toolcallstore.errors import APIError, MethodNotAllowed, NotFound
 from toolcallstore.idempotency import Idempotency, prune_idempotency_keys
 from toolcallstore.ids import now_us
@@ -100,6 +100,8 @@ def create_app(settings: Settings) -> Starlette:
     queue_limits = parse_queue_limits(settings.queue_limits)
     # Slow receivers (up to 15 s each) must not take every worker from tool and billing jobs.
     queue_limits.setdefault(WEBHOOK_QUEUE, max(1, settings.workers // 2))
+    # dns.verify polls nameservers for minutes: it must not take every worker either.
+    queue_limits.setdefault(DOMAINS_QUEUE, max(1, settings.workers // 2))
     pool_config = PoolConfig(
         concurrency=settings.workers,
         queue_limits=queue_limits,
@@ -360,11 +362,16 @@ async def charge_mailboxes(svc: Services) -> None:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (a path may be split over routes)."""
+    """Every method some route serves at this path (a path may be split over routes). A path
+    some route names literally (`/v1/domains/check`) is that route's, not also a parameter's
+    (`/v1/domains/{name}`)."""
+    path = request.url.path
+    matching = [route for route in request.app.router.routes
+                if isinstance(route, Route) and route.path_regex.match(path)]  # fmt: skip
+    literal = [route for route in matching if route.path == path]
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.path_regex.match(request.url.path):
-            methods |= route.methods or set()
+    for route in literal or matching:
+        methods |= route.methods or set()
     return sorted(methods)
 
 

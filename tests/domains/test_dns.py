@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import free_port
 from tests.domains.helpers import Live, receipts_and_ledger
 from toolcallstore.domains import service
+from toolcallstore.domains.records import diff_records, parse_records
 
 MX = {"name": "@", "type": "MX", "value": "mx.dns-shop.com", "priority": 10}
 SPF = {"name": "@", "type": "TXT", "value": "v=spf1 mx -all"}
@@ -197,3 +198,29 @@ async def test_verify_fails_naming_the_records_that_never_answer(live: Live) -> 
     assert [m["value"] for m in done["dns"]["missing"]] == ["192.0.2.7"]
     events = await live.svc.db.fetch_all("SELECT type, data FROM events WHERE type LIKE 'dns.%'")
     assert "dns.verify_failed" in {e["type"] for e in events}
+
+
+async def test_a_change_resumed_after_a_crash_does_not_send_an_operation_twice(
+    live: Live,
+) -> None:
+    """A run died after sending its first operation and before writing it down: the next run
+    finds it in the live zone, counts it as applied and sends only the rest."""
+    await _registered(live, "resume-shop.com")
+    svc = live.svc
+    held = await svc.db.fetch_one("SELECT * FROM domains WHERE name = 'resume-shop.com'")
+    assert held is not None
+    records = parse_records([WWW, API], "resume-shop.com")
+    diff = diff_records([], records)
+    change, fresh = await service._change_row(svc, held["tenant_id"], False, held,
+                                              "exe_crashed", diff)  # fmt: skip
+    assert fresh and change["status"] == "applying"
+    await _out_of_band_add(live, "resume-shop.com", {**WWW, "ttl": 3600})  # it was sent
+    change_id = await service.apply_records_for(
+        svc, tenant_id=held["tenant_id"], livemode=False, project_id=None,
+        domain="resume-shop.com", upsert=[WWW, API], execution_id="exe_crashed")  # fmt: skip
+    assert change_id == change["id"]
+    status = await service.dns_change_status(svc, change_id)
+    assert status["status"] in ("applied", "verified") and status["error"] is None
+    assert len(status["applied"]) == 2 and status["not_applied"] == []
+    zone = await live.get(live.admin_key, "/v1/domains/resume-shop.com/dns")
+    assert sorted(r["value"] for r in zone["records"]) == ["192.0.2.7", "2001:db8::7"]

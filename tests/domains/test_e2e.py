@@ -68,3 +68,45 @@ async def test_check_register_apply_verify(live: Live) -> None:
     assert sorted(r["type"] for r in zone["records"]) == ["A", "MX", "TXT", "TXT"]
     events = await live.svc.db.fetch_all("SELECT type FROM events WHERE type LIKE 'd%'")
     assert {e["type"] for e in events} >= {"domain.registered", "dns.applied", "dns.verified"}
+
+
+async def test_a_dns_change_through_v1_executions_and_the_domain_list(live: Live) -> None:
+    """dns.apply is a tool like any other: quoted, approved and run by POST /v1/executions."""
+    agent = await live.key()
+    human = await live.key(["approvals:grant"])
+    await live.register_domain(agent, human, "exec-shop.dev")
+    first = [{"name": "www", "type": "A", "value": "192.0.2.1"},
+             {"name": "old", "type": "CNAME", "value": "www.exec-shop.dev"}]  # fmt: skip
+    r = await live.apply_dns(agent, human, "exec-shop.dev", first)
+    assert r.status_code == 200 and r.json()["status"] == "applied", r.text
+    second = [{"name": "www", "type": "A", "value": "192.0.2.1", "ttl": 7200}]
+    q = await live.quote_dns(agent, "exec-shop.dev", second)
+    diff = q.json()["breakdown"]["lines"][0]["diff"]
+    assert [c["to"]["ttl"] for c in diff["change"]] == [7200]
+    assert [r["name"] for r in diff["remove"]] == ["old"] and diff["add"] == []
+    assert q.json()["price_usd"] == "0.020000" and q.json()["requires_approval"] is True
+    approval_id = await live.approve(agent, human, q.json()["id"])
+    r = await live.client.post(
+        "/v1/executions",
+        headers=live.idem(agent),
+        json={"quote_id": q.json()["id"], "approval_id": approval_id},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["status"] == "applied" and r.json()["amount_usd"] == "0.020000"
+    done = await live.wait_dns(agent, "exec-shop.dev")
+    assert done["dns"]["status"] == "verified"
+    zone = await live.get(agent, "/v1/domains/exec-shop.dev/dns")
+    assert [(r["name"], r["ttl"]) for r in zone["records"]] == [("www", 7200)]
+    listed = await live.get(agent, "/v1/domains")
+    assert [d["name"] for d in listed["data"]] == ["exec-shop.dev"]
+    assert listed["data"][0]["status"] == "registered"
+    # Another tenant's key sees none of it.
+    other = await live.client.post("/v1/tenants", json={"name": "other"}, headers=live.idem())
+    assert other.status_code == 200, other.text
+    r = await live.client.post("/v1/keys", headers=live.idem(), json={
+        "scopes": ["dns:write"], "tenant_id": other.json()["id"]})  # fmt: skip
+    assert r.status_code == 200, r.text
+    stranger = r.json()["secret"]
+    r = await live.client.get("/v1/domains/exec-shop.dev", headers=live.auth(stranger))
+    assert r.status_code == 404
+    assert (await live.get(stranger, "/v1/domains"))["data"] == []

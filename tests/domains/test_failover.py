@@ -107,3 +107,46 @@ async def test_a_dearer_failover_is_not_bought_and_the_retry_waits_for_openprovi
                         ("openprovider", "registered")]  # fmt: skip
     assert (await live.fake_log("porkbun"))["creates"] == []
     assert await _count(live, "SELECT count(*) FROM holds WHERE state = 'open'") == 0
+
+
+async def test_a_replayed_registration_answers_the_first_202_and_buys_nothing_more(
+    live: Live,
+) -> None:
+    agent, human = await live.key(), await live.key(["approvals:grant"])
+    body = await _quoted(live, agent, human, "replay-shop.org")
+    headers = live.idem(agent, key="register-replay-shop")
+    first = await live.client.post("/v1/domains", json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    await live.wait_domain(agent, "replay-shop.org")
+    again = await live.client.post("/v1/domains", json=body, headers=headers)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert await _count(live, "SELECT count(*) FROM executions") == 1
+    assert (await live.fake_log("openprovider"))["creates"] == ["replay-shop.org"]
+    # Another key (a new request) for the same name: it is ours already, a clean 409.
+    q = await live.quote(
+        agent, "domains.register", {k: body[k] for k in ("name", "years", "contact")}
+    )
+    assert q.status_code == 409 and q.json()["error"]["code"] == "domain_unavailable"
+
+
+async def test_taken_when_the_job_creates_ends_at_once_without_failover(live: Live) -> None:
+    """Someone bought the name between the check and the create: OpenProvider says so, the
+    job ends on its first attempt (no retry, no Porkbun), nothing is charged."""
+    agent, human = await live.key(), await live.key(["approvals:grant"])
+    body = await _quoted(live, agent, human, "raced-shop.com")
+    await live.fault("openprovider", "taken", path="/domains", method="POST")
+    r = await live.client.post("/v1/domains", json=body, headers=live.idem(agent))
+    assert r.status_code == 202, r.text
+    done = await live.wait_domain(agent, "raced-shop.com", until=("failed",))
+    assert "346" in done["error"]
+    execution = await live.get(agent, f"/v1/executions/{done['execution_id']}")
+    assert execution["status"] == "failed" and execution["amount_usd"] == "0.000000"
+    assert execution["error"]["code"] == "domain_unavailable"
+    job = await live.get(agent, f"/v1/jobs/{r.json()['job_id']}")
+    while job["state"] == "running":  # its outcome is being recorded
+        job = await live.get(agent, f"/v1/jobs/{r.json()['job_id']}?wait=5")
+    assert (job["state"], job["attempts"]) == ("failed", 1)
+    assert (await live.fake_log("porkbun"))["requests"] == []
+    assert await _count(live, "SELECT count(*) FROM ledger_entries WHERE kind = 'charge'") == 0
+    assert await _count(live, "SELECT count(*) FROM holds WHERE state = 'open'") == 0

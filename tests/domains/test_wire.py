@@ -72,3 +72,24 @@ async def test_check_refuses_more_than_50_names_and_bad_names(live: Live) -> Non
     r = await live.client.post("/v1/domains/check", json=NAMES, headers=live.auth(no_scope))
     assert r.status_code == 403 and "domains:check" in r.json()["error"]["message"]
     assert (await live.fake_log("openprovider"))["requests"] == []
+
+
+async def test_live_mode_uses_only_configured_registrars(live: Live) -> None:
+    from toolcallstore.domains import service
+    from toolcallstore.errors import Unavailable
+
+    svc = live.svc
+    try:
+        service.registrars(svc, True)
+    except Unavailable as error:
+        assert error.code == "provider_not_configured" and error.status == 503
+    else:
+        raise AssertionError("live mode without credentials must refuse")
+    svc.settings = svc.settings.with_(porkbun_api_key="pk1_x", porkbun_secret_key="sk1_x")
+    assert [r.name for r in service.registrars(svc, True)] == ["porkbun"]
+    svc.settings = svc.settings.with_(openprovider_username="u", openprovider_password="p")
+    found = service.registrars(svc, True)
+    assert [r.name for r in found] == ["openprovider", "porkbun"]
+    assert "api.openprovider.eu" in found[0].base  # type: ignore[attr-defined]
+    shown = repr(svc.settings)  # secrets are kept out of the settings' repr
+    assert "openprovider_password" not in shown and "sk1_x" not in shown

@@ -282,13 +282,17 @@ async def register_domain(svc: Services, call: ToolCall) -> Outcome:
         ns for ns in svc.settings.domain_nameservers.split(",") if ns.strip()
     ]
     price = Decimal(call.estimate.price_micros) / 1_000_000
-    for registrar in registrars(svc, call.livemode):
+    candidates = registrars(svc, call.livemode)
+    # An earlier run sent a create and never heard back (a crash, a timeout): every registrar
+    # it may have bought at is asked first, before any create is sent anywhere.
+    for registrar in candidates:
         tried = [a for a in attempts if a["registrar"] == registrar.name]
         if tried and tried[-1]["state"] in ("sent", "ambiguous"):
-            # An earlier run sent the create and never heard back (a crash, a timeout).
             earlier = await _ask_registrar(svc, registrar, name, wait=False)
             if earlier is not None:
                 return await _finish(svc, call, row["id"], earlier, attempts, registrar.name)
+            tried[-1]["state"] = "not_held"
+    for registrar in candidates:
         # No registrar may cost us more than the customer pays (the failover's price was not
         # quoted).
         cap = price
@@ -478,14 +482,14 @@ async def apply_dns(svc: Services, call: ToolCall) -> Outcome:
     at a time; charged per record change the provider made."""
     diff, fingerprint = quoted_change(call.estimate)
     domain = await held_or_404(svc, call.tenant_id, call.livemode, call.params["domain"])
-    change = await _change_row(svc, call.tenant_id, call.livemode, domain, call.execution_id,
-                               diff)  # fmt: skip
-    if change["status"] == "applying" and not orjson.loads(change["applied"]):
+    change, fresh = await _change_row(svc, call.tenant_id, call.livemode, domain,
+                                      call.execution_id, diff)  # fmt: skip
+    if fresh:
         live = await read_zone(svc, domain)
         if zone_fingerprint(live) != fingerprint:
             await _set_change(svc, change["id"], status="failed", error="quote_stale")
             raise stale("checked before applying")
-    change = await _run_change(svc, domain, change)
+    change = await _run_change(svc, domain, change, resumed=not fresh)
     unit = svc.tools.pricing.for_tool(DNS_TOOL).quote(1)
     done = len(orjson.loads(change["applied"]))
     price = min(unit.price_micros * done, call.estimate.max_cost_micros)
@@ -496,21 +500,23 @@ async def apply_dns(svc: Services, call: ToolCall) -> Outcome:
 
 
 async def _change_row(svc: Services, tenant_id: str, livemode: bool, domain: Row,
-                      execution_id: str, diff: Diff) -> Row:  # fmt: skip
-    def insert(tx: SyncTransaction) -> Row:
+                      execution_id: str, diff: Diff) -> tuple[Row, bool]:  # fmt: skip
+    """The change of an execution, and whether it is new (False: a run after a crash)."""
+
+    def insert(tx: SyncTransaction) -> tuple[Row, bool]:
         now = now_us()
-        tx.execute(
+        inserted = tx.fetch_one(
             "INSERT INTO dns_changes (id, tenant_id, domain_id, livemode, execution_id, status,"
             " diff, applied, not_applied, missing, created_at, updated_at) VALUES (:id, :t, :d,"
             " :m, :e, 'applying', :diff, '[]', '[]', '[]', :now, :now)"
-            " ON CONFLICT (execution_id) DO NOTHING",
+            " ON CONFLICT (execution_id) DO NOTHING RETURNING id",
             {"id": new_id("dnsch"), "t": tenant_id, "d": domain["id"], "m": int(livemode),
              "e": execution_id, "diff": orjson.dumps(diff.to_dict()).decode(), "now": now},
         )  # fmt: skip
         row = tx.fetch_one("SELECT * FROM dns_changes WHERE execution_id = :e",
                            {"e": execution_id})  # fmt: skip
         assert row is not None
-        return row
+        return row, inserted is not None
 
     return await svc.db.run_sync(insert)
 
@@ -545,7 +551,7 @@ def _already_done(op: dict[str, Any], live: list[Record]) -> bool:
     return record in keys
 
 
-async def _run_change(svc: Services, domain: Row, change: Row) -> Row:
+async def _run_change(svc: Services, domain: Row, change: Row, *, resumed: bool) -> Row:
     """Apply a change's operations not applied yet; a provider refusal stops it there and
     leaves it `partial` (what was applied, what was not). Idempotent after a crash: an
     operation the live zone already shows is counted as applied, not sent again."""
@@ -555,7 +561,8 @@ async def _run_change(svc: Services, domain: Row, change: Row) -> Row:
     applied: list[dict[str, Any]] = orjson.loads(change["applied"])
     host = dns_host(svc, bool(domain["livemode"]), domain["registrar"])
     ops = _ops(diff)[len(applied) :]
-    live = await read_zone(svc, domain) if applied else None
+    # A resumed change may have sent its next operation before the crash: the live zone says.
+    live = await read_zone(svc, domain) if applied or resumed else None
     error: str | None = None
     for i, op in enumerate(ops):
         if live is not None and _already_done(op, live):
@@ -643,13 +650,13 @@ async def apply_records_for(svc: Services, *, tenant_id: str, livemode: bool,
     held = await held_or_404(svc, tenant_id, livemode, domain)
     if existing is not None:
         if existing["status"] == "applying":
-            await _run_change(svc, held, existing)
+            await _run_change(svc, held, existing, resumed=True)
         return str(existing["id"])
     records = parse_records(upsert, held["name"], "upsert")
     live = await read_zone(svc, held)
     diff = diff_records(live, merge_records(live, records))
-    change = await _change_row(svc, tenant_id, livemode, held, execution_id, diff)
-    await _run_change(svc, held, change)
+    change, fresh = await _change_row(svc, tenant_id, livemode, held, execution_id, diff)
+    await _run_change(svc, held, change, resumed=not fresh)
     return str(change["id"])
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from toolcallstore.services import Services
 
 MAX_CHECK_NAMES = 50
+DOMAINS_QUEUE = "domains"
 MAX_YEARS = 10
 
 CHECK_PARAMS = {"names": Field(list, required=True, max_items=MAX_CHECK_NAMES)}
@@ -188,4 +189,4 @@ def register_domain_tools(tools: ToolRegistry, registry: Registry, svc: Services
     async def verify(ctx: JobContext) -> dict[str, Any]:
         return await service.verify_change(svc, ctx.job.payload["change_id"])
 
-    registry.register(service.VERIFY_JOB_TYPE, verify, queue="domains", max_attempts=3)
+    registry.register(service.VERIFY_JOB_TYPE, verify, queue=DOMAINS_QUEUE, max_attempts=3)

@@ -17,7 +17,8 @@ Fake-only controls, for tests and demos (each fake under its own prefix):
 Faults: `down` (503; OpenProvider `maintenance: true`), `timeout_after_acting` (act, then
 answer only after `delay_ms`, 5000 by default), `code_196` (OpenProvider's auth failure under
 HTTP 200), `error_under_200` (OpenProvider `code` != 0 / Porkbun `status: ERROR`, both under
-200), `rate_limit` (429 with Retry-After). A rule hits requests at `path` (every path when
+200), `rate_limit` (429 with Retry-After), `taken` (the create answers that the name is
+someone else's). A rule hits requests at `path` (every path when
 empty; a path ending in "/" is a prefix) and of `method` (any when empty), skipping the first
 `after` of them, `times` times (0: always).
 """
@@ -46,7 +47,7 @@ OP_PRICES = {"com": Decimal("8.06"), "net": Decimal("10.50"), "org": Decimal("9.
 PB_PRICES = {"com": Decimal("9.68"), "net": Decimal("11.48"), "org": Decimal("10.74"),
              "dev": Decimal("12.87"), "io": Decimal("39.50"), "test": Decimal("5.50")}  # fmt: skip
 PREMIUM_PRICE = Decimal("120.00")
-FAULTS = ("down", "timeout_after_acting", "code_196", "error_under_200", "rate_limit")
+FAULTS = ("down", "timeout_after_acting", "code_196", "error_under_200", "rate_limit", "taken")
 DEFAULT_DELAY_MS = 5000
 LIMIT_TEXT = "1 out of 1 checks within 10 seconds used."
 
@@ -233,6 +234,8 @@ class OpenProviderFake(Fake):
             return self.error(4005, "Service is under maintenance", 503, maintenance=True)
         if rule.fault == "code_196":
             return self.error(196, "Authentication/Authorization Failed", 200)
+        if rule.fault == "taken":
+            return self.error(346, "Domain already exists")
         if rule.fault == "rate_limit":
             return _json({"code": 429, "desc": "Too many requests", "data": ""}, 429,
                          {"Retry-After": "1"})  # fmt: skip
@@ -407,6 +410,8 @@ class PorkbunFake(Fake):
             if rule.fault == "rate_limit":
                 return self.error("Rate limit exceeded: 1 out of 1 checks within 10 seconds"
                                   " used.", 429, {"Retry-After": "10"})  # fmt: skip
+            if rule.fault == "taken":
+                return self.error("Domain is not available.")
             return self.error("An unexpected error occurred.", 200)
         try:
             body = orjson.loads(await request.body() or b"{}")
