@@ -290,11 +290,16 @@ async def charge_mailboxes(svc: Services) -> None:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (a path may be split over routes)."""
+    """Every method some route serves at this path (a path may be split over routes). A path
+    some route names literally (`/v1/domains/check`) is that route's, not also a parameter's
+    (`/v1/domains/{name}`)."""
+    path = request.url.path
+    matching = [route for route in request.app.router.routes
+                if isinstance(route, Route) and route.path_regex.match(path)]  # fmt: skip
+    literal = [route for route in matching if route.path == path]
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.path_regex.match(request.url.path):
-            methods |= route.methods or set()
+    for route in literal or matching:
+        methods |= route.methods or set()
     return sorted(methods)
 
 

@@ -107,3 +107,24 @@ async def test_a_dearer_failover_is_not_bought_and_the_retry_waits_for_openprovi
                         ("openprovider", "registered")]  # fmt: skip
     assert (await live.fake_log("porkbun"))["creates"] == []
     assert await _count(live, "SELECT count(*) FROM holds WHERE state = 'open'") == 0
+
+
+async def test_a_replayed_registration_answers_the_first_202_and_buys_nothing_more(
+    live: Live,
+) -> None:
+    agent, human = await live.key(), await live.key(["approvals:grant"])
+    body = await _quoted(live, agent, human, "replay-shop.org")
+    headers = live.idem(agent, key="register-replay-shop")
+    first = await live.client.post("/v1/domains", json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    await live.wait_domain(agent, "replay-shop.org")
+    again = await live.client.post("/v1/domains", json=body, headers=headers)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert await _count(live, "SELECT count(*) FROM executions") == 1
+    assert (await live.fake_log("openprovider"))["creates"] == ["replay-shop.org"]
+    # Another key (a new request) for the same name: it is ours already, a clean 409.
+    q = await live.quote(
+        agent, "domains.register", {k: body[k] for k in ("name", "years", "contact")}
+    )
+    assert q.status_code == 409 and q.json()["error"]["code"] == "domain_unavailable"

@@ -146,7 +146,10 @@ _DOMAIN_SELECT = (
 
 
 async def _domain_row(request: Request, principal: Principal) -> Row:
-    name = check_domain_name(request.path_params["name"], "name")
+    try:
+        name = check_domain_name(request.path_params["name"], "name")
+    except Unprocessable:  # no domain has that name
+        raise NotFound("No such domain here.", param="name") from None
     where, values = _visible(principal)
     row = await services(request).db.fetch_one(
         f"{_DOMAIN_SELECT} WHERE {where} AND d.name = :n ORDER BY d.created_at DESC LIMIT 1",

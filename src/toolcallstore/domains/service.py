@@ -282,13 +282,17 @@ async def register_domain(svc: Services, call: ToolCall) -> Outcome:
         ns for ns in svc.settings.domain_nameservers.split(",") if ns.strip()
     ]
     price = Decimal(call.estimate.price_micros) / 1_000_000
-    for registrar in registrars(svc, call.livemode):
+    candidates = registrars(svc, call.livemode)
+    # An earlier run sent a create and never heard back (a crash, a timeout): every registrar
+    # it may have bought at is asked first, before any create is sent anywhere.
+    for registrar in candidates:
         tried = [a for a in attempts if a["registrar"] == registrar.name]
         if tried and tried[-1]["state"] in ("sent", "ambiguous"):
-            # An earlier run sent the create and never heard back (a crash, a timeout).
             earlier = await _ask_registrar(svc, registrar, name, wait=False)
             if earlier is not None:
                 return await _finish(svc, call, row["id"], earlier, attempts, registrar.name)
+            tried[-1]["state"] = "not_held"
+    for registrar in candidates:
         # No registrar may cost us more than the customer pays (the failover's price was not
         # quoted).
         cap = price
