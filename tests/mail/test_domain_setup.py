@@ -55,3 +55,26 @@ async def test_a_domain_set_up_already_is_refused_before_any_quote_is_used(mail:
     listed = (await mail.get("/v1/email/domains")).json()
     assert [d["domain"] for d in listed["data"]] == ["twice.test"]
     assert (await mail.fake_state())["domain_creates"]["twice.test"] == 1
+
+
+async def test_a_domain_the_tenant_does_not_hold_is_404_and_nothing_is_made(mail: Mail) -> None:
+    call = await mail.approved("email.domain.setup", {"domain": "not-mine.test"})
+    r = await mail.post("/v1/email/domains", {"domain": "not-mine.test", **call})
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "not_found" and r.json()["error"]["param"] == "domain"
+    assert "not-mine.test" not in (await mail.fake_state())["domains"]
+    # The refusal used nothing: once held, the same quote and approval still work.
+    await hold_domain(mail, "not-mine.test")
+    again = await mail.post("/v1/email/domains", {"domain": "not-mine.test", **call})
+    assert again.status_code == 202, again.text
+    assert (await mail.get("/v1/email/domains/other.test")).status_code == 404
+
+
+async def test_setup_without_a_granted_approval_is_403_approval_required(mail: Mail) -> None:
+    await hold_domain(mail, "unapproved.test")
+    q = await mail.api.quote(mail.agent, "email.domain.setup", {"domain": "unapproved.test"})
+    assert q.json()["requires_approval"] is True
+    r = await mail.post("/v1/email/domains", {"domain": "unapproved.test",
+                                              "quote_id": q.json()["id"]})  # fmt: skip
+    assert r.status_code == 403 and r.json()["error"]["code"] == "approval_required"
+    assert "unapproved.test" not in (await mail.fake_state())["domains"]
