@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolcallstore.lanes.health import COOLDOWN_SECONDS, MIN_CALLS, ProviderHealth
+from toolcallstore.lanes.health import COOLDOWN_SECONDS, MIN_CALLS, BreakerPolicy, ProviderHealth
 
 
 class Clock:
@@ -67,3 +67,19 @@ def test_report_shows_percentiles_of_successes_only() -> None:
         breaker.record(True, latency_ms=1.0)
     assert health.report(["t"])[0]["calls"] == 50  # the rolling window keeps the last 50
     assert health.observed_first_token_ms("never-called") == float("inf")
+
+
+def test_the_report_names_the_last_error_and_lanes_with_their_own_breakers() -> None:
+    clock = Clock()
+    health = ProviderHealth(clock)
+    health.breaker("t").record(False, error="500 server_error")
+    clock.now += 2.5
+    health.breaker("t").record(True, latency_ms=10.0, first_token_ms=4.0)
+    [entry] = health.report(["t"])
+    assert entry["last_error"] == {"error": "500 server_error", "age_s": 2.5}
+    assert entry["calls"] == 2 and entry["first_token_ms"]["p50"] == 4.0
+    assert health.lane_report() == []
+    health.breaker("t", BreakerPolicy(min_calls=1), lane="fast").record(False, error="429 x")
+    [lane] = health.lane_report()
+    assert lane["lane"] == "fast" and lane["state"] == "open" and lane["target"] == "t"
+    assert health.report(["t"])[0]["state"] == "closed"  # the shared breaker is unaffected

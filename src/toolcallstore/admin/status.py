@@ -52,6 +52,9 @@ def providers(svc: Services) -> dict[str, Any]:
     """Targets this process has called or whose breaker is not closed; worst first."""
     report = svc.health.report(list(svc.lanes.models))
     seen = [t for t in report if (t["state"], t["calls"]) != IDLE or t["last_error"]]
+    # Lanes with their own breaker settings keep their own state of a target.
+    seen += [{**t, "target": f"{t['target']} (lane {t['lane']})"}
+             for t in svc.health.lane_report()]  # fmt: skip
     rank = {"open": 0, "half_open": 1, "closed": 2}
     seen.sort(key=lambda t: (rank[t["state"]], -t["error_rate"], t["target"]))
     return {"targets": seen, "idle": len(report) - len(seen)}

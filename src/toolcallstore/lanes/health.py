@@ -185,22 +185,33 @@ class ProviderHealth:
 
     def report(self, targets: list[str]) -> list[dict[str, Any]]:
         now = self._clock()
-        out = []
-        for target in targets:
-            b = self._shared(target)
-            available = b.available()
-            recent = b._recent()
-            out.append({
-                "target": target,
-                "state": b.state,
-                "available": available,
-                "retry_after_s": max(0.0, round(b.blocked_until - now, 3)) or None,
-                "calls": len(recent),
-                "error_rate": round(b.error_rate(), 4),
-                "latency_ms": {"p50": b.p(50, "latency_ms"), "p95": b.p(95, "latency_ms")},
-                "first_token_ms": {"p50": b.p(50, "first_token_ms"),
-                                   "p95": b.p(95, "first_token_ms")},
-                "last_error": None if b.last_error is None else {
-                    "error": b.last_error, "age_s": round(now - b.last_error_at, 1)},
-            })  # fmt: skip
-        return out
+        return [_entry(target, self._shared(target), now) for target in targets]
+
+    def lane_report(self) -> list[dict[str, Any]]:
+        """The breakers lanes with their own settings keep of their targets (`lane` added)."""
+        now = self._clock()
+        return [
+            {**_entry(target, breaker, now), "lane": lane}
+            for (target, lane), breaker in sorted(
+                self._breakers.items(), key=lambda item: (item[0][0], item[0][1] or "")
+            )
+            if lane is not None
+        ]
+
+
+def _entry(target: str, b: Breaker, now: float) -> dict[str, Any]:
+    available = b.available()
+    recent = b._recent()
+    return {
+        "target": target,
+        "state": b.state,
+        "available": available,
+        "retry_after_s": max(0.0, round(b.blocked_until - now, 3)) or None,
+        "calls": len(recent),
+        "error_rate": round(b.error_rate(), 4),
+        "latency_ms": {"p50": b.p(50, "latency_ms"), "p95": b.p(95, "latency_ms")},
+        "first_token_ms": {"p50": b.p(50, "first_token_ms"),
+                           "p95": b.p(95, "first_token_ms")},
+        "last_error": None if b.last_error is None else {
+            "error": b.last_error, "age_s": round(now - b.last_error_at, 1)},
+    }  # fmt: skip
