@@ -189,12 +189,12 @@ async def _copy_rows(source: sqlite3.Connection, target_url: str, *, quiet: bool
 
 
 async def _move_sequences(conn: asyncpg.Connection, tables: list[str]) -> None:
-    """Every serial column's sequence past the largest copied value."""
+    """Every serial or identity column's sequence past the largest copied value."""
     rows = await conn.fetch(
         "SELECT table_name, column_name,"
         " pg_get_serial_sequence(quote_ident(table_name), column_name) AS seq"
         " FROM information_schema.columns WHERE table_schema = current_schema()"
-        " AND column_default LIKE 'nextval(%'"
+        " AND (column_default LIKE 'nextval(%' OR is_identity = 'YES')"
     )
     for r in rows:
         if r["table_name"] not in tables or r["seq"] is None:
