@@ -5,6 +5,7 @@ fails `db verify`; a non-empty target is refused."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 from tests.conftest import requires_postgres, start_server, stop_server
 from tests.ops.helpers import MASTER_KEY, cli, new_pg_database, populated_sqlite_store
+from toolcallstore.db import Database
+from toolcallstore.db.migrate import migrate
 from toolcallstore.errors import ConfigError
 from toolcallstore.ops.copy import copy_store
 from toolcallstore.ops.stores import pg_dsn, store_manifest, verify_store
@@ -136,3 +139,33 @@ async def test_copy_refuses_what_it_cannot_copy(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
     with pytest.raises(ConfigError, match="postgresql://"):
         await copy_store(f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}")
+
+
+@requires_postgres
+async def test_a_copy_that_fails_leaves_the_target_empty_to_try_again(tmp_path: Path) -> None:
+    source = f"sqlite:///{tmp_path / 'store.db'}"
+    db = Database(source, readers=1)
+    await db.connect()
+    try:
+        await migrate(db)
+        async with db.transaction() as tx:  # a table no Postgres migration creates
+            await tx.execute("CREATE TABLE local_notes (id TEXT PRIMARY KEY, body TEXT)")
+            await tx.execute("INSERT INTO local_notes VALUES ('n1', 'hello')")
+    finally:
+        await db.disconnect()
+    target = await new_pg_database()
+    with pytest.raises(ConfigError, match="table local_notes has no counterpart"):
+        await copy_store(source, target, quiet=True)
+    conn = await asyncpg.connect(pg_dsn(target))
+    try:
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+            )
+            == 0
+        )
+    finally:
+        await conn.close()
+    sqlite3.connect(tmp_path / "store.db").execute("DROP TABLE local_notes").connection.close()
+    verdict = await copy_store(source, target, quiet=True)
+    assert verdict.ok, verdict.problems

@@ -12,6 +12,7 @@ counters against the ledger, open holds and live jobs.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
@@ -20,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from toolcallstore.db import Database
-from toolcallstore.db.migrate import latest_version, migrate
+from toolcallstore.db.migrate import MIGRATIONS, latest_version, migrate
 from toolcallstore.errors import ConfigError
 from toolcallstore.ops.stores import (
     LIVE_JOBS,
@@ -139,7 +140,13 @@ async def copy_store(source_url: str, target_url: str, *, quiet: bool = False) -
             await migrate(target)
         finally:
             await target.disconnect()
-        manifest = await _copy_rows(source, target_url, quiet=quiet)
+        try:
+            manifest = await _copy_rows(source, target_url, quiet=quiet)
+        except BaseException:
+            # The rows were rolled back with their transaction; the schema goes too, so the
+            # database is empty again and the copy can simply be run once more.
+            await _drop_schema(target_url)
+            raise
     finally:
         source.execute("ROLLBACK")
         source.close()
@@ -186,6 +193,26 @@ async def _copy_rows(source: sqlite3.Connection, target_url: str, *, quiet: bool
     manifest.open_holds, manifest.open_held_micros = int(holds[0]), int(holds[1])
     manifest.live_jobs = int(source.execute(LIVE_JOBS).fetchone()[0])
     return manifest
+
+
+async def _drop_schema(url: str) -> None:
+    """Drop what the migrations created in a database that was empty before the copy."""
+    conn = await asyncpg.connect(pg_dsn(url))
+    try:
+        async with conn.transaction():
+            for table in await pg_tables(conn):
+                await conn.execute(f"DROP TABLE IF EXISTS {quoted(table)} CASCADE")
+            for name in sorted(_created_functions()):
+                await conn.execute(f"DROP FUNCTION IF EXISTS {quoted(name)} CASCADE")
+    finally:
+        await conn.close()
+
+
+def _created_functions() -> set[str]:
+    found: set[str] = set()
+    for path in (MIGRATIONS / "postgresql").glob("*.sql"):
+        found.update(re.findall(r"CREATE (?:OR REPLACE )?FUNCTION (\w+)", path.read_text()))
+    return found
 
 
 async def _move_sequences(conn: asyncpg.Connection, tables: list[str]) -> None:

@@ -12,7 +12,6 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -310,9 +309,6 @@ class Doctor:
             if absent:
                 words += f"; sandbox only: {', '.join(absent)}"
             self.add("info", kind, words)
-
-
-Check = Callable[[], None]
 
 
 async def doctor(settings: Settings, options: Options, environ: dict[str, str]) -> Doctor:
