@@ -8,10 +8,12 @@ import secrets
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import PG_URL, Server, start_server, stop_server
 from tests.ops.helpers import cli, new_pg_database
-from toolcallstore.ops.backup import manifest_path
+from toolcallstore.errors import ConfigError
+from toolcallstore.ops.backup import backup, manifest_path, restore
 from toolcallstore.ops.stores import Manifest, verify_store
 
 
@@ -74,8 +76,8 @@ async def _backup_and_restore(server: Server, database_url: str, tmp_path: Path)
     assert snapshot.tables["receipts"].rows >= 20
     assert 0 < snapshot.tables["receipts"].rows < calls  # a moment under load, not the end
 
-    again = await asyncio.to_thread(cli, "backup", str(dest), env=env)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    with pytest.raises(ConfigError, match="already exists: back up to a new file"):
+        await backup(database_url, dest)
 
     target = await new_pg_database() if PG_URL else f"sqlite:///{tmp_path / 'restored.db'}"
     restored = await asyncio.to_thread(cli, "restore", str(dest), "--to", target)
@@ -86,9 +88,8 @@ async def _backup_and_restore(server: Server, database_url: str, tmp_path: Path)
     verdict = await verify_store(target, snapshot)  # and checked again from here
     assert verdict.ok, verdict.problems
 
-    into_full = await asyncio.to_thread(cli, "restore", str(dest), "--to", target)
-    assert into_full.returncode == 2
-    assert "not empty" in into_full.stderr or "already exists" in into_full.stderr
+    with pytest.raises(ConfigError, match="not empty|already exists"):
+        await restore(dest, target)
 
 
 async def test_restore_refuses_a_tampered_or_foreign_backup(tmp_path: Path) -> None:
@@ -97,8 +98,8 @@ async def test_restore_refuses_a_tampered_or_foreign_backup(tmp_path: Path) -> N
     Manifest("sqlite", 1).write(manifest_path(junk))
     r = await asyncio.to_thread(cli, "restore", str(junk), "--to", f"sqlite:///{tmp_path / 'x.db'}")
     assert r.returncode == 2 and "neither an SQLite backup nor a pg_dump archive" in r.stderr
+    assert "Traceback" not in r.stderr
     no_manifest = tmp_path / "lone.backup"
     no_manifest.write_bytes(b"SQLite format 3\x00")
-    r = await asyncio.to_thread(cli, "restore", str(no_manifest), "--to",
-                                f"sqlite:///{tmp_path / 'y.db'}")  # fmt: skip
-    assert r.returncode == 2 and "no manifest at" in r.stderr
+    with pytest.raises(ConfigError, match="no manifest at"):
+        await restore(no_manifest, f"sqlite:///{tmp_path / 'y.db'}")

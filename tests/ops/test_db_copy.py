@@ -5,15 +5,21 @@ fails `db verify`; a non-empty target is refused."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.conftest import requires_postgres, start_server, stop_server
 from tests.ops.helpers import MASTER_KEY, cli, new_pg_database, populated_sqlite_store
-from toolcallstore.ops.stores import pg_dsn, verify_store
+from toolcallstore.db import Database
+from toolcallstore.db.migrate import migrate
+from toolcallstore.errors import ConfigError
+from toolcallstore.ops.copy import copy_store
+from toolcallstore.ops.stores import pg_dsn, store_manifest, verify_store
 
 # Every kind of object the issue names, by its table.
 KINDS = ("tenants", "api_keys", "quotes", "approvals", "executions", "receipts",
@@ -42,8 +48,8 @@ async def test_copy_verifies_then_the_server_runs_on_postgres_with_the_same_keys
     finally:
         await conn.close()
 
-    again = await asyncio.to_thread(cli, "--database-url", source, "db", "copy", "--to", target)
-    assert again.returncode == 2 and "not empty" in again.stderr
+    with pytest.raises(ConfigError, match="the target database is not empty"):
+        await copy_store(source, target)
 
     # Switch the URL and start: the same keys work, the queued job runs, new calls are paid.
     workdir = tmp_path / "pg"
@@ -93,8 +99,8 @@ async def test_a_tampered_target_fails_verify(tmp_path: Path) -> None:
     )
     assert copied.returncode == 0, copied.stdout + copied.stderr
     assert copied.stderr == ""  # --quiet: no progress bar
-    verify = ("db", "verify", target, "--against", source)
-    assert (await asyncio.to_thread(cli, *verify)).returncode == 0
+    expected = await store_manifest(source)
+    assert (await verify_store(target, expected)).ok
 
     conn = await asyncpg.connect(pg_dsn(target))
     try:
@@ -104,23 +110,22 @@ async def test_a_tampered_target_fails_verify(tmp_path: Path) -> None:
         await conn.execute(
             "UPDATE ledger_entries SET amount_micros = amount_micros + 1 WHERE id = $1", charge
         )
-        money = await asyncio.to_thread(cli, *verify)
+        money = await asyncio.to_thread(cli, "db", "verify", target, "--against", source)
         assert money.returncode == 1
         assert "table ledger_entries: its rows' contents differ from the source" in money.stdout
         assert "the ledger charged" in money.stdout  # its spend counter no longer adds up
         await conn.execute(
             "UPDATE ledger_entries SET amount_micros = amount_micros - 1 WHERE id = $1", charge
         )
-        assert (await asyncio.to_thread(cli, *verify)).returncode == 0
+        assert (await verify_store(target, expected)).ok
 
         await conn.execute("UPDATE audit_log SET decision = 'allow', status = 200 WHERE seq = 2")
         await conn.execute("DELETE FROM holds WHERE state = 'open'")
-        broken = await asyncio.to_thread(cli, "db", "verify", target)  # no source to compare
-        assert broken.returncode == 1
-        assert "audit chain broken at seq 2" in broken.stdout
-        assert "open holds add up to 0" in broken.stdout
-        against = await asyncio.to_thread(cli, *verify)
-        assert "0 open holds of 0 micros, expected 1" in against.stdout
+        alone = await verify_store(target)  # no source to compare with
+        assert "audit chain broken at seq 2: row content does not match its hash" in alone.problems
+        assert any(p.endswith("open holds add up to 0") for p in alone.problems)
+        against = await verify_store(target, expected)
+        assert any(p.startswith("0 open holds of 0 micros, expected 1") for p in against.problems)
     finally:
         await conn.close()
 
@@ -132,8 +137,35 @@ async def test_copy_refuses_what_it_cannot_copy(tmp_path: Path) -> None:
     )  # fmt: skip
     assert missing.returncode == 2 and "no SQLite store at" in missing.stderr
     assert "Traceback" not in missing.stderr
-    not_pg = await asyncio.to_thread(
-        cli, "--database-url", f"sqlite:///{tmp_path / 'a.db'}", "db", "copy", "--to",
-        f"sqlite:///{tmp_path / 'b.db'}",
-    )  # fmt: skip
-    assert not_pg.returncode == 2 and "postgresql://" in not_pg.stderr
+    with pytest.raises(ConfigError, match="postgresql://"):
+        await copy_store(f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}")
+
+
+@requires_postgres
+async def test_a_copy_that_fails_leaves_the_target_empty_to_try_again(tmp_path: Path) -> None:
+    source = f"sqlite:///{tmp_path / 'store.db'}"
+    db = Database(source, readers=1)
+    await db.connect()
+    try:
+        await migrate(db)
+        async with db.transaction() as tx:  # a table no Postgres migration creates
+            await tx.execute("CREATE TABLE local_notes (id TEXT PRIMARY KEY, body TEXT)")
+            await tx.execute("INSERT INTO local_notes VALUES ('n1', 'hello')")
+    finally:
+        await db.disconnect()
+    target = await new_pg_database()
+    with pytest.raises(ConfigError, match="table local_notes has no counterpart"):
+        await copy_store(source, target, quiet=True)
+    conn = await asyncpg.connect(pg_dsn(target))
+    try:
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+            )
+            == 0
+        )
+    finally:
+        await conn.close()
+    sqlite3.connect(tmp_path / "store.db").execute("DROP TABLE local_notes").connection.close()
+    verdict = await copy_store(source, target, quiet=True)
+    assert verdict.ok, verdict.problems

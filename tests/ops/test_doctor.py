@@ -4,6 +4,7 @@ words and makes the command exit non-zero."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import sqlite3
@@ -18,7 +19,7 @@ from toolcallstore.controls.pricing import REPO_CONFIG
 from toolcallstore.db import Database
 from toolcallstore.db.migrate import latest_version, migrate
 from toolcallstore.ids import now_us
-from toolcallstore.ops.doctor import Doctor, Options
+from toolcallstore.ops.doctor import Doctor, Options, doctor
 from toolcallstore.settings import Settings
 
 REPO = REPO_CONFIG.parent
@@ -50,18 +51,26 @@ async def test_a_sound_deployment_passes_and_a_faulty_one_exits_1(
     store: Settings, tmp_path: Path
 ) -> None:
     file = env_file(tmp_path, store.database_url)
-    args = ("--env-file", str(file), "doctor", "--public", str(REPO / "public"),
-            "--min-free-mb", "1")  # fmt: skip
-    sound = await asyncio.to_thread(cli, *args)
-    assert sound.returncode == 0, sound.stdout + sound.stderr
-    assert "all checks passed" in sound.stdout
-    assert "premium: live via openai" in sound.stdout  # a lane with a live key, from the file
-    assert "sk-live-x" not in sound.stdout  # credentials are named, never shown
+    options = Options(env_file=file, public_dir=REPO / "public", min_free_mb=1)
+    sound = await doctor(store, options, {"OPENAI_API_KEY": "sk-live-x"})
+    assert not failures(sound), failures(sound)
+    out = io.StringIO()
+    sound.report(out)
+    assert "all checks passed" in out.getvalue()
+    assert "premium: live via openai" in out.getvalue()  # a lane with a live key
+    assert "sk-live-x" not in out.getvalue()  # credentials are named, never shown
+
     file.chmod(0o644)
-    faulty = await asyncio.to_thread(cli, *args)
-    assert faulty.returncode == 1
+    faulty = await asyncio.to_thread(
+        cli, "--env-file", str(file), "doctor", "--public", str(tmp_path / "public"),
+        "--min-free-mb", "1",
+    )  # fmt: skip
+    assert faulty.returncode == 1, faulty.stdout + faulty.stderr
     assert f"{file} is readable by others (mode 644)" in faulty.stdout
-    assert f"chmod 600 {file}" in faulty.stdout and "1 problem(s) found" in faulty.stdout
+    assert f"chmod 600 {file}" in faulty.stdout
+    assert f"no {tmp_path / 'public'}/: run `toolcallstore build-public" in faulty.stdout
+    assert "2 problem(s) found" in faulty.stdout
+    assert "ok    database" in faulty.stdout  # the URL came from the env file
 
 
 async def test_env_file_owner(store: Settings, tmp_path: Path) -> None:

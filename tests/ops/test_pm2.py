@@ -71,16 +71,16 @@ class Pm2:
 
 
 @pytest.fixture
-def pm2(tmp_path: Path) -> Iterator[Pm2]:
+def pm2(database_url: str, tmp_path: Path) -> Iterator[Pm2]:
     """The API under a private PM2 daemon, started from the ecosystem file; the daemon is
     killed at the end."""
     port = free_port()
-    database_url = f"sqlite:///{tmp_path / 'store.db'}"
     models = models_file(tmp_path, {"slow": ("openai", "latency_ms=250")}, {"slow": ["slow"]})
     env_file = tmp_path / "toolcallstore.env"
     env_file.write_text(
         f"TOOLCALLSTORE_DATABASE_URL={database_url}\n"
         f"TOOLCALLSTORE_PORT={port}\n"
+        f"TOOLCALLSTORE_ADMIN_KEY_FILE={tmp_path / 'admin-key'}\n"
         f"TOOLCALLSTORE_SHUTDOWN_GRACE_SECONDS={GRACE_S}\n"
         f"TOOLCALLSTORE_MODELS_FILE={models}\n"
         "TOOLCALLSTORE_JOB_LEASE_SECONDS=2\n"
@@ -107,7 +107,7 @@ def pm2(tmp_path: Path) -> Iterator[Pm2]:
 
 
 def _admin_key(pm2: Pm2) -> str:
-    return (pm2.home / "store.db.admin-key").read_text().strip()
+    return (pm2.home / "admin-key").read_text().strip()
 
 
 async def test_pm2_restarts_a_killed_server_and_the_job_it_held_completes_once(pm2: Pm2) -> None:

@@ -12,6 +12,7 @@ counters against the ledger, open holds and live jobs.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
@@ -20,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from toolcallstore.db import Database
-from toolcallstore.db.migrate import latest_version, migrate
+from toolcallstore.db.migrate import MIGRATIONS, latest_version, migrate
 from toolcallstore.errors import ConfigError
 from toolcallstore.ops.stores import (
     LIVE_JOBS,
@@ -139,7 +140,13 @@ async def copy_store(source_url: str, target_url: str, *, quiet: bool = False) -
             await migrate(target)
         finally:
             await target.disconnect()
-        manifest = await _copy_rows(source, target_url, quiet=quiet)
+        try:
+            manifest = await _copy_rows(source, target_url, quiet=quiet)
+        except BaseException:
+            # The rows were rolled back with their transaction; the schema goes too, so the
+            # database is empty again and the copy can simply be run once more.
+            await _drop_schema(target_url)
+            raise
     finally:
         source.execute("ROLLBACK")
         source.close()
@@ -188,13 +195,33 @@ async def _copy_rows(source: sqlite3.Connection, target_url: str, *, quiet: bool
     return manifest
 
 
+async def _drop_schema(url: str) -> None:
+    """Drop what the migrations created in a database that was empty before the copy."""
+    conn = await asyncpg.connect(pg_dsn(url))
+    try:
+        async with conn.transaction():
+            for table in await pg_tables(conn):
+                await conn.execute(f"DROP TABLE IF EXISTS {quoted(table)} CASCADE")
+            for name in sorted(_created_functions()):
+                await conn.execute(f"DROP FUNCTION IF EXISTS {quoted(name)} CASCADE")
+    finally:
+        await conn.close()
+
+
+def _created_functions() -> set[str]:
+    found: set[str] = set()
+    for path in (MIGRATIONS / "postgresql").glob("*.sql"):
+        found.update(re.findall(r"CREATE (?:OR REPLACE )?FUNCTION (\w+)", path.read_text()))
+    return found
+
+
 async def _move_sequences(conn: asyncpg.Connection, tables: list[str]) -> None:
-    """Every serial column's sequence past the largest copied value."""
+    """Every serial or identity column's sequence past the largest copied value."""
     rows = await conn.fetch(
         "SELECT table_name, column_name,"
         " pg_get_serial_sequence(quote_ident(table_name), column_name) AS seq"
         " FROM information_schema.columns WHERE table_schema = current_schema()"
-        " AND column_default LIKE 'nextval(%'"
+        " AND (column_default LIKE 'nextval(%' OR is_identity = 'YES')"
     )
     for r in rows:
         if r["table_name"] not in tables or r["seq"] is None:

@@ -12,7 +12,6 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -101,10 +100,16 @@ class Doctor:
                 await self.check_clock(db)
             finally:
                 await db.disconnect()
-        self.check_sqlite_file()
-        self.check_caddyfile()
-        self.check_public()
-        self.check_providers()
+        for check, name in (
+            (self.check_sqlite_file, "sqlite"),
+            (self.check_caddyfile, "caddy"),
+            (self.check_public, "public"),
+            (self.check_providers, "providers"),
+        ):
+            try:
+                check()
+            except (ToolCallError, OSError) as exc:  # a bad setting elsewhere, said plainly
+                self.add("FAIL", name, f"could not be checked: {exc}")  # fmt: skip
 
     # -- secrets --------------------------------------------------------------------------
 
@@ -270,7 +275,8 @@ class Doctor:
         if not out.is_dir():
             self.add("FAIL", "public", f"no {out}/: run `toolcallstore build-public --out {out}`")
             return
-        stale = stale_files(build_site(create_app(self.settings), load_site()), out)
+        app = create_app(self.settings.with_(master_key=""))  # the site needs no secrets
+        stale = stale_files(build_site(app, load_site()), out)
         if stale:
             shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
             self.add("FAIL", "public", f"{out}/ is out of date ({shown}): run "
@@ -303,9 +309,6 @@ class Doctor:
             if absent:
                 words += f"; sandbox only: {', '.join(absent)}"
             self.add("info", kind, words)
-
-
-Check = Callable[[], None]
 
 
 async def doctor(settings: Settings, options: Options, environ: dict[str, str]) -> Doctor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,6 +404,3 @@ class Progress:
     def finish(self) -> None:
         self.out.write("\n")
         self.out.flush()
-
-
-Printer = Callable[[str], None]
