@@ -31,6 +31,13 @@ from common import BenchServer, Load, admin_post, drive, load_generator, start_s
 PORTS = (25221, 25222)
 VICTIM_RATE = 20.0  # operations a second
 FLOOD_CONNECTIONS = 64
+# The server's defaults (settings.py), set explicitly: bench/common.py turns limits off.
+DEFAULT_LIMITS = {
+    "TOOLCALLSTORE_RATE_LIMIT_KEY_PER_S": "100",
+    "TOOLCALLSTORE_RATE_LIMIT_KEY_BURST": "200",
+    "TOOLCALLSTORE_RATE_LIMIT_TENANT_PER_S": "1000",
+    "TOOLCALLSTORE_RATE_LIMIT_TENANT_BURST": "2000",
+}
 
 
 def make_key(server: BenchServer, name: str, scopes: list[str]) -> str:
@@ -112,7 +119,7 @@ def main() -> None:
         f" {FLOOD_CONNECTIONS} connections on GET /v1/receipts, {args.seconds:g} s per phase"
     )
     results: dict[str, str] = {}
-    limited = start_server(PORTS[0])
+    limited = start_server(PORTS[0], **DEFAULT_LIMITS)
     try:
         victim_key = make_key(limited, "victim", ["llm:chat", "quotes:create", "receipts:read"])
         flood_key = make_key(limited, "flooder", ["receipts:read"])
