@@ -1,4 +1,5 @@
 import asyncio
+import os
 import subprocess
 import sys
 from typing import Any
@@ -89,7 +90,11 @@ async def test_audit_verify_cli_exits_nonzero_on_tampering(api: Api, settings: S
     await api.client.get("/v1/me", headers=api.auth())
     await api.client.get("/v1/me", headers=api.auth())
     await _audit_rows(api)
-    env = {"TOOLCALLSTORE_DATABASE_URL": settings.database_url, "PATH": ""}
+    env = {
+        "TOOLCALLSTORE_DATABASE_URL": settings.database_url,
+        "PATH": "",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }  # this checkout's code, if set
     cmd = [sys.executable, "-m", "toolcallstore", "audit", "verify"]
     # In a thread: the app under test shares the event loop and must keep running.
     ok = await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True, text=True)
