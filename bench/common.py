@@ -18,6 +18,13 @@ from typing import Any
 
 import httpx
 
+# Throughput benches drive one key as hard as they can: the rate limits (issue 22) would answer
+# most of that 429. Off unless a bench sets them (bench/rate_limit.py does).
+RATE_LIMITS_OFF = {
+    "TOOLCALLSTORE_RATE_LIMIT_KEY_PER_S": "0",
+    "TOOLCALLSTORE_RATE_LIMIT_TENANT_PER_S": "0",
+}
+
 
 @dataclass
 class Load:
@@ -46,6 +53,7 @@ class BenchServer:
 def start_server(port: int, database_url: str | None = None, **env: str) -> BenchServer:
     workdir = Path(tempfile.mkdtemp(prefix="tcs-bench-"))
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCALLSTORE_")}
+    full_env.update(RATE_LIMITS_OFF)
     full_env.update(env)
     full_env["TOOLCALLSTORE_DATABASE_URL"] = database_url or f"sqlite:///{workdir / 'bench.db'}"
     full_env["TOOLCALLSTORE_ADMIN_KEY_FILE"] = str(workdir / "admin-key")

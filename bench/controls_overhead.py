@@ -52,7 +52,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import toolcallstore  # noqa: E402
-from common import BenchServer, Load, _wrk_ms, admin_post  # noqa: E402
+from common import RATE_LIMITS_OFF, BenchServer, Load, _wrk_ms, admin_post  # noqa: E402
 from toolcallstore.db import Database  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -151,6 +151,7 @@ def start_bench_server(
     url = database_url or f"sqlite:///{workdir / 'bench.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCALLSTORE_")}
     env.update(TOOLCALLSTORE_DATABASE_URL=url, TOOLCALLSTORE_ADMIN_KEY_FILE=str(workdir / "key"))
+    env.update(RATE_LIMITS_OFF)
     env.update(extra_env)
     process = subprocess.Popen(
         [

@@ -83,7 +83,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import toolcallstore  # noqa: E402
-from common import BenchServer, start_server  # noqa: E402
+from common import RATE_LIMITS_OFF, BenchServer, start_server  # noqa: E402
 from controls_overhead import (  # noqa: E402
     audit_verify,
     database,
@@ -279,6 +279,7 @@ def parse_args() -> argparse.Namespace:
 
 def spawn(workdir: Path, name: str, cmd: list[str], **env: str) -> subprocess.Popen[bytes]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCALLSTORE_")}
+    full_env.update(RATE_LIMITS_OFF)
     full_env.update(env)
     return subprocess.Popen(cmd, cwd=workdir, env=full_env, stdout=(workdir / f"{name}.log").open(
         "wb"), stderr=subprocess.STDOUT)  # fmt: skip

@@ -31,6 +31,13 @@ from common import BenchServer, Load, admin_post, drive, load_generator, start_s
 PORTS = (25221, 25222)
 VICTIM_RATE = 20.0  # operations a second
 FLOOD_CONNECTIONS = 64
+# The server's defaults (settings.py), set explicitly: bench/common.py turns limits off.
+DEFAULT_LIMITS = {
+    "TOOLCALLSTORE_RATE_LIMIT_KEY_PER_S": "100",
+    "TOOLCALLSTORE_RATE_LIMIT_KEY_BURST": "200",
+    "TOOLCALLSTORE_RATE_LIMIT_TENANT_PER_S": "1000",
+    "TOOLCALLSTORE_RATE_LIMIT_TENANT_BURST": "2000",
+}
 
 
 def make_key(server: BenchServer, name: str, scopes: list[str]) -> str:
@@ -103,16 +110,75 @@ def phase(server: BenchServer, victim_key: str, flood_key: str | None, seconds: 
     return line + f"\n  EXEC_P99={p99(got['execute']):.2f} READ_P99={p99(got['read']):.2f}"
 
 
+def processes_check(pg_url: str, seconds: float) -> None:
+    """`serve --processes 2` on Postgres, one key of 20/s with a burst of 20: what all clients
+    together get admitted, spread over 8 connections, and over a single keep-alive one."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"tcs_rl_{secrets.token_hex(4)}"
+    base, _, _ = pg_url.rpartition("/")
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    server = start_server(PORTS[0], f"{base}/{name}", TOOLCALLSTORE_PROCESSES="2",
+                          **DEFAULT_LIMITS)  # fmt: skip
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            key = admin_post(client, server.admin_key, "/v1/keys",
+                             {"scopes": ["jobs:read"], "rate_limit_per_s": 20,
+                              "rate_limit_burst": 20})["secret"]  # fmt: skip
+        auth = {"Authorization": f"Bearer {key}"}
+        for connections in (8, 1):
+            time.sleep(2)  # buckets full again
+            counts = {"ok": 0, "limited": 0}
+            lock = threading.Lock()
+            end = time.monotonic() + seconds
+
+            def client_loop(
+                end: float = end, lock: threading.Lock = lock, counts: dict[str, int] = counts
+            ) -> None:
+                with httpx.Client(base_url=server.base_url, timeout=30) as c:
+                    while time.monotonic() < end:
+                        status = c.get("/v1/me", headers=auth).status_code
+                        with lock:
+                            counts["ok" if status == 200 else "limited"] += 1
+
+            threads = [threading.Thread(target=client_loop) for _ in range(connections)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            print(f"--processes 2, key 20/s burst 20, {connections} connection(s), {seconds:g} s:"
+                  f" {counts['ok']} admitted ({counts['ok'] / seconds:.1f}/s; configured total"
+                  f" {20 + 20 * seconds:.0f}), {counts['limited']} answered 429")  # fmt: skip
+    finally:
+        server.stop()
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--processes-check", metavar="POSTGRES_URL",
+                        help="only measure how a key's limit holds across 2 processes")  # fmt: skip
     args = parser.parse_args()
+    if args.processes_check:
+        processes_check(args.processes_check, args.seconds)
+        return
     print(
         f"load generator: {load_generator()}; victim {VICTIM_RATE:g} ops/s, flood"
         f" {FLOOD_CONNECTIONS} connections on GET /v1/receipts, {args.seconds:g} s per phase"
     )
     results: dict[str, str] = {}
-    limited = start_server(PORTS[0])
+    limited = start_server(PORTS[0], **DEFAULT_LIMITS)
     try:
         victim_key = make_key(limited, "victim", ["llm:chat", "quotes:create", "receipts:read"])
         flood_key = make_key(limited, "flooder", ["receipts:read"])

@@ -45,7 +45,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchServer, admin_post  # noqa: E402
+from common import RATE_LIMITS_OFF, BenchServer, admin_post  # noqa: E402
 from controls_overhead import (  # noqa: E402
     Run,
     _pg_admin,
@@ -116,7 +116,7 @@ def serving(store: Store) -> Iterator[BenchServer]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLCALLSTORE_")}
     env.update(TOOLCALLSTORE_DATABASE_URL=store.database_url,
                TOOLCALLSTORE_ADMIN_KEY_FILE=str(store.workdir / "admin-key"),
-               TOOLCALLSTORE_PROCESSES=str(store.processes))  # fmt: skip
+               TOOLCALLSTORE_PROCESSES=str(store.processes), **RATE_LIMITS_OFF)  # fmt: skip
     port = free_port()
     log = (store.workdir / "server.log").open("ab")
     process = subprocess.Popen([sys.executable, "-m", "toolcallstore", "serve", "--port",

@@ -80,6 +80,10 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         # In-process apps have no socket for their own sandbox: tests that refresh prices
         # set this themselves.
         price_refresh_seconds=0,
+        # Tests fire hundreds of requests from one key at once: the rate limits (issue 22) are
+        # off unless a test sets them (tests/api/test_rate_limits.py; a key's own applies).
+        rate_limit_key_per_s=0.0,
+        rate_limit_tenant_per_s=0.0,
     )
 
 
@@ -148,6 +152,9 @@ def start_server(database_url: str, workdir: Path, port: int | None = None, **en
         **os.environ,
         "TOOLCALLSTORE_DATABASE_URL": database_url,
         "TOOLCALLSTORE_ADMIN_KEY_FILE": str(workdir / "admin-key"),
+        # As in `settings`: off unless the test sets them.
+        "TOOLCALLSTORE_RATE_LIMIT_KEY_PER_S": "0",
+        "TOOLCALLSTORE_RATE_LIMIT_TENANT_PER_S": "0",
         **env,
     }
     process = subprocess.Popen(

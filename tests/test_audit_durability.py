@@ -18,7 +18,7 @@ from tests.conftest import kill_server, start_server
 from toolcallstore.audit import verify_chain
 from toolcallstore.db import Database
 
-LOAD_SECONDS = 1.5
+MIN_EACH = 5  # answers of each kind before the kill
 THREADS = 6
 
 
@@ -75,7 +75,14 @@ def test_answered_decisions_keep_their_audit_rows_through_kill_9(
         threads = [threading.Thread(target=load, args=(n,)) for n in range(THREADS)]
         for thread in threads:
             thread.start()
-        time.sleep(LOAD_SECONDS)
+        # Under load until every kind has been answered a few times (a loaded machine may take
+        # a while), then the kill lands among requests in flight.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            done = [kind for kind, _, _ in list(answered)]
+            if all(done.count(kind) >= MIN_EACH for kind in kinds):
+                break
         killed_at = time.monotonic()
         kill_server(server)
         stop.set()

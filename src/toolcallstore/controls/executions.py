@@ -157,13 +157,17 @@ def close_execution(
     outcome: Outcome | None = None,
     error: APIError | None = None,
     receipt_id: str | None = None,
+    charge_failure: bool = False,
 ) -> Row | None:
     """Settle (outcome) or release (error) the hold, write the receipt and ledger entries, and
     finish the execution; None if someone else (the sweep, another run) already closed it.
 
     An error with an outcome is a failure that still cost the provider something (attempts
-    that ran): the hold is released and the receipt records those costs."""
-    price = 0 if outcome is None or error is not None else outcome.price_micros
+    that ran): the hold is released and the receipt records those costs; with
+    `charge_failure` the customer also pays the outcome's price (within the hold): a stream
+    that a crash cut after it had delivered part of its answer."""
+    charged = outcome is not None and (error is None or charge_failure)
+    price = outcome.price_micros if outcome is not None and charged else 0
     closed = close_hold(tx, execution["hold_id"], price)
     if closed is None:
         if outcome is None:
@@ -355,6 +359,14 @@ def close_abandoned(tx: SyncTransaction, api_key_id: str, key: str) -> tuple[int
     return int(stored["status"]), orjson.loads(stored["response_body"])
 
 
+def _checkpointed(delivered: str) -> Outcome:
+    """The outcome a streaming call checkpointed (lanes/chat.py), flagged as an estimate."""
+    fields = orjson.loads(delivered)
+    fields["usage"] = {**fields.get("usage", {}), "estimated": True, "interrupted": True}
+    fields["estimated"] = True
+    return Outcome(**fields)
+
+
 def _interrupt(tx: SyncTransaction, execution: Row) -> bool:
     if execution["job_id"] is not None:
         # Looked at again inside this transaction: the sweep read the job's state before it,
@@ -365,13 +377,23 @@ def _interrupt(tx: SyncTransaction, execution: Row) -> bool:
         )
         if job_state in ("queued", "running"):
             return False
-    error = InternalError(
-        "The execution was interrupted before it finished (the server restarted); its hold was"
-        " released and nothing was charged.",
-        code=INTERRUPTED,
-    )
     origin = Origin(execution["request_id"], None, None, "INTERNAL", f"job:{SWEEP_JOB_TYPE}")
-    done = close_execution(tx, execution, origin, error=error)
+    delivered = execution.get("delivered")
+    if delivered:  # a stream cut by the crash: what it delivered, at its last checkpoint
+        error = InternalError(
+            "The stream was interrupted (the server restarted) after it had delivered part of"
+            " its answer: what it delivered up to its last checkpoint is charged, estimated.",
+            code=INTERRUPTED,
+        )
+        done = close_execution(tx, execution, origin, outcome=_checkpointed(delivered),
+                               error=error, charge_failure=True)  # fmt: skip
+    else:
+        error = InternalError(
+            "The execution was interrupted before it finished (the server restarted); its hold"
+            " was released and nothing was charged.",
+            code=INTERRUPTED,
+        )
+        done = close_execution(tx, execution, origin, error=error)
     if done is None:
         return False
     if execution["idempotency_key"] and execution["job_id"] is None:

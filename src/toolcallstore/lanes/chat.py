@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -38,6 +39,11 @@ from toolcallstore.services import Services
 from toolcallstore.tools import Outcome
 
 log = logging.getLogger("toolcallstore.lanes.chat")
+
+# A streaming call records what it has delivered at its first token and then at most this
+# often (one small UPDATE, off the stream's path): if the process dies mid-stream, the sweep
+# charges that checkpoint under the receipt id the stream announced (controls/executions.py).
+CHECKPOINT_SECONDS = 5.0
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -79,6 +85,8 @@ class ChatCall(Response):
     _closing: asyncio.Future[Settlement] | None = None
     _started: bool = False  # the response's start went out
     _out: list[bytes] = field(default_factory=list)
+    _checkpoint_at: float = 0.0
+    _checkpointing: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.svc.sender is not None
@@ -148,9 +156,33 @@ class ChatCall(Response):
         choice = self._assembly.add(event)
         if choice is not None and self.stream:
             self._out.append(self._assembly.chunk(choice))
+            self._maybe_checkpoint()
         # The events of one upstream read go out in one write.
         if self._out and not (self._call is not None and self._call.more_ready()):
             await self._flush(send)
+
+    def _maybe_checkpoint(self) -> None:
+        if self._closing is not None or (
+            self._checkpointing is not None and not self._checkpointing.done()
+        ):
+            return
+        now = time.monotonic()
+        if self._checkpoint_at and now - self._checkpoint_at < CHECKPOINT_SECONDS:
+            return
+        self._checkpoint_at = now
+        self._checkpointing = asyncio.create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        """Store the settlement as if the call ended now (estimated, incomplete)."""
+        assert self._call is not None
+        try:
+            outcome, _, _ = settlement_of(
+                self._call.as_if_ended_now(), self.plan, self.receipt_id, self.operator,
+                charge=True, incomplete=True, quote_id=self.execution["quote_id"],
+            )  # fmt: skip
+            await self.svc.db.run_sync(_store_checkpoint, self.execution["id"], outcome)
+        except Exception:
+            log.exception("could not checkpoint a streaming call; the next one will try again")
 
     async def _flush(self, send: Send) -> None:
         if self._out:
@@ -313,6 +345,13 @@ def _close(
     if done is not None and claim is not None and stored is not None:
         store_response(tx, claim.api_key_id, claim.key, *stored)
     return done
+
+
+def _store_checkpoint(tx: SyncTransaction, execution_id: str, outcome: Outcome) -> None:
+    tx.execute(
+        "UPDATE executions SET delivered = :delivered WHERE id = :id AND state = 'running'",
+        {"delivered": orjson.dumps(dataclasses.asdict(outcome)).decode(), "id": execution_id},
+    )
 
 
 def _encoded(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

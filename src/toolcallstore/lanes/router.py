@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncGenerator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from toolcallstore.lanes.attempt import (
@@ -108,6 +108,21 @@ class LaneCall:
     def delivered(self) -> list[Attempt]:
         """The attempts whose output reached the caller, in order (more than one if resumed)."""
         return [a for a in self.attempts if a.delivered]
+
+    def as_if_ended_now(self) -> LaneCall:
+        """A copy of the call as if it stopped now: its live attempts priced as cancelled after
+        what they have produced (an estimate, flagged). For checkpoints of a running stream."""
+        race = self._race
+        attempts = []
+        for attempt in self.attempts:
+            copy = replace(attempt)
+            candidate = race.candidate_of.get(attempt) if race is not None else None
+            if copy.outcome == "running" and candidate is not None:
+                copy.outcome = "cancelled"
+                price(copy, candidate, self.plan.prompt_tokens)
+                copy.estimated = True
+            attempts.append(copy)
+        return replace(self, attempts=attempts, _race=None)
 
 
 class _Race:

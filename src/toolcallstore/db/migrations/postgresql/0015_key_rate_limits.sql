@@ -1,4 +1,0 @@
--- Issue 22 (defect 6): a key may carry its own token bucket (requests per second and burst);
--- NULL takes the server's default (TOOLCALLSTORE_RATE_LIMIT_KEY_PER_S / _BURST).
-ALTER TABLE api_keys ADD COLUMN rate_limit_per_s DOUBLE PRECISION;
-ALTER TABLE api_keys ADD COLUMN rate_limit_burst INTEGER;
