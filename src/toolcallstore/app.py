@@ -197,14 +197,7 @@ def create_app(settings: Settings) -> Starlette:
                 _RUNNING.remove(svc)
             await stop_services(svc)
             await poster.aclose()
-            if svc.payments is not None:
-                await svc.payments.aclose()
-            if close_listener is not None:
-                await close_listener()
-            if svc.media is not None:
-                await svc.media.watch.close()
-            if svc.domains.sandbox is not None:
-                await svc.domains.sandbox.dns.stop()
+            await close_clients(svc, close_listener)
 
     app = Starlette(
         routes=api.routes(),
@@ -223,6 +216,20 @@ def create_app(settings: Settings) -> Starlette:
     app.add_middleware(PublicFiles, build=lambda: build_site(app, site))  # no auth
     app.add_middleware(SandboxMount, sandbox=sandbox)  # outermost: no auth, no audit
     return app
+
+
+async def close_clients(
+    svc: Services, close_listener: Callable[[], Awaitable[None]] | None
+) -> None:
+    """What the lifespan opened besides the services' tasks: clients, listeners, servers."""
+    if svc.payments is not None:
+        await svc.payments.aclose()
+    if close_listener is not None:
+        await close_listener()
+    if svc.media is not None:
+        await svc.media.watch.close()
+    if svc.domains.sandbox is not None:
+        await svc.domains.sandbox.dns.stop()
 
 
 async def stop_services(svc: Services) -> None:
