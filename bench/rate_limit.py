@@ -92,7 +92,7 @@ def phase(server: BenchServer, victim_key: str, flood_key: str | None, seconds: 
         headers = {"Authorization": f"Bearer {flood_key}"}
         url = f"{server.base_url}/v1/receipts"
         thread = threading.Thread(
-            target=lambda: flood.append(drive(url, FLOOD_CONNECTIONS, seconds + 2, headers))
+            target=lambda: flood.append(drive(url, FLOOD_CONNECTIONS, int(seconds) + 2, headers))
         )
         thread.start()
         time.sleep(1.0)  # the flood is running before the victim starts

@@ -3,9 +3,12 @@
 Every authenticated request takes one token from its key's bucket and one from its tenant's.
 A bucket holds up to `burst` tokens and refills at `rate` tokens per second; a request that
 finds either bucket empty is answered 429 `rate_limited` with `Retry-After` (whole seconds
-until a token is back) and takes no token from the other. A key may carry its own rate and
-burst (`rate_limit_per_s`, `rate_limit_burst`); the tenant's bucket and keys without their own
-use the server's settings. A rate of 0 in the settings turns that bucket off.
+until a token is back) and takes no token from the other. The 429 is sent REFUSAL_DELAY_S (1 s)
+after the request came: a client that resends at once is slowed to one refusal a second per
+connection, instead of making this process spend its CPU refusing it (the flood of issue 22).
+A key may carry its own rate and burst (`rate_limit_per_s`, `rate_limit_burst`); the tenant's
+bucket and keys without their own use the server's settings. A rate of 0 in the settings turns
+that bucket off.
 
 Every answer to an authenticated request carries the headers of the IETF draft
 (draft-ietf-httpapi-ratelimit-headers, the separate-fields form) for the bucket nearer to
@@ -20,6 +23,7 @@ process gets its share of that process only (see the README).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Mapping
@@ -59,6 +63,9 @@ def rate_limit_of(params: Mapping[str, Any]) -> tuple[float | None, int | None]:
             "rate_limit_burst", f"'rate_limit_burst' must be an integer from 1 to {MAX_BURST}."
         )
     return rate, burst
+
+
+REFUSAL_DELAY_S = 1.0
 
 
 class RateLimited(APIError):
@@ -192,6 +199,10 @@ class RateLimitMiddleware:
             return
         if refused_by is not None:
             ctx.deny(f"rate_limited:{refused_by}")
+            # A client that ignores Retry-After and resends at once can no longer make this
+            # process spend its time refusing it: one refusal a second per connection.
+            await asyncio.sleep(REFUSAL_DELAY_S)
+            bucket.refill(time.monotonic())
             retry = max(1, math.ceil(bucket.wait_for_one()))
             error = RateLimited(
                 f"Too many requests for this {'API key' if refused_by == 'key' else 'tenant'}:"
