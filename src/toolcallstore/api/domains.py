@@ -221,7 +221,9 @@ async def apply_dns(request: Request) -> Response:
     if not await _replay_stored(svc, principal, key):
         # The approval is of the quoted diff: a zone changed since makes it a diff nobody saw.
         _, fingerprint = service.quoted_change(quote.estimate)
-        domain = await service.held_or_404(svc, principal.tenant_id, principal.livemode, name)
+        domain = await service.held_or_404(
+            svc, principal.tenant_id, principal.livemode, name, principal.key.project_id
+        )
         if zone_fingerprint(await service.read_zone(svc, domain)) != fingerprint:
             raise service.stale("read just now")
     ctx = context_of(request)

@@ -116,7 +116,7 @@ async def create_domain(request: Request) -> Response:
     name = check_domain(fields["domain"])
     mail, svc = _mail(request), services(request)
     if not await mail.dns.held(tenant_id=principal.tenant_id, livemode=principal.livemode,
-                               name=name):  # fmt: skip
+                               name=name, project_id=principal.key.project_id):  # fmt: skip
         raise NotFound(f"You hold no domain {name}: register it first (domains).",
                        param="domain")  # fmt: skip
     existing = await store.find_domain(svc.db, principal.tenant_id, principal.livemode, name)
@@ -188,7 +188,8 @@ async def create_mailbox(request: Request) -> Response:
     svc = services(request)
     name = params["address"].partition("@")[2]
     domain = await store.find_domain(svc.db, principal.tenant_id, principal.livemode, name)
-    if domain is None or domain["state"] not in store.SET_UP:
+    # Another project's mail domain is, to a key bound to a project, one not set up.
+    if domain is None or not _visible(principal, domain) or domain["state"] not in store.SET_UP:
         raise not_set_up(name)
     taken = await store.active_mailbox(svc.db, principal.livemode, params["address"])
     if taken is not None and not await _same_request(request, taken["execution_id"], principal,

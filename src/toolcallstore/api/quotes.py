@@ -85,7 +85,7 @@ async def create_quote(request: Request) -> Response:
         raise invalid("expires_in", f"'expires_in' must be {MIN_TTL_S}-{MAX_TTL_S} seconds.")
     pricing = services(request).tools.pricing
     if tool.estimate_live is not None:
-        context = QuoteContext(principal.tenant_id, principal.livemode)
+        context = QuoteContext(principal.tenant_id, principal.livemode, principal.key.project_id)
         estimate = await tool.estimate_live(context, params, pricing)
     else:
         estimate = tool.price(params, pricing)

@@ -428,9 +428,12 @@ class DnsPlan:
     fingerprint: str
 
 
-async def held_or_404(svc: Services, tenant_id: str, livemode: bool, name: str) -> Row:
+async def held_or_404(svc: Services, tenant_id: str, livemode: bool, name: str,
+                      key_project_id: str | None = None) -> Row:  # fmt: skip
+    """The held domain; to a key bound to a project (`key_project_id`), another project's
+    domain is not there."""
     row = await find_held_domain(svc, tenant_id=tenant_id, livemode=livemode, name=name)
-    if row is None:
+    if row is None or key_project_id not in (None, row["project_id"]):
         raise NotFound(f"No registered domain {name[:100]} here.", param="domain")
     return row
 
@@ -443,21 +446,25 @@ async def read_zone(svc: Services, domain: Row) -> list[Record]:
         raise provider_error(error) from None
 
 
-async def plan_dns(svc: Services, *, tenant_id: str, livemode: bool, name: str,
-                   desired: list[Record]) -> DnsPlan:  # fmt: skip
-    domain = await held_or_404(svc, tenant_id, livemode, name)
+async def plan_dns(
+    svc: Services, *, tenant_id: str, livemode: bool, name: str, desired: list[Record],
+    key_project_id: str | None = None,
+) -> DnsPlan:  # fmt: skip
+    domain = await held_or_404(svc, tenant_id, livemode, name, key_project_id)
     live = await read_zone(svc, domain)
     return DnsPlan(domain, live, desired, diff_records(live, desired), zone_fingerprint(live))
 
 
-async def dns_estimate(svc: Services, livemode: bool, tenant_id: str, params: dict[str, Any],
-                       pricing: Pricing) -> Estimate:  # fmt: skip
+async def dns_estimate(
+    svc: Services, livemode: bool, tenant_id: str, params: dict[str, Any], pricing: Pricing,
+    *, key_project_id: str | None = None,
+) -> Estimate:  # fmt: skip
     """The quote of a DNS change: the diff against the live zone, priced per record changed;
     the line carries the diff (what the approver sees) and the zone's fingerprint (what the
     apply checks is still live)."""
     desired = [Record.from_dict(r) for r in params["records"]]
     plan = await plan_dns(svc, tenant_id=tenant_id, livemode=livemode, name=params["domain"],
-                          desired=desired)  # fmt: skip
+                          desired=desired, key_project_id=key_project_id)  # fmt: skip
     base = pricing.for_tool(DNS_TOOL).quote(plan.diff.size)
     line = {**base.breakdown[0], "description": f"{params['domain']}: DNS change,"
             f" {plan.diff.size} record change(s)", "diff": plan.diff.to_dict(),

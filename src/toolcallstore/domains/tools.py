@@ -125,7 +125,9 @@ def register_domain_tools(tools: ToolRegistry, registry: Registry, svc: Services
 
     async def dns_estimate(ctx: QuoteContext, params: dict[str, Any],
                            prices: Pricing) -> Estimate:  # fmt: skip
-        return await service.dns_estimate(svc, ctx.livemode, ctx.tenant_id, params, prices)
+        return await service.dns_estimate(
+            svc, ctx.livemode, ctx.tenant_id, params, prices, key_project_id=ctx.key_project_id
+        )
 
     def register_price(params: dict[str, Any], prices: Pricing) -> Estimate:
         return prices.for_tool(service.REGISTER_TOOL).quote()  # the fee alone; quotes are live

@@ -73,8 +73,10 @@ class DnsPublisher(Protocol):
     """The DNS capability as mail uses it: on a domain the tenant holds, publish records under
     the setup's own (already approved) execution and follow their verification."""
 
-    async def held(self, *, tenant_id: str, livemode: bool, name: str) -> bool:
-        """Whether the tenant holds the registered domain `name`."""
+    async def held(self, *, tenant_id: str, livemode: bool, name: str,
+                   project_id: str | None = None) -> bool:  # fmt: skip
+        """Whether the tenant holds the registered domain `name` (in `project_id`, for a key
+        bound to one: another project's domain is not held by it)."""
         ...
 
     async def publish(

@@ -12,10 +12,11 @@ class DomainsDns:
     def __init__(self, svc: Services) -> None:
         self._svc = svc
 
-    async def held(self, *, tenant_id: str, livemode: bool, name: str) -> bool:
+    async def held(self, *, tenant_id: str, livemode: bool, name: str,
+                   project_id: str | None = None) -> bool:  # fmt: skip
         row = await domains.find_held_domain(self._svc, tenant_id=tenant_id, livemode=livemode,
                                              name=name)  # fmt: skip
-        return row is not None
+        return row is not None and project_id in (None, row["project_id"])
 
     async def publish(
         self, *, tenant_id: str, livemode: bool, project_id: str | None, domain: str,

@@ -53,6 +53,8 @@ class QuoteContext:
 
     tenant_id: str
     livemode: bool
+    # The caller's key's project, for a key bound to one: it sees that project's objects only.
+    key_project_id: str | None = None
 
 
 class FinalFailure(APIError):
