@@ -9,6 +9,8 @@ direct, (b) a bare Starlette + httpx pass-through (the floor of this stack), (c)
 with every control on (auth, quote, hold, settle, audit), stream and non-stream at 1 and 32
 connections; optionally (d) LiteLLM proxy 1.80.0 on the same stub. Targets: added p50 latency
 at 1 connection <= 2 ms over direct; throughput at 32 connections >= 0.6x the bare pass-through.
+Issue 21's, printed last (run with --chunks 20 --latency-ms 0): req/s at c=32 >= 0.5x the
+pass-through plain and 0.8x stream, p50 at c=1 <= 2 ms over the pass-through's.
 
 - (a) bench/gateway_stub.py: raw asyncio + httptools on uvloop, answers after --latency-ms with
   fixed bytes (stream: role chunk, 5 content chunks, finish, usage, [DONE]; or one completion).
@@ -100,6 +102,7 @@ MODEL = "bench"
 BIG_CAP_USD = "1000000.00"
 TARGET_ADDED_P50_MS = 2.0
 TARGET_RATIO = 0.6
+ISSUE_21_RATIO = {"plain": 0.5, "stream": 0.8}  # issue 21: req/s at c=32 over the pass-through
 CASES = [("stream", 1), ("plain", 1), ("stream", 32), ("plain", 32)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -710,6 +713,25 @@ def report(bench: Bench) -> None:
     bare = [per_round(bench, m, 1, "passthrough", "direct", "p50") for m in ("stream", "plain")]
     print(f"(the pass-through's own added p50 at c=1: stream {statistics.median(bare[0]):.2f} ms,"
           f" plain {statistics.median(bare[1]):.2f} ms)")  # fmt: skip
+    if "toolcallstore" in names:
+        report_issue_21(bench)
+
+
+def report_issue_21(bench: Bench) -> None:
+    """Issue 21's targets, all against the pass-through: req/s at c=32 >= 0.5x plain and 0.8x
+    stream, p50 at c=1 at most 2 ms above it; every round's figure, then the median."""
+    print("\nissue 21 (vs the bare pass-through, per round):")
+    for mode in ("plain", "stream"):
+        ratio = per_round(bench, mode, 32, "toolcallstore", "passthrough", "rps")
+        added = per_round(bench, mode, 1, "toolcallstore", "passthrough", "p50")
+        med_ratio, med_added = statistics.median(ratio), statistics.median(added)
+        target = ISSUE_21_RATIO[mode]
+        print(f"  {mode}: req/s c=32 ratio {med_ratio:.3f} ({_range(ratio, '')};"
+              f" rounds {', '.join(f'{r:.3f}' for r in ratio)})"
+              f" -> {'meets' if med_ratio >= target else 'MISSES'} >= {target:g};"
+              f" p50 c=1 over it {med_added:.2f} ms ({_range(added, 'ms')})"
+              f" -> {'meets' if med_added <= TARGET_ADDED_P50_MS else 'MISSES'}"
+              f" <= {TARGET_ADDED_P50_MS:g} ms")  # fmt: skip
 
 
 def _range(values: list[float], unit: str) -> str:
