@@ -133,3 +133,18 @@ def page_params(request: Request, extra: tuple[str, ...] = ()) -> PageParams:
     if cursor is not None:
         _check_str("starting_after", cursor, Field(str, max_length=100))
     return PageParams(int(raw_limit), cursor)
+
+
+def wait_seconds(request: Request, most: float) -> float:
+    """A long-poll's `?wait=` (seconds, 0 to `most`; 0 when absent), the only query parameter."""
+    for name in request.query_params:
+        if name != "wait":
+            raise invalid(name, f"Unknown query parameter '{name}'.", "unknown_parameter")
+    raw = request.query_params.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= most:
+        raise invalid("wait", f"'wait' must be a number of seconds from 0 to {most:g}.")
+    return wait

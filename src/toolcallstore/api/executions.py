@@ -3,35 +3,33 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from toolcallstore.auth import authenticated, require_scope
 from toolcallstore.context import context_of
-from toolcallstore.controls.calls import Opened, open_call, plan_from_quote, plan_inline
+from toolcallstore.controls.calls import (
+    Opened,
+    close_call,
+    open_call,
+    plan_from_quote,
+    plan_inline,
+)
 from toolcallstore.controls.executions import (
     Origin,
-    close_execution,
     execution_object,
-    outcome_response,
     run_tool,
 )
-from toolcallstore.db import Row, SyncTransaction
-from toolcallstore.errors import APIError, InternalError, NotFound
+from toolcallstore.errors import InternalError, NotFound
 from toolcallstore.idempotency import (
-    KeyClaim,
     idempotency_key,
     replay_response,
-    store_response,
 )
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.site.operations import Operation
 from toolcallstore.tools import Outcome, ToolCall
-from toolcallstore.tools.registry import CostlyFailure
 from toolcallstore.validation import Field, read_json_object, validate
 
 EXECUTION_FIELDS = {
@@ -70,7 +68,7 @@ async def create_execution(request: Request) -> Response:
     call = ToolCall(execution["id"], quote.tenant_id, quote.project_id, quote.livemode,
                     quote.params, quote.estimate)  # fmt: skip
     result = await run_tool(plan.tool, call)
-    closed = await svc.db.run_sync(_close, execution, origin, claim, result)
+    closed = await svc.db.run_sync(close_call, execution, origin, claim, result)
     if closed is None:  # the sweep released it first and stored the answer
         raise InternalError("The execution was interrupted.", code="execution_interrupted")
     done, status, content = closed
@@ -80,22 +78,6 @@ async def create_execution(request: Request) -> Response:
     ctx.receipt_id, ctx.cost_micros = done["receipt_id"], done["price_micros"]
     headers["ToolCall-Receipt-Id"] = done["receipt_id"]
     return JSONResponse(content, status_code=status, headers=headers)
-
-
-def _close(
-    tx: SyncTransaction, execution: Row, origin: Origin, claim: KeyClaim, result: Outcome | APIError
-) -> tuple[Row, int, dict[str, Any]] | None:
-    """Phase three, one transaction: settle or release, receipt, ledger, stored answer."""
-    if isinstance(result, APIError):
-        spent = result.outcome if isinstance(result, CostlyFailure) else None
-        done = close_execution(tx, execution, origin, error=result, outcome=spent)
-    else:
-        done = close_execution(tx, execution, origin, outcome=result)
-    if done is None:
-        return None
-    status, content = outcome_response(done)
-    store_response(tx, claim.api_key_id, claim.key, status, content)
-    return done, status, content
 
 
 async def retrieve_execution(request: Request) -> Response:

@@ -21,7 +21,7 @@ from toolcallstore.queue.store import TERMINAL, Job
 from toolcallstore.responses import JSONResponse
 from toolcallstore.services import services
 from toolcallstore.site.operations import Operation
-from toolcallstore.validation import Field, invalid
+from toolcallstore.validation import Field, wait_seconds
 from toolcallstore.webhooks.dispatch import DELIVER_JOB_TYPE
 
 POLL_S = 0.05  # how often a waiting request looks again: changes show within 50-100 ms
@@ -84,23 +84,9 @@ async def _own_job(request: Request, principal: Principal) -> tuple[Job, _Owner]
     return job, owner
 
 
-def _wait_seconds(request: Request) -> float:
-    for name in request.query_params:
-        if name != "wait":
-            raise invalid(name, f"Unknown query parameter '{name}'.", "unknown_parameter")
-    raw = request.query_params.get("wait", "0")
-    try:
-        wait = float(raw)
-    except ValueError:
-        wait = -1.0
-    if not 0 <= wait <= MAX_WAIT_S:
-        raise invalid("wait", f"'wait' must be a number of seconds from 0 to {MAX_WAIT_S}.")
-    return wait
-
-
 async def get_job(request: Request) -> Response:
     principal = require_scope(request, "jobs:read")
-    wait = _wait_seconds(request)
+    wait = wait_seconds(request, MAX_WAIT_S)
     job, _ = await _own_job(request, principal)
     store = services(request).jobs.store
     deadline = time.monotonic() + wait

@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from toolcallstore.api.executions import _close as close_sync_call
 from toolcallstore.auth import Principal, authenticated, require_scope
 from toolcallstore.context import context_of
 from toolcallstore.controls.approvals import approval_required
@@ -25,6 +24,7 @@ from toolcallstore.controls.calls import (
     Opened,
     Plan,
     approval_threshold,
+    close_call,
     find_tool,
     open_call,
     parse_tool_params,
@@ -51,7 +51,14 @@ from toolcallstore.services import Services, services
 from toolcallstore.site.operations import PAGE_QUERY, Operation
 from toolcallstore.tools import ToolCall
 from toolcallstore.tools.media import PARAMS, PUBLISH_TOOL, TOOL_OF_KIND
-from toolcallstore.validation import Field, invalid, page_params, read_json_object, validate
+from toolcallstore.validation import (
+    Field,
+    invalid,
+    page_params,
+    read_json_object,
+    validate,
+    wait_seconds,
+)
 
 MAX_WAIT_S = 60
 SSE_PING_S = 15.0
@@ -191,23 +198,9 @@ async def _answer(request: Request, row: Row) -> dict[str, Any]:
     return generation_object(row, await _assets(request, row))
 
 
-def _wait_seconds(request: Request) -> float:
-    for name in request.query_params:
-        if name != "wait":
-            raise invalid(name, f"Unknown query parameter '{name}'.", "unknown_parameter")
-    raw = request.query_params.get("wait", "0")
-    try:
-        wait = float(raw)
-    except ValueError:
-        wait = -1.0
-    if not 0 <= wait <= MAX_WAIT_S:
-        raise invalid("wait", f"'wait' must be a number of seconds from 0 to {MAX_WAIT_S}.")
-    return wait
-
-
 async def get_generation(request: Request) -> Response:
     principal = require_scope(request, SCOPE)
-    wait = _wait_seconds(request)
+    wait = wait_seconds(request, MAX_WAIT_S)
     row = await _own(request, principal)
     watch = _media(request).watch
     deadline = time.monotonic() + wait
@@ -323,7 +316,7 @@ async def publish_generation(request: Request) -> Response:
     call = ToolCall(execution["id"], quote.tenant_id, quote.project_id, quote.livemode,
                     quote.params, quote.estimate)  # fmt: skip
     result = await run_tool(plan.tool, call)
-    closed = await svc.db.run_sync(close_sync_call, execution, origin, claim, result)
+    closed = await svc.db.run_sync(close_call, execution, origin, claim, result)
     if closed is None:
         raise InternalError("The execution was interrupted.", code="execution_interrupted")
     done, status, content = closed

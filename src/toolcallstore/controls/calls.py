@@ -15,8 +15,10 @@ from toolcallstore.controls.approvals import use_approval
 from toolcallstore.controls.executions import (
     Origin,
     close_abandoned,
+    close_execution,
     execution_object,
     open_execution,
+    outcome_response,
 )
 from toolcallstore.controls.quotes import (
     Quote,
@@ -27,11 +29,12 @@ from toolcallstore.controls.quotes import (
     use_quote,
 )
 from toolcallstore.db import Row, SyncTransaction
-from toolcallstore.errors import InvalidRequest, NotFound, PermissionDenied, Unprocessable
+from toolcallstore.errors import APIError, InvalidRequest, NotFound, PermissionDenied, Unprocessable
 from toolcallstore.idempotency import Answer, KeyClaim, claim_in, store_response
 from toolcallstore.money import micros_to_usd
 from toolcallstore.services import Services, services
-from toolcallstore.tools import Estimate, Tool
+from toolcallstore.tools import Estimate, Outcome, Tool
+from toolcallstore.tools.registry import CostlyFailure
 from toolcallstore.validation import invalid
 
 
@@ -197,3 +200,20 @@ def open_call(
         answer = execution_object(execution)
         store_response(tx, claim.api_key_id, claim.key, 202, answer)
     return Opened(quote, execution, answer)
+
+
+def close_call(
+    tx: SyncTransaction, execution: Row, origin: Origin, claim: KeyClaim, result: Outcome | APIError
+) -> tuple[Row, int, dict[str, Any]] | None:
+    """A call run in the request, closed in one transaction: settle or release, receipt, ledger,
+    and the answer its Idempotency-Key replays (shared by `/v1/executions` and media)."""
+    if isinstance(result, APIError):
+        spent = result.outcome if isinstance(result, CostlyFailure) else None
+        done = close_execution(tx, execution, origin, error=result, outcome=spent)
+    else:
+        done = close_execution(tx, execution, origin, outcome=result)
+    if done is None:
+        return None
+    status, content = outcome_response(done)
+    store_response(tx, claim.api_key_id, claim.key, status, content)
+    return done, status, content
